@@ -1,0 +1,57 @@
+//! The event store every service owns: an append-only, hash-chained log over sled with a single
+//! group-committing writer, idempotent appends, catch-up-then-live subscriptions, projections
+//! with atomic checkpoints, and a separate key vault for crypto-shredding.
+//!
+//! sled never appears in this crate's API, so the rest of the workspace cannot depend on it.
+//!
+//! - [`EventStore`]: append (gap-free `seq`, per-stream version, expected-version check,
+//!   `event_id` dedupe), read by range or stream, [`EventStore::verify`] the chain.
+//! - [`Subscription`]: read from a position, then wait for new commits.
+//! - [`Projector`] and [`Projection`]: disposable views with checkpoints and rebuild.
+//! - [`Vault`]: per-subject data keys; seal, open, shred.
+
+#![forbid(unsafe_code)]
+
+mod projection;
+mod record;
+mod store;
+mod subscription;
+mod vault;
+
+pub use projection::{Projection, ProjectionStatus, Projector, View, ViewWriter};
+pub use record::{RecordedEvent, FLAG_PUBLISH, GENESIS_HASH, HASH_LEN};
+pub use store::{
+    EventStore, ExpectedVersion, Head, NewEvent, Position, StoreConfig, VerifyReport,
+};
+pub use subscription::Subscription;
+pub use vault::{Opened, SealedField, Vault};
+
+/// What can go wrong in the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The disk or the database failed; the write was not committed.
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    /// The stream's version is not the one the caller expected.
+    #[error("stream {stream:?} is at version {actual}, expected {expected:?}")]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// A stored record cannot be read.
+    #[error("event {seq} is corrupt: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    /// The caller asked for something the store does not allow.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Sealing or opening a field failed.
+    #[error("crypto: {0}")]
+    Crypto(String),
+    /// The store's writer has stopped.
+    #[error("the event store is closed")]
+    Closed,
+}
+
+#[cfg(test)]
+mod tests;

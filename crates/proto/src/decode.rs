@@ -1,0 +1,138 @@
+//! Turns the bytes of a NATS message into an [`Envelope`]: protobuf by default, the proto3 JSON
+//! mapping when the message says `Content-Type: application/json`.
+
+use std::sync::LazyLock;
+
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+
+use crate::v1::Envelope;
+use crate::FILE_DESCRIPTOR_SET;
+
+/// How a message body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    /// The encoding a `Content-Type` header names; protobuf when absent or anything else.
+    pub fn from_content_type(content_type: Option<&str>) -> Encoding {
+        match content_type {
+            Some(ct)
+                if ct
+                    .split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) =>
+            {
+                Encoding::Json
+            }
+            _ => Encoding::Protobuf,
+        }
+    }
+}
+
+/// The bytes are not an envelope in the encoding they claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a protobuf privacy.v1.Envelope: {0}")]
+    Protobuf(String),
+    #[error("not a JSON privacy.v1.Envelope: {0}")]
+    Json(String),
+}
+
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes")
+});
+
+/// Decodes `bytes` as an envelope in `encoding`.
+pub fn decode_envelope(bytes: &[u8], encoding: Encoding) -> Result<Envelope, DecodeError> {
+    match encoding {
+        Encoding::Protobuf => {
+            Envelope::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))
+        }
+        Encoding::Json => {
+            let desc = POOL
+                .get_message_by_name("privacy.v1.Envelope")
+                .expect("privacy.v1.Envelope is in the descriptor set");
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let dynamic = DynamicMessage::deserialize(desc, &mut de)
+                .map_err(|e| DecodeError::Json(e.to_string()))?;
+            de.end().map_err(|e| DecodeError::Json(e.to_string()))?;
+            dynamic
+                .transcode_to::<Envelope>()
+                .map_err(|e| DecodeError::Json(e.to_string()))
+        }
+    }
+}
+
+/// Encodes an envelope in the proto3 JSON mapping (what a plain NATS client may publish).
+pub fn envelope_to_json(envelope: &Envelope) -> Vec<u8> {
+    let desc = POOL
+        .get_message_by_name("privacy.v1.Envelope")
+        .expect("privacy.v1.Envelope is in the descriptor set");
+    let mut dynamic = DynamicMessage::new(desc);
+    dynamic
+        .transcode_from(envelope)
+        .expect("an Envelope transcodes to its own descriptor");
+    serde_json::to_vec(&dynamic).expect("a dynamic message serialises to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{envelope::Payload, ConsentGranted};
+
+    #[test]
+    fn json_and_protobuf_decode_to_the_same_envelope() {
+        let env = Envelope {
+            event_id: "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b".into(),
+            event_type: "consent.granted".into(),
+            schema_version: 1,
+            tenant: "acme".into(),
+            subject_id: "u-1".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            payload: Some(Payload::ConsentGranted(ConsentGranted {
+                purposes: vec!["marketing".into()],
+                policy_version: "v3".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let json = envelope_to_json(&env);
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains("\"eventType\":\"consent.granted\""), "{text}");
+        assert_eq!(decode_envelope(&json, Encoding::Json).unwrap(), env);
+        assert_eq!(
+            decode_envelope(&env.encode_to_vec(), Encoding::Protobuf).unwrap(),
+            env
+        );
+    }
+
+    #[test]
+    fn json_accepts_original_field_names_and_rejects_unknown_fields() {
+        let ok = br#"{"event_id":"x","event_type":"consent.withdrawn","consentWithdrawn":{}}"#;
+        let env = decode_envelope(ok, Encoding::Json).unwrap();
+        assert_eq!(env.event_type, "consent.withdrawn");
+        let bad = br#"{"eventId":"x","colour":"red"}"#;
+        let err = decode_envelope(bad, Encoding::Json).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn content_type_selects_the_encoding() {
+        assert_eq!(
+            Encoding::from_content_type(Some("application/json; charset=utf-8")),
+            Encoding::Json
+        );
+        assert_eq!(
+            Encoding::from_content_type(Some("application/protobuf")),
+            Encoding::Protobuf
+        );
+        assert_eq!(Encoding::from_content_type(None), Encoding::Protobuf);
+    }
+}

@@ -1,0 +1,516 @@
+//! Contract checks applied to every user event before it is stored (DESIGN §5.9): ids, sizes,
+//! timestamps, enum values and required payload fields. Each rejection names the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::event_type::EventType;
+use crate::v1::envelope::Payload;
+use crate::v1::{
+    personal_value, ConsentMethod, Envelope, LegalBasis, PersonalValue, RecipientRole,
+    RequestType,
+};
+
+/// Why an event was refused; travels as `Privacy-Error-Code` on the DLQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionCode {
+    /// The bytes are not an envelope.
+    Malformed,
+    /// The message is larger than the configured limit.
+    TooLarge,
+    /// `event_type` is not in the catalogue, or this service does not take it.
+    UnknownEventType,
+    /// A required field is empty.
+    MissingField,
+    /// A field has a value outside its rules.
+    InvalidField,
+    /// The tenant is not in the tenant registry.
+    UnknownTenant,
+}
+
+impl RejectionCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectionCode::Malformed => "malformed",
+            RejectionCode::TooLarge => "too_large",
+            RejectionCode::UnknownEventType => "unknown_event_type",
+            RejectionCode::MissingField => "missing_field",
+            RejectionCode::InvalidField => "invalid_field",
+            RejectionCode::UnknownTenant => "unknown_tenant",
+        }
+    }
+}
+
+impl fmt::Display for RejectionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event refused at the door: what is wrong and in which field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {field}: {reason}")]
+pub struct Rejection {
+    pub code: RejectionCode,
+    /// Dotted path of the field in the envelope (`message` for the whole message).
+    pub field: String,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(code: RejectionCode, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn missing(field: impl Into<String>) -> Self {
+        let field = field.into();
+        let reason = format!("{field} is required");
+        Rejection::new(RejectionCode::MissingField, field, reason)
+    }
+
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection::new(RejectionCode::InvalidField, field, reason)
+    }
+}
+
+/// Size and time limits of the contract.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted message body.
+    pub max_message_bytes: usize,
+    /// How far `occurred_at` may lie ahead of the receiving clock.
+    pub max_future_skew: Duration,
+    /// Longest id (`event_id`, `tenant`, `subject_id`, purposes, systems…).
+    pub max_id_len: usize,
+    /// Longest free-text or personal value.
+    pub max_text_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_future_skew: Duration::from_secs(300),
+            max_id_len: 128,
+            max_text_len: 4096,
+        }
+    }
+}
+
+/// Checks the size of a raw message before decoding it.
+pub fn check_size(len: usize, limits: &Limits) -> Result<(), Rejection> {
+    if len > limits.max_message_bytes {
+        return Err(Rejection::new(
+            RejectionCode::TooLarge,
+            "message",
+            format!(
+                "message is {len} bytes; the limit is {} bytes",
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a decoded user event against the contract. `subject_type` is the event type named by
+/// the NATS subject it arrived on, when there is one; `now` is the receiving clock.
+pub fn validate_envelope(
+    env: &Envelope,
+    subject_type: Option<&str>,
+    now: SystemTime,
+    limits: &Limits,
+) -> Result<EventType, Rejection> {
+    check_event_id(&env.event_id, limits)?;
+    if env.event_type.is_empty() {
+        return Err(Rejection::missing("event_type"));
+    }
+    let event_type: EventType = env.event_type.parse().map_err(|_| {
+        Rejection::new(
+            RejectionCode::UnknownEventType,
+            "event_type",
+            format!("unknown event type {:?}", env.event_type),
+        )
+    })?;
+    if let Some(st) = subject_type
+        && st != env.event_type
+    {
+        return Err(Rejection::invalid(
+            "event_type",
+            format!(
+                "event_type {:?} does not match the subject's {st:?}",
+                env.event_type
+            ),
+        ));
+    }
+    if env.schema_version > 1 {
+        return Err(Rejection::invalid(
+            "schema_version",
+            format!("schema_version {} is not supported (1 is)", env.schema_version),
+        ));
+    }
+    check_id("tenant", &env.tenant, limits)?;
+    check_occurred_at(env, now, limits)?;
+    check_text("source", &env.source, limits)?;
+    check_text("correlation_id", &env.correlation_id, limits)?;
+    check_text("causation_id", &env.causation_id, limits)?;
+
+    let payload = env
+        .payload
+        .as_ref()
+        .ok_or_else(|| Rejection::missing(event_type.payload_field()))?;
+    if EventType::of_payload(payload) != Some(event_type) {
+        return Err(Rejection::invalid(
+            event_type.payload_field(),
+            format!(
+                "payload does not match event_type {:?} (expected field {})",
+                env.event_type,
+                event_type.payload_field()
+            ),
+        ));
+    }
+    let aggregate_ok = matches!(payload, Payload::DataDisclosed(d) if !d.cohort_ref.is_empty());
+    if env.subject_id.is_empty() {
+        if !aggregate_ok {
+            return Err(Rejection::missing("subject_id"));
+        }
+    } else {
+        check_subject_id(&env.subject_id, limits)?;
+    }
+    check_payload(payload, event_type.payload_field(), limits)?;
+    Ok(event_type)
+}
+
+fn check_event_id(id: &str, limits: &Limits) -> Result<(), Rejection> {
+    if id.is_empty() {
+        return Err(Rejection::missing("event_id"));
+    }
+    if id.len() > limits.max_id_len {
+        return Err(Rejection::invalid("event_id", "event_id is too long"));
+    }
+    let is_uuid = uuid::Uuid::try_parse(id).is_ok();
+    let is_ulid = id.len() == 26
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)));
+    if !(is_uuid || is_ulid) {
+        return Err(Rejection::invalid(
+            "event_id",
+            format!("event_id {id:?} is neither a UUID nor a ULID"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_id(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::missing(field));
+    }
+    if value.len() > limits.max_id_len {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} is longer than {} bytes", limits.max_id_len),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} {value:?} may hold only letters, digits and - _ . :"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_subject_id(value: &str, limits: &Limits) -> Result<(), Rejection> {
+    if value.contains('@') {
+        return Err(Rejection::invalid(
+            "subject_id",
+            "subject_id looks like an e-mail address; use the tenant's pseudonymous id",
+        ));
+    }
+    let digits = value.bytes().filter(u8::is_ascii_digit).count();
+    if value.starts_with('+') && digits >= 7 {
+        return Err(Rejection::invalid(
+            "subject_id",
+            "subject_id looks like a phone number; use the tenant's pseudonymous id",
+        ));
+    }
+    check_id("subject_id", value, limits)
+}
+
+fn check_text(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
+    if value.len() > limits.max_text_len {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} is longer than {} bytes", limits.max_text_len),
+        ));
+    }
+    Ok(())
+}
+
+fn check_occurred_at(env: &Envelope, now: SystemTime, limits: &Limits) -> Result<(), Rejection> {
+    let ts = env
+        .occurred_at
+        .as_ref()
+        .ok_or_else(|| Rejection::missing("occurred_at"))?;
+    if ts.seconds <= 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Rejection::invalid(
+            "occurred_at",
+            "occurred_at must be a valid instant after 1970-01-01",
+        ));
+    }
+    let at = UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32);
+    if at > now + limits.max_future_skew {
+        return Err(Rejection::invalid(
+            "occurred_at",
+            format!(
+                "occurred_at is more than {} s in the future",
+                limits.max_future_skew.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_personal(
+    field: &str,
+    map: &BTreeMap<String, PersonalValue>,
+    limits: &Limits,
+) -> Result<(), Rejection> {
+    for (name, value) in map {
+        let path = format!("{field}.{name}");
+        check_id(&path, name, limits)?;
+        match &value.value {
+            Some(personal_value::Value::Clear(text)) => check_text(&path, text, limits)?,
+            Some(_) => {
+                return Err(Rejection::invalid(
+                    path,
+                    "personal data must be published in the clear; the service seals it",
+                ));
+            }
+            None => return Err(Rejection::missing(path)),
+        }
+    }
+    Ok(())
+}
+
+fn check_payload(payload: &Payload, root: &str, limits: &Limits) -> Result<(), Rejection> {
+    let f = |name: &str| format!("{root}.{name}");
+    match payload {
+        Payload::SubjectRegistered(p) => {
+            if !p.birth_date.is_empty() && !is_iso_date(&p.birth_date) {
+                return Err(Rejection::invalid(
+                    f("birth_date"),
+                    "birth_date must be a date YYYY-MM-DD",
+                ));
+            }
+            check_text(&f("age_band"), &p.age_band, limits)?;
+            check_personal(&f("personal"), &p.personal, limits)
+        }
+        Payload::SubjectUpdated(p) => check_personal(&f("personal"), &p.personal, limits),
+        Payload::SubjectDeactivated(p) => check_text(&f("reason"), &p.reason, limits),
+        Payload::ConsentGranted(p) => {
+            if p.purposes.is_empty() {
+                return Err(Rejection::missing(f("purposes")));
+            }
+            for purpose in &p.purposes {
+                check_id(&f("purposes"), purpose, limits)?;
+            }
+            check_id(&f("policy_version"), &p.policy_version, limits)?;
+            check_enum::<ConsentMethod>(&f("method"), p.method)?;
+            check_enum::<crate::v1::ExpressedBy>(&f("expressed_by"), p.expressed_by)?;
+            check_text(&f("attestation_ref"), &p.attestation_ref, limits)?;
+            check_personal(&f("evidence"), &p.evidence, limits)
+        }
+        Payload::ConsentWithdrawn(p) => {
+            for purpose in &p.purposes {
+                check_id(&f("purposes"), purpose, limits)?;
+            }
+            check_text(&f("method"), &p.method, limits)
+        }
+        Payload::ConsentSignal(p) => check_id(&f("signal"), &p.signal, limits),
+        Payload::DataCollected(p) => {
+            check_id(&f("category"), &p.category, limits)?;
+            check_id(&f("system"), &p.system, limits)?;
+            if !p.purpose.is_empty() {
+                check_id(&f("purpose"), &p.purpose, limits)?;
+            }
+            check_text(&f("location"), &p.location, limits)
+        }
+        Payload::DataDisclosed(p) => {
+            check_text(&f("recipient"), &p.recipient, limits)?;
+            if p.recipient.is_empty() {
+                return Err(Rejection::missing(f("recipient")));
+            }
+            check_enum::<RecipientRole>(&f("recipient_role"), p.recipient_role)?;
+            if p.country.len() != 2 || !p.country.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(Rejection::invalid(
+                    f("country"),
+                    "country must be an ISO 3166-1 alpha-2 code such as DE",
+                ));
+            }
+            if p.categories.is_empty() {
+                return Err(Rejection::missing(f("categories")));
+            }
+            for c in &p.categories {
+                check_id(&f("categories"), c, limits)?;
+            }
+            check_enum::<LegalBasis>(&f("legal_basis"), p.legal_basis)?;
+            if p.legal_basis == LegalBasis::StateBodyRequest as i32 && p.request_ref.is_empty() {
+                return Err(Rejection::missing(f("request_ref")));
+            }
+            check_id(&f("system"), &p.system, limits)
+        }
+        Payload::DataErased(p) => {
+            check_id(&f("system"), &p.system, limits)?;
+            check_id(&f("category"), &p.category, limits)?;
+            check_text(&f("kept_reason"), &p.kept_reason, limits)
+        }
+        Payload::RequestReceived(p) => {
+            check_enum::<RequestType>(&f("request_type"), p.request_type)?;
+            check_text(&f("channel"), &p.channel, limits)?;
+            check_personal(&f("personal"), &p.personal, limits)
+        }
+        Payload::DomainEvent(_) => Err(Rejection::invalid(
+            root,
+            "domain events are not accepted as user events",
+        )),
+    }
+}
+
+/// A protobuf enum value must be known and not the `UNSPECIFIED` zero.
+fn check_enum<E: TryFrom<i32>>(field: &str, value: i32) -> Result<(), Rejection> {
+    if value == 0 {
+        return Err(Rejection::missing(field));
+    }
+    if E::try_from(value).is_err() {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} has no value {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_iso_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{ConsentGranted, DataDisclosed};
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn granted() -> Envelope {
+        Envelope {
+            event_id: "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b".into(),
+            event_type: "consent.granted".into(),
+            schema_version: 1,
+            tenant: "acme".into(),
+            subject_id: "u-1".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_799_999_000,
+                nanos: 0,
+            }),
+            payload: Some(Payload::ConsentGranted(ConsentGranted {
+                purposes: vec!["marketing".into()],
+                policy_version: "v1".into(),
+                method: ConsentMethod::UntickedCheckbox as i32,
+                expressed_by: crate::v1::ExpressedBy::Subject as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(env: &Envelope) -> String {
+        validate_envelope(env, None, now(), &Limits::default())
+            .unwrap_err()
+            .field
+    }
+
+    #[test]
+    fn a_complete_event_passes() {
+        assert_eq!(
+            validate_envelope(&granted(), Some("consent.granted"), now(), &Limits::default()),
+            Ok(EventType::ConsentGranted)
+        );
+    }
+
+    #[test]
+    fn each_rejection_names_its_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Envelope)>)> = vec![
+            ("event_id", Box::new(|e| e.event_id.clear())),
+            ("event_id", Box::new(|e| e.event_id = "not-an-id".into())),
+            ("event_type", Box::new(|e| e.event_type = "consent.revoked".into())),
+            ("tenant", Box::new(|e| e.tenant.clear())),
+            ("subject_id", Box::new(|e| e.subject_id = "ann@example.com".into())),
+            ("subject_id", Box::new(|e| e.subject_id = "+7 915 000 11 22".into())),
+            ("occurred_at", Box::new(|e| e.occurred_at = None)),
+            (
+                "occurred_at",
+                Box::new(|e| e.occurred_at.as_mut().unwrap().seconds = 1_800_001_000),
+            ),
+            ("consent_granted", Box::new(|e| e.payload = None)),
+            (
+                "consent_granted.purposes",
+                Box::new(|e| {
+                    if let Some(Payload::ConsentGranted(p)) = &mut e.payload {
+                        p.purposes.clear();
+                    }
+                }),
+            ),
+            (
+                "consent_granted.method",
+                Box::new(|e| {
+                    if let Some(Payload::ConsentGranted(p)) = &mut e.payload {
+                        p.method = 99;
+                    }
+                }),
+            ),
+            (
+                "consent_granted",
+                Box::new(|e| {
+                    e.payload = Some(Payload::DataDisclosed(DataDisclosed::default()));
+                }),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut env = granted();
+            mutate(&mut env);
+            assert_eq!(field_of(&env), field, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn subject_and_event_type_must_agree() {
+        let err = validate_envelope(&granted(), Some("consent.withdrawn"), now(), &Limits::default())
+            .unwrap_err();
+        assert_eq!(err.field, "event_type");
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_decoding() {
+        let limits = Limits::default();
+        assert!(check_size(limits.max_message_bytes, &limits).is_ok());
+        let err = check_size(limits.max_message_bytes + 1, &limits).unwrap_err();
+        assert_eq!(err.code, RejectionCode::TooLarge);
+    }
+}
