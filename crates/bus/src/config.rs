@@ -1,0 +1,114 @@
+//! Bus configuration, connecting, and the idempotent creation of the four streams.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::BusError;
+
+/// Where NATS is and how the streams are named.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    pub url: String,
+    /// Subject prefix: `<prefix>.in.>`, `<prefix>.evt.>`, `<prefix>.out.>`, `<prefix>.dlq.>`.
+    pub prefix: String,
+    /// Stream names are `<stream_prefix>_IN`, `_EVT`, `_OUT`, `_DLQ`.
+    pub stream_prefix: String,
+    /// Stream replicas (3 on a NATS cluster).
+    pub replicas: usize,
+    /// JetStream's `Nats-Msg-Id` duplicate window.
+    pub duplicate_window: Duration,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Most messages pulled into one ingest batch.
+    pub batch_size: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "privacy".into(),
+            stream_prefix: "PRIVACY".into(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+            batch_size: 1000,
+        }
+    }
+}
+
+impl BusConfig {
+    /// The DLQ subject of a service.
+    pub fn dlq_subject(&self, service: &str) -> String {
+        format!("{}.dlq.{service}", self.prefix)
+    }
+
+    /// The subject a service publishes a domain event on.
+    pub fn domain_subject(&self, service: &str, event_type: &str) -> String {
+        format!("{}.evt.{service}.{event_type}", self.prefix)
+    }
+
+    /// The event type named by a user-event subject (`<prefix>.in.<type>`).
+    pub fn event_type_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|s| s.strip_prefix(".in."))
+    }
+
+    /// The (stream name, subjects) of the four streams.
+    pub fn streams(&self) -> [(String, String); 4] {
+        let p = &self.prefix;
+        let s = &self.stream_prefix;
+        [
+            (format!("{s}_IN"), format!("{p}.in.>")),
+            (format!("{s}_EVT"), format!("{p}.evt.>")),
+            (format!("{s}_OUT"), format!("{p}.out.>")),
+            (format!("{s}_DLQ"), format!("{p}.dlq.>")),
+        ]
+    }
+
+    /// The stream holding user events.
+    pub fn in_stream(&self) -> String {
+        format!("{}_IN", self.stream_prefix)
+    }
+}
+
+/// Connects to NATS, retrying the first connection and reconnecting forever after.
+pub async fn connect(config: &BusConfig, name: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| BusError::Connect {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// Creates the four streams if they do not exist (file storage, the configured replicas and
+/// duplicate window). Existing streams are left as they are.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    config: &BusConfig,
+) -> Result<(), BusError> {
+    for (name, subject) in config.streams() {
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::Stream {
+            stream: name,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The ingest loop: one durable pull consumer per subject filter, feeding the service's store.
+//!
+//! Per batch: decode (protobuf, or JSON when `Content-Type: application/json`) → contract check
+//! → the service's own check and transformation → one append of every accepted event (deduped
+//! by `event_id`, group-committed and fsynced) → ack. A refused message goes to the DLQ and is
+//! acked only after the DLQ has it; a transient failure naks with back-off and never acks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use futures::StreamExt;
+use privacy_event_store::{EventStore, ExpectedVersion, NewEvent};
+use privacy_proto::v1::Envelope;
+use privacy_proto::validate::check_size;
+use privacy_proto::{decode_envelope, validate_envelope, Encoding, EventType, Limits, Rejection, RejectionCode};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{dlq, BusConfig, BusError};
+
+/// What a service makes of a contract-valid user event.
+pub enum Prepared {
+    /// Store this.
+    Store(NewEvent),
+    /// Refuse it (to the DLQ).
+    Reject(Rejection),
+}
+
+/// The service-specific part of ingest.
+pub trait IngestHandler: Send + Sync + 'static {
+    /// Checks a decoded, contract-valid event against the service's own rules (known tenant,
+    /// known purpose…) and turns it into the event to store (stream name, sealed personal data).
+    /// `Err` is a transient failure: the message is nak'ed and retried.
+    fn prepare(&self, envelope: Envelope, event_type: EventType) -> Result<Prepared, String>;
+
+    /// Runs once per batch after `prepare` and before the append (e.g. make new data keys
+    /// durable). `Err` naks the batch.
+    fn before_append(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Counters of one service's ingest, for logs and health.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub naked: AtomicU64,
+}
+
+impl IngestStats {
+    pub fn snapshot(&self) -> [u64; 4] {
+        [
+            self.accepted.load(Ordering::Relaxed),
+            self.duplicates.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+            self.naked.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// Runs a service's ingest consumers.
+#[derive(Clone)]
+pub struct Ingest {
+    pub js: jetstream::Context,
+    pub store: EventStore,
+    pub handler: Arc<dyn IngestHandler>,
+    pub service: String,
+    pub config: BusConfig,
+    pub limits: Limits,
+    pub stats: Arc<IngestStats>,
+}
+
+/// A message's fate within a batch.
+enum Fate {
+    Store(NewEvent),
+    Reject(Rejection),
+    Retry,
+}
+
+/// The durable consumer name for a service and subject filter, e.g. `consent_consent_all`.
+pub fn consumer_name(service: &str, prefix: &str, filter: &str) -> String {
+    let tail = filter
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix(".in."))
+        .unwrap_or(filter);
+    let tail = tail.replace('.', "_").replace('*', "all").replace('>', "rest");
+    format!("{}_{tail}", service.replace('-', "_"))
+}
+
+impl Ingest {
+    /// Creates (idempotently) the durable consumer for `filter` and processes its messages until
+    /// `shutdown` is cancelled; the batch in hand when that happens is finished first.
+    pub async fn run(&self, filter: &str, shutdown: CancellationToken) -> Result<(), BusError> {
+        let name = consumer_name(&self.service, &self.config.prefix, filter);
+        let stream_name = self.config.in_stream();
+        let consumer_err = |reason: String| BusError::Consumer {
+            consumer: name.clone(),
+            reason,
+        };
+        let stream = self.js.get_stream(&stream_name).await.map_err(|e| BusError::Stream {
+            stream: stream_name.clone(),
+            reason: e.to_string(),
+        })?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: filter.to_owned(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: (self.config.batch_size * 20) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| consumer_err(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| consumer_err(e.to_string()))?;
+        let mut chunks = messages.ready_chunks(self.config.batch_size);
+        tracing::info!(consumer = %name, filter, "ingesting");
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { break };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                match m {
+                    Ok(m) => batch.push(m),
+                    Err(e) => tracing::warn!(consumer = %name, error = %e, "pull error"),
+                }
+            }
+            if !batch.is_empty() {
+                let span = tracing::debug_span!("ingest_batch", consumer = %name, size = batch.len());
+                self.process(batch).instrument(span).await;
+            }
+        }
+        tracing::info!(consumer = %name, "ingest stopped");
+        Ok(())
+    }
+
+    /// Handles one pulled batch to the end: every message is acked or nak'ed.
+    pub async fn process(&self, batch: Vec<jetstream::Message>) {
+        let now = SystemTime::now();
+        let mut to_store: Vec<(jetstream::Message, NewEvent)> = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match self.classify(&msg, now) {
+                Fate::Store(e) => to_store.push((msg, e)),
+                Fate::Retry => self.nak(&msg).await,
+                Fate::Reject(rejection) => self.dead_letter(&msg, &rejection).await,
+            }
+        }
+        if to_store.is_empty() {
+            return;
+        }
+        if let Err(e) = self.handler.before_append() {
+            tracing::warn!(error = %e, "batch not stored; retrying later");
+            for (msg, _) in &to_store {
+                self.nak(msg).await;
+            }
+            return;
+        }
+        let (msgs, events): (Vec<_>, Vec<_>) = to_store.into_iter().unzip();
+        match self.store.append(events, ExpectedVersion::Any).await {
+            Ok(positions) => {
+                let dups = positions.iter().filter(|p| p.duplicate).count() as u64;
+                self.stats.duplicates.fetch_add(dups, Ordering::Relaxed);
+                self.stats
+                    .accepted
+                    .fetch_add(positions.len() as u64 - dups, Ordering::Relaxed);
+                for msg in &msgs {
+                    if let Err(e) = msg.ack().await {
+                        // The event is stored; a lost ack means a redelivery, which dedupes.
+                        tracing::debug!(error = %e, "ack failed");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, size = msgs.len(), "store refused the batch; nak with back-off");
+                for msg in &msgs {
+                    self.nak(msg).await;
+                }
+            }
+        }
+    }
+
+    fn classify(&self, msg: &jetstream::Message, now: SystemTime) -> Fate {
+        let subject_type = self.config.event_type_of(msg.subject.as_str());
+        let parent = privacy_telemetry::extract_nats(msg.headers.as_ref());
+        let span = tracing::debug_span!("ingest", subject = %msg.subject);
+        privacy_telemetry::set_parent(&span, parent);
+        let _enter = span.enter();
+        if let Err(r) = check_size(msg.payload.len(), &self.limits) {
+            return Fate::Reject(r);
+        }
+        let content_type = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str());
+        let envelope = match decode_envelope(&msg.payload, Encoding::from_content_type(content_type)) {
+            Ok(env) => env,
+            Err(e) => return Fate::Reject(Rejection::new(RejectionCode::Malformed, "message", e.to_string())),
+        };
+        let event_type = match validate_envelope(&envelope, subject_type, now, &self.limits) {
+            Ok(t) => t,
+            Err(r) => return Fate::Reject(r),
+        };
+        match self.handler.prepare(envelope, event_type) {
+            Ok(Prepared::Store(e)) => Fate::Store(e),
+            Ok(Prepared::Reject(r)) => Fate::Reject(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "transient failure preparing an event");
+                Fate::Retry
+            }
+        }
+    }
+
+    async fn dead_letter(&self, msg: &jetstream::Message, rejection: &Rejection) {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+        let dedupe_id = format!("{}:{}:{seq}", self.service, self.config.in_stream());
+        let subject = self.config.dlq_subject(&self.service);
+        tracing::warn!(
+            code = rejection.code.as_str(),
+            field = %rejection.field,
+            reason = %rejection.reason,
+            subject = %msg.subject,
+            "refused; sent to {subject}"
+        );
+        match dlq::publish(&self.js, &subject, msg, rejection, &dedupe_id).await {
+            Ok(()) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = msg.ack().await {
+                    tracing::debug!(error = %e, "ack failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DLQ publish failed; the message will be redelivered");
+                self.nak(msg).await;
+            }
+        }
+    }
+
+    async fn nak(&self, msg: &jetstream::Message) {
+        self.stats.naked.fetch_add(1, Ordering::Relaxed);
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 8) as u32;
+        let delay = Duration::from_millis(100 * 2u64.pow(delivered - 1)).min(Duration::from_secs(10));
+        if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::debug!(error = %e, "nak failed; the server redelivers after ack_wait");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consumer_name;
+
+    #[test]
+    fn consumer_names_are_valid_and_distinct() {
+        assert_eq!(consumer_name("consent", "privacy", "privacy.in.consent.*"), "consent_consent_all");
+        assert_eq!(
+            consumer_name("disclosure-log", "privacy", "privacy.in.data.disclosed"),
+            "disclosure_log_data_disclosed"
+        );
+    }
+}

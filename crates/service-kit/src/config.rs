@@ -1,0 +1,219 @@
+//! Service configuration: `PRIVACY_*` environment variables over an optional TOML file
+//! (`PRIVACY_CONFIG_FILE`, same keys in lower case without the prefix) over defaults that let
+//! every piece find the others on one machine (DESIGN §7).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use privacy_bus::BusConfig;
+
+use crate::auth::Tokens;
+
+/// A configuration value is missing or wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("PRIVACY_{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// Everything a service needs to start.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub bus: BusConfig,
+    /// Root data folder; the service uses `<data_dir>/<service>/events` and `/vault`.
+    pub data_dir: PathBuf,
+    pub tenants_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub tokens: Tokens,
+    /// PEM certificate and key; TLS is on when both are set.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// fdatasync after each group commit (on unless `PRIVACY_FSYNC=false`).
+    pub fsync: bool,
+}
+
+/// Keys read from the environment (with the `PRIVACY_` prefix) or the file.
+pub const KEYS: &[&str] = &[
+    "NATS_URL",
+    "SUBJECT_PREFIX",
+    "STREAM_PREFIX",
+    "STREAM_REPLICAS",
+    "DATA_DIR",
+    "TENANTS_DIR",
+    "GRPC_ADDR",
+    "TOKENS",
+    "TOKENS_FILE",
+    "TLS_CERT",
+    "TLS_KEY",
+    "INGEST_BATCH",
+    "ACK_WAIT_SECS",
+    "FSYNC",
+];
+
+impl ServiceConfig {
+    /// Reads the process environment.
+    pub fn from_env(default_port: u16) -> Result<ServiceConfig, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        ServiceConfig::from_map(&env, default_port)
+    }
+
+    /// Reads a map shaped like the environment (`PRIVACY_*` keys).
+    pub fn from_map(
+        env: &BTreeMap<String, String>,
+        default_port: u16,
+    ) -> Result<ServiceConfig, ConfigError> {
+        let mut values = BTreeMap::new();
+        if let Some(path) = env.get("PRIVACY_CONFIG_FILE").filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            for (k, v) in table {
+                let key = k.to_ascii_uppercase();
+                if !KEYS.contains(&key.as_str()) {
+                    return Err(ConfigError::File {
+                        path,
+                        reason: format!("unknown key {k:?} (known: {})", KEYS.join(", ").to_lowercase()),
+                    });
+                }
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => {
+                        return Err(ConfigError::File {
+                            path,
+                            reason: format!("{k}: expected a string, number or boolean"),
+                        });
+                    }
+                };
+                values.insert(key, v);
+            }
+        }
+        for key in KEYS {
+            if let Some(v) = env.get(&format!("PRIVACY_{key}")) {
+                values.insert((*key).to_owned(), v.clone());
+            }
+        }
+        let get = |k: &str| values.get(k).filter(|v| !v.is_empty()).cloned();
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        };
+        let number = |key: &str, default: u64| -> Result<u64, ConfigError> {
+            match get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| invalid(key, format!("{v:?} is not a whole number"))),
+            }
+        };
+        let defaults = BusConfig::default();
+        let bus = BusConfig {
+            url: get("NATS_URL").unwrap_or(defaults.url),
+            prefix: get("SUBJECT_PREFIX").unwrap_or(defaults.prefix),
+            stream_prefix: get("STREAM_PREFIX").unwrap_or(defaults.stream_prefix),
+            replicas: number("STREAM_REPLICAS", 1)? as usize,
+            duplicate_window: defaults.duplicate_window,
+            ack_wait: Duration::from_secs(number("ACK_WAIT_SECS", 30)?),
+            batch_size: number("INGEST_BATCH", defaults.batch_size as u64)? as usize,
+        };
+        if !(1..=5).contains(&bus.replicas) {
+            return Err(invalid("STREAM_REPLICAS", "must be 1 to 5".into()));
+        }
+        if bus.batch_size == 0 {
+            return Err(invalid("INGEST_BATCH", "must be at least 1".into()));
+        }
+        let grpc_addr = match get("GRPC_ADDR") {
+            None => SocketAddr::from(([127, 0, 0, 1], default_port)),
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid("GRPC_ADDR", format!("{v:?} is not host:port, e.g. 127.0.0.1:{default_port}")))?,
+        };
+        let mut tokens = Tokens::default();
+        if let Some(list) = get("TOKENS") {
+            tokens
+                .add_list(&list)
+                .map_err(|reason| invalid("TOKENS", reason))?;
+        }
+        if let Some(file) = get("TOKENS_FILE") {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| invalid("TOKENS_FILE", format!("{file}: {e}")))?;
+            tokens
+                .add_lines(&text)
+                .map_err(|reason| invalid("TOKENS_FILE", format!("{file}: {reason}")))?;
+        }
+        let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "TLS_CERT",
+                    "set both PRIVACY_TLS_CERT and PRIVACY_TLS_KEY, or neither".into(),
+                ));
+            }
+        };
+        let fsync = match get("FSYNC").as_deref() {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(v) => return Err(invalid("FSYNC", format!("{v:?} is not true or false"))),
+        };
+        Ok(ServiceConfig {
+            bus,
+            data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| ".data".into())),
+            tenants_dir: PathBuf::from(
+                get("TENANTS_DIR").unwrap_or_else(|| "examples/tenants".into()),
+            ),
+            grpc_addr,
+            tokens,
+            tls,
+            fsync,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn defaults_work_locally() {
+        let c = ServiceConfig::from_map(&BTreeMap::new(), 50051).unwrap();
+        assert_eq!(c.bus.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.data_dir, PathBuf::from(".data"));
+        assert!(c.fsync);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "nats_url = \"nats://a:1\"\nstream_replicas = 3\n").unwrap();
+        let f = file.to_str().unwrap();
+        let c = ServiceConfig::from_map(
+            &map(&[("PRIVACY_CONFIG_FILE", f), ("PRIVACY_NATS_URL", "nats://b:2")]),
+            1,
+        )
+        .unwrap();
+        assert_eq!((c.bus.url.as_str(), c.bus.replicas), ("nats://b:2", 3));
+        let err = ServiceConfig::from_map(&map(&[("PRIVACY_GRPC_ADDR", "nowhere")]), 1).unwrap_err();
+        assert!(err.to_string().starts_with("PRIVACY_GRPC_ADDR"), "{err}");
+        std::fs::write(&file, "colour = \"red\"\n").unwrap();
+        let err = ServiceConfig::from_map(&map(&[("PRIVACY_CONFIG_FILE", f)]), 1).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}

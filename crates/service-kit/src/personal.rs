@@ -1,0 +1,111 @@
+//! Personal data inside envelopes: sealed with the subject's key on the way in, opened (or shown
+//! as erased) on the way out. Only the `personal` and `evidence` maps carry personal data; the
+//! field's path (`personal.email`) is bound into the ciphertext so a value cannot be moved.
+
+use std::collections::BTreeMap;
+
+use privacy_event_store::{Opened, SealedField, StoreError, Vault};
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::{personal_value::Value, Envelope, Erased, PersonalValue, Sealed};
+
+/// The personal-data maps of a payload, with their field names.
+fn personal_maps(payload: &mut Payload) -> Vec<(&'static str, &mut BTreeMap<String, PersonalValue>)> {
+    match payload {
+        Payload::SubjectRegistered(p) => vec![("personal", &mut p.personal)],
+        Payload::SubjectUpdated(p) => vec![("personal", &mut p.personal)],
+        Payload::ConsentGranted(p) => vec![("evidence", &mut p.evidence)],
+        Payload::RequestReceived(p) => vec![("personal", &mut p.personal)],
+        _ => Vec::new(),
+    }
+}
+
+/// Seals every clear personal value of `env` under its subject's key. Returns whether anything
+/// was sealed (then the vault must be synced before the event is stored).
+pub fn seal_envelope(vault: &Vault, env: &mut Envelope) -> Result<bool, StoreError> {
+    let (tenant, subject) = (env.tenant.clone(), env.subject_id.clone());
+    let Some(payload) = env.payload.as_mut() else {
+        return Ok(false);
+    };
+    let mut sealed_any = false;
+    for (map_name, map) in personal_maps(payload) {
+        for (name, value) in map.iter_mut() {
+            if let Some(Value::Clear(text)) = &value.value {
+                let path = format!("{map_name}.{name}");
+                let s = vault.seal(&tenant, &subject, &path, text.as_bytes())?;
+                value.value = Some(Value::Sealed(Sealed {
+                    key_generation: s.key_generation,
+                    nonce: s.nonce,
+                    ciphertext: s.ciphertext,
+                }));
+                sealed_any = true;
+            }
+        }
+    }
+    Ok(sealed_any)
+}
+
+/// Opens every sealed value of `env` for display: clear text, or `erased` once the subject's key
+/// was shredded.
+pub fn open_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError> {
+    let (tenant, subject) = (env.tenant.clone(), env.subject_id.clone());
+    let Some(payload) = env.payload.as_mut() else {
+        return Ok(());
+    };
+    for (map_name, map) in personal_maps(payload) {
+        for (name, value) in map.iter_mut() {
+            if let Some(Value::Sealed(s)) = &value.value {
+                let path = format!("{map_name}.{name}");
+                let field = SealedField {
+                    key_generation: s.key_generation,
+                    nonce: s.nonce.clone(),
+                    ciphertext: s.ciphertext.clone(),
+                };
+                value.value = Some(match vault.open_field(&tenant, &subject, &path, &field)? {
+                    Opened::Clear(bytes) => Value::Clear(String::from_utf8_lossy(&bytes).into_owned()),
+                    Opened::Erased { shredded_at_micros } => Value::Erased(Erased {
+                        shredded_at: Some(crate::audit::timestamp(shredded_at_micros)),
+                    }),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use privacy_proto::v1::SubjectRegistered;
+
+    #[test]
+    fn sealed_values_open_until_the_subject_is_shredded() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(dir.path()).unwrap();
+        let mut env = Envelope {
+            tenant: "acme".into(),
+            subject_id: "u-1".into(),
+            payload: Some(Payload::SubjectRegistered(SubjectRegistered {
+                personal: [(
+                    "email".to_string(),
+                    PersonalValue {
+                        value: Some(Value::Clear("ann@example.com".into())),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(seal_envelope(&vault, &mut env).unwrap());
+        let stored = env.clone();
+        let text = format!("{stored:?}");
+        assert!(!text.contains("ann@example.com"));
+        open_envelope(&vault, &mut env).unwrap();
+        assert!(format!("{env:?}").contains("ann@example.com"));
+        vault.shred("acme", "u-1", 5).unwrap();
+        let mut env = stored;
+        open_envelope(&vault, &mut env).unwrap();
+        let Some(Payload::SubjectRegistered(p)) = &env.payload else { unreachable!() };
+        assert!(matches!(p.personal["email"].value, Some(Value::Erased(_))));
+    }
+}

@@ -1,0 +1,205 @@
+//! The tenant registry: one TOML file per tenant (data controller) in `PRIVACY_TENANTS_DIR`,
+//! loaded and checked at start-up. An event for a tenant not in the registry is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Jurisdiction codes a tenant may name.
+pub const JURISDICTIONS: &[&str] = &["VN", "RU", "AU", "EU", "US-CA"];
+
+/// A purpose of processing in a tenant's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purpose {
+    pub id: String,
+    /// consent, contract, legal_obligation, legitimate_interest, vital_interest, public_task.
+    pub legal_basis: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One data controller, as configured.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub display_name: String,
+    pub jurisdiction: String,
+    /// IANA time zone, e.g. `Asia/Ho_Chi_Minh`.
+    pub time_zone: String,
+    /// EU member state or Australian state, where deadlines depend on it.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub purposes: Vec<Purpose>,
+    /// Backend systems that hold the tenant's data.
+    #[serde(default)]
+    pub systems: Vec<String>,
+    /// Everything else (promises, retention schedules…), read by the domain services.
+    #[serde(flatten)]
+    pub extra: toml::Table,
+}
+
+impl Tenant {
+    pub fn purpose(&self, id: &str) -> Option<&Purpose> {
+        self.purposes.iter().find(|p| p.id == id)
+    }
+}
+
+/// A tenant file is missing, unreadable or wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("tenants folder {path}: {reason}")]
+    Folder { path: PathBuf, reason: String },
+    #[error("tenant file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+const LEGAL_BASES: &[&str] = &[
+    "consent",
+    "contract",
+    "legal_obligation",
+    "legitimate_interest",
+    "vital_interest",
+    "public_task",
+];
+
+/// Every configured tenant, by id.
+#[derive(Debug, Clone, Default)]
+pub struct TenantRegistry {
+    tenants: BTreeMap<String, Tenant>,
+}
+
+impl TenantRegistry {
+    /// Loads every `*.toml` in `dir`.
+    pub fn load(dir: &Path) -> Result<TenantRegistry, TenantError> {
+        let folder_err = |reason: String| TenantError::Folder {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| folder_err(e.to_string()))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut registry = TenantRegistry::default();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|e| TenantError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let tenant = parse(&text).map_err(|reason| TenantError::File {
+                path: path.clone(),
+                reason,
+            })?;
+            if registry.tenants.contains_key(&tenant.id) {
+                return Err(TenantError::File {
+                    path,
+                    reason: format!("tenant id {:?} is defined twice", tenant.id),
+                });
+            }
+            registry.tenants.insert(tenant.id.clone(), tenant);
+        }
+        Ok(registry)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
+    /// A registry of the given tenants (tests, tools).
+    pub fn from_tenants(tenants: impl IntoIterator<Item = Tenant>) -> TenantRegistry {
+        TenantRegistry {
+            tenants: tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
+        }
+    }
+}
+
+/// Parses and checks one tenant file.
+pub fn parse(text: &str) -> Result<Tenant, String> {
+    let tenant: Tenant = toml::from_str(text).map_err(|e| e.to_string())?;
+    if tenant.id.is_empty()
+        || !tenant
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "id {:?} must be non-empty letters, digits, - _ .",
+            tenant.id
+        ));
+    }
+    if !JURISDICTIONS.contains(&tenant.jurisdiction.as_str()) {
+        return Err(format!(
+            "jurisdiction {:?} is not one of {}",
+            tenant.jurisdiction,
+            JURISDICTIONS.join(", ")
+        ));
+    }
+    jiff::tz::TimeZone::get(&tenant.time_zone)
+        .map_err(|_| format!("time_zone {:?} is not an IANA time zone", tenant.time_zone))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &tenant.purposes {
+        if !seen.insert(p.id.as_str()) {
+            return Err(format!("purpose {:?} is listed twice", p.id));
+        }
+        if !LEGAL_BASES.contains(&p.legal_basis.as_str()) {
+            return Err(format!(
+                "purpose {:?}: legal_basis {:?} is not one of {}",
+                p.id,
+                p.legal_basis,
+                LEGAL_BASES.join(", ")
+            ));
+        }
+    }
+    Ok(tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_file_parses_and_mistakes_are_named() {
+        let ok = r#"
+id = "acme"
+display_name = "Acme"
+jurisdiction = "EU"
+time_zone = "Europe/Berlin"
+region = "DE"
+systems = ["crm"]
+[[purposes]]
+id = "marketing"
+legal_basis = "consent"
+[promises]
+access_days = 30
+"#;
+        let t = parse(ok).unwrap();
+        assert_eq!(t.purpose("marketing").unwrap().legal_basis, "consent");
+        assert!(t.extra.contains_key("promises"));
+        assert!(parse(&ok.replace("\"EU\"", "\"XX\"")).unwrap_err().contains("jurisdiction"));
+        assert!(parse(&ok.replace("Europe/Berlin", "Mars/Base")).unwrap_err().contains("time_zone"));
+        assert!(parse(&ok.replace("\"consent\"", "\"vibes\"")).unwrap_err().contains("legal_basis"));
+    }
+
+    #[test]
+    fn the_shipped_example_tenants_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants");
+        let registry = TenantRegistry::load(&dir).unwrap();
+        assert!(registry.len() >= 1, "no example tenants in {}", dir.display());
+    }
+}

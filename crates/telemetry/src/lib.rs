@@ -1,0 +1,205 @@
+//! Observability for every binary: a `tracing` subscriber (fmt + `RUST_LOG` filter), an
+//! OpenTelemetry tracer that exports over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, and W3C trace-context propagation through NATS headers and gRPC metadata.
+//!
+//! The tracer is installed even without an exporter so that trace ids exist and travel between
+//! services; with no endpoint nothing leaves the process.
+
+#![forbid(unsafe_code)]
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::Context;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// Setting up telemetry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Flushes and shuts the tracer down when dropped (at the end of `main`).
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs the global subscriber and propagator for a binary named `service`.
+///
+/// `RUST_LOG` sets the filter (default `info`); `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP
+/// export; `OTEL_SERVICE_NAME` overrides the service name.
+pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(name.clone())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(name);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    if exporting {
+        tracing::info!("exporting traces over OTLP");
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// Installs only the propagator (for tests and libraries that need trace headers without a
+/// global subscriber).
+pub fn init_propagator() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct NatsHeadersRef<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeadersRef<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// Writes the current span's trace context (`traceparent`, `tracestate`) into NATS headers.
+pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut NatsHeaders(headers)));
+}
+
+/// Reads a trace context from NATS headers (an empty context when there is none).
+pub fn extract_nats(headers: Option<&async_nats::HeaderMap>) -> Context {
+    match headers {
+        Some(h) => opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsHeadersRef(h))),
+        None => Context::new(),
+    }
+}
+
+struct GrpcMetadata<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for GrpcMetadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+struct GrpcMetadataRef<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for GrpcMetadataRef<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Writes the current span's trace context into outgoing gRPC metadata.
+pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut GrpcMetadata(metadata)));
+}
+
+/// Reads a trace context from incoming gRPC metadata.
+pub fn extract_grpc(metadata: &tonic::metadata::MetadataMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&GrpcMetadataRef(metadata)))
+}
+
+/// Makes `span` a child of the remote context `cx` (when `cx` carries a valid span).
+pub fn set_parent(span: &tracing::Span, cx: Context) {
+    use opentelemetry::trace::TraceContextExt;
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// A tonic interceptor that parents the request's handling on the caller's trace.
+#[derive(Clone, Copy, Default)]
+pub struct TraceContextInterceptor;
+
+impl tonic::service::Interceptor for TraceContextInterceptor {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        set_parent(&tracing::Span::current(), extract_grpc(request.metadata()));
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_round_trips_through_nats_headers_and_grpc_metadata() {
+        init_propagator();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let cx = extract_nats(Some(&headers));
+        use opentelemetry::trace::TraceContextExt;
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid());
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut md = tonic::metadata::MetadataMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut GrpcMetadata(&mut md))
+        });
+        let back = extract_grpc(&md);
+        assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
+        let mut out = async_nats::HeaderMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&back, &mut NatsHeaders(&mut out))
+        });
+        assert_eq!(
+            out.get("traceparent").map(|v| v.as_str()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The disclosure-log service: one record per disclosure of personal data to a third party.
+//!
+//! Today a skeleton over the service kit — it consumes its subjects, stores them in its own
+//! event store, keeps the subject timeline and serves AuditService. Its domain (commands,
+//! aggregates, projections, gRPC service) is added by its own issue.
+
+#![forbid(unsafe_code)]
+
+use privacy_service_kit::ServiceSpec;
+
+/// What the disclosure-log service consumes and where it listens.
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "disclosure-log",
+    default_port: 50054,
+    consumes: &["data.disclosed"],
+    projections: ServiceSpec::no_projections,
+};

@@ -1,0 +1,17 @@
+//! The subject-requests service: data-subject requests, their deadlines and outcomes.
+//!
+//! Today a skeleton over the service kit — it consumes its subjects, stores them in its own
+//! event store, keeps the subject timeline and serves AuditService. Its domain (commands,
+//! aggregates, projections, gRPC service) is added by its own issue.
+
+#![forbid(unsafe_code)]
+
+use privacy_service_kit::ServiceSpec;
+
+/// What the subject-requests service consumes and where it listens.
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "subject-requests",
+    default_port: 50052,
+    consumes: &["request.*"],
+    projections: ServiceSpec::no_projections,
+};

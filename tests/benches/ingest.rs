@@ -1,0 +1,2 @@
+//! Ingest benchmark (being written).
+fn main() {}

@@ -1,0 +1,57 @@
+//! Bearer-token roles over real gRPC: no token is UNAUTHENTICATED, a wrong role is
+//! PERMISSION_DENIED, health needs no token.
+
+use privacy_e2e::*;
+use privacy_proto::v1::*;
+use privacy_testkit::NatsServer;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_and_wrong_role_calls_are_refused() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let url = svc.url();
+
+    let mut anonymous = audit_client(&url, None).await;
+    let err = anonymous.verify_chain(VerifyChainRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    let mut forged = audit_client(&url, Some("not-a-configured-token")).await;
+    let err = forged.projection_status(ProjectionStatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    let mut auditor = audit_client(&url, Some(AUDITOR_TOKEN)).await;
+    assert!(auditor.verify_chain(VerifyChainRequest::default()).await.unwrap().into_inner().ok);
+    let err = auditor
+        .rebuild_projections(RebuildProjectionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    let mut backend = audit_client(&url, Some(BACKEND_TOKEN)).await;
+    let err = backend.verify_chain(VerifyChainRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    let mut operator = audit_client(&url, Some(OPERATOR_TOKEN)).await;
+    let mut progress = operator
+        .rebuild_projections(RebuildProjectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut done = 0;
+    while let Some(p) = progress.message().await.unwrap() {
+        done += usize::from(p.done);
+    }
+    assert_eq!(done, 1);
+    let err = operator
+        .rebuild_projections(RebuildProjectionsRequest { names: vec!["nope".into()] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("names"), "{err}");
+
+    // Health answers without a token (wait_serving uses no token).
+    wait_serving(&url).await;
+    svc.stop().await;
+}

@@ -1,0 +1,109 @@
+//! Refused input goes to the DLQ with its reason and original bytes; the service keeps going
+//! and loses nothing else.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use futures::StreamExt;
+use privacy_bus::{HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD};
+use privacy_e2e::*;
+use privacy_proto::v1::envelope::Payload;
+use privacy_testkit::NatsServer;
+use prost::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+
+    let good_before = envelope("u-1", granted("marketing"));
+    let mut no_purposes = envelope("u-1", granted("marketing"));
+    if let Some(Payload::ConsentGranted(p)) = &mut no_purposes.payload {
+        p.purposes.clear();
+    }
+    let mut unknown_type = envelope("u-1", granted("marketing"));
+    unknown_type.event_type = "consent.revoked".into();
+    let mut unknown_tenant = envelope("u-1", granted("marketing"));
+    unknown_tenant.tenant = "nobody".into();
+    let mut email_subject = envelope("u-1", granted("marketing"));
+    email_subject.subject_id = "ann@example.com".into();
+    let mut oversized = envelope("u-1", granted("marketing"));
+    if let Some(Payload::ConsentGranted(p)) = &mut oversized.payload {
+        p.attestation_ref = "x".repeat(70 * 1024);
+    }
+    let good_after = envelope("u-2", granted("analytics"));
+
+    let cases: Vec<(&str, Vec<u8>, Option<(&str, &str)>)> = vec![
+        ("privacy.in.consent.granted", good_before.encode_to_vec(), None),
+        ("privacy.in.consent.granted", b"\xff\x00 not protobuf".to_vec(), Some(("malformed", "message"))),
+        ("privacy.in.consent.granted", no_purposes.encode_to_vec(), Some(("missing_field", "consent_granted.purposes"))),
+        ("privacy.in.consent.revoked", unknown_type.encode_to_vec(), Some(("unknown_event_type", "event_type"))),
+        ("privacy.in.consent.granted", unknown_tenant.encode_to_vec(), Some(("unknown_tenant", "tenant"))),
+        ("privacy.in.consent.granted", email_subject.encode_to_vec(), Some(("invalid_field", "subject_id"))),
+        ("privacy.in.consent.granted", oversized.encode_to_vec(), Some(("too_large", "message"))),
+        ("privacy.in.consent.granted", good_after.encode_to_vec(), None),
+    ];
+    for (subject, bytes, _) in &cases {
+        js.send_publish(subject.to_string(), PublishMessage::build().payload(bytes.clone().into()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // JSON that is not an envelope.
+    js.send_publish(
+        "privacy.in.consent.granted".to_string(),
+        PublishMessage::build()
+            .payload(br#"{"eventId": 5}"#.to_vec().into())
+            .header("Content-Type", "application/json"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let dlq = js.get_stream("PRIVACY_DLQ").await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = dlq
+        .create_consumer(pull::Config {
+            filter_subject: "privacy.dlq.consent".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let expected: Vec<_> = cases.iter().filter(|c| c.2.is_some()).collect();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected.len() + 1 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .expect("DLQ message within 20 s")
+            .unwrap()
+            .unwrap();
+        msg.ack().await.unwrap();
+        got.push(msg);
+    }
+    for ((_, bytes, reason), msg) in expected.iter().zip(&got) {
+        let (code, field) = reason.unwrap();
+        let h = msg.headers.as_ref().unwrap();
+        assert_eq!(h.get(HEADER_ERROR_CODE).unwrap().as_str(), code);
+        assert_eq!(h.get(HEADER_ERROR_FIELD).unwrap().as_str(), field);
+        assert!(!h.get(HEADER_ERROR).unwrap().as_str().is_empty());
+        assert_eq!(&msg.payload[..], &bytes[..], "original bytes for {code}");
+    }
+    let json = got.last().unwrap();
+    assert_eq!(json.headers.as_ref().unwrap().get(HEADER_ERROR_CODE).unwrap().as_str(), "malformed");
+    assert_eq!(json.headers.as_ref().unwrap().get("Content-Type").unwrap().as_str(), "application/json");
+
+    let mut audit = audit_client(&consent.url(), Some(AUDITOR_TOKEN)).await;
+    wait_for_head(&mut audit, 2, Duration::from_secs(20)).await;
+    let ids: Vec<String> = all_events(&mut audit)
+        .await
+        .into_iter()
+        .map(|e| e.envelope.unwrap().event_id)
+        .collect();
+    assert_eq!(ids, vec![good_before.event_id, good_after.event_id]);
+    assert_eq!(consent.service.stats.snapshot()[2], expected.len() as u64 + 1);
+    consent.stop().await;
+}

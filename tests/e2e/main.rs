@@ -1,0 +1,10 @@
+//! End-to-end tests: a real `nats-server` per test (started by the testkit on a free loopback
+//! port), services in-process or as child processes, and real gRPC calls. One test binary, so
+//! the workspace links it once.
+
+mod auth;
+mod crash;
+mod dlq;
+mod ingest;
+mod outbox;
+mod tamper;

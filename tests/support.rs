@@ -1,0 +1,199 @@
+//! Helpers shared by the end-to-end tests and the benchmark: start services in-process on a free
+//! port against a test NATS, call them over real gRPC with a role's token, and build events.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use privacy_proto::v1::audit_service_client::AuditServiceClient;
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::*;
+use privacy_service_kit::{RunningService, ServiceConfig, ServiceSpec};
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+pub const AUDITOR_TOKEN: &str = "test-auditor-token";
+pub const BACKEND_TOKEN: &str = "test-backend-token";
+/// A tenant of `examples/tenants`.
+pub const TENANT: &str = "vn-apihub";
+
+/// The example tenants shipped in the repository.
+pub fn tenants_dir() -> PathBuf {
+    privacy_testkit::workspace_root().join("examples/tenants")
+}
+
+/// The `PRIVACY_*` environment of a service under test.
+pub fn service_env(nats_url: &str, data_dir: &Path, grpc_port: u16) -> BTreeMap<String, String> {
+    [
+        ("PRIVACY_NATS_URL", nats_url.to_owned()),
+        ("PRIVACY_DATA_DIR", data_dir.display().to_string()),
+        ("PRIVACY_TENANTS_DIR", tenants_dir().display().to_string()),
+        ("PRIVACY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        (
+            "PRIVACY_TOKENS",
+            format!("operator:{OPERATOR_TOKEN},auditor:{AUDITOR_TOKEN},backend:{BACKEND_TOKEN}"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A service started inside the test process.
+pub struct InProcess {
+    pub service: RunningService,
+    pub shutdown: CancellationToken,
+}
+
+impl InProcess {
+    /// Starts `spec` on a free port with data under `data_dir`.
+    pub async fn start(spec: ServiceSpec, nats_url: &str, data_dir: &Path) -> InProcess {
+        let config = ServiceConfig::from_map(&service_env(nats_url, data_dir, 0), spec.default_port)
+            .expect("test configuration is valid");
+        let shutdown = CancellationToken::new();
+        let service = privacy_service_kit::start(spec, config, shutdown.clone())
+            .await
+            .expect("service starts");
+        wait_serving(&format!("http://{}", service.grpc_addr)).await;
+        InProcess { service, shutdown }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.service.grpc_addr)
+    }
+
+    /// Graceful stop: cancel, wait, flush.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.service.wait().await.expect("clean shutdown");
+    }
+}
+
+/// Waits until the gRPC health endpoint at `url` answers SERVING.
+pub async fn wait_serving(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            if let Ok(resp) = client
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                && resp.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} did not become SERVING within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<&'static str>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0 {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(req)
+    }
+}
+
+pub type Audit = AuditServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// An AuditService client at `url` calling with `token`.
+pub async fn audit_client(url: &str, token: Option<&'static str>) -> Audit {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connects");
+    AuditServiceClient::with_interceptor(channel, Bearer(token))
+}
+
+/// Every stored event of a service, in order.
+pub async fn all_events(audit: &mut Audit) -> Vec<StoredEvent> {
+    let mut stream = audit
+        .stream_events(StreamEventsRequest {
+            from_seq: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("StreamEvents")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = stream.message().await.expect("stream item") {
+        out.push(e);
+    }
+    out
+}
+
+/// Waits until the service's head reaches `seq` and its projections have caught up.
+pub async fn wait_for_head(audit: &mut Audit, seq: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = audit
+            .projection_status(ProjectionStatusRequest {})
+            .await
+            .map(|r| r.into_inner());
+        if let Ok(s) = &status
+            && s.head_seq >= seq
+            && s.projections.iter().all(|p| p.checkpoint == s.head_seq)
+        {
+            return s.head_seq;
+        }
+        if Instant::now() > deadline {
+            panic!("head did not reach {seq} within {timeout:?}: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A valid envelope of `payload` for `subject` of the test tenant, with a fresh id.
+pub fn envelope(subject: &str, payload: Payload) -> Envelope {
+    let event_type = privacy_proto::EventType::of_payload(&payload)
+        .expect("a user event")
+        .as_str()
+        .to_owned();
+    Envelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type,
+        schema_version: 1,
+        tenant: TENANT.into(),
+        subject_id: subject.into(),
+        occurred_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        source: "e2e".into(),
+        payload: Some(payload),
+        ..Default::default()
+    }
+}
+
+/// A `consent.granted` payload for one purpose.
+pub fn granted(purpose: &str) -> Payload {
+    Payload::ConsentGranted(ConsentGranted {
+        purposes: vec![purpose.into()],
+        policy_version: "v1".into(),
+        method: ConsentMethod::UntickedCheckbox as i32,
+        expressed_by: ExpressedBy::Subject as i32,
+        evidence: [(
+            "ip".to_string(),
+            PersonalValue {
+                value: Some(personal_value::Value::Clear("203.0.113.7".into())),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    })
+}
