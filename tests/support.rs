@@ -52,8 +52,9 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `spec` on a free port with data under `data_dir`.
     pub async fn start(spec: ServiceSpec, nats_url: &str, data_dir: &Path) -> InProcess {
-        let config = ServiceConfig::from_map(&service_env(nats_url, data_dir, 0), spec.default_port)
-            .expect("test configuration is valid");
+        let config =
+            ServiceConfig::from_map(&service_env(nats_url, data_dir, 0), spec.default_port)
+                .expect("test configuration is valid");
         let shutdown = CancellationToken::new();
         let service = privacy_service_kit::start(spec, config, shutdown.clone())
             .await
@@ -92,7 +93,10 @@ pub async fn wait_serving(url: &str) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{url} did not become SERVING within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not become SERVING within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,2 +1,246 @@
-//! Ingest benchmark (being written).
-fn main() {}
+//! Ingest benchmark: in one run, against one real nats-server, measures
+//! (a) the floor — JetStream pull → one sled batch → flush + fdatasync → ack, no domain logic —
+//! and (b) the consent service's real ingest path (decode, validate, tenant check, sealing with
+//! the key vault, group commit with hash chain and indexes, ack), over the same number of
+//! identical pre-published events and the same batch size, and prints both rates and the ratio
+//! (target ≥ 0.8). Then (c) rebuilds the timeline projection of the resulting store and compares
+//! it with a raw sled scan of the same store (target ≥ 0.5).
+//!
+//! Run: `cargo bench -p privacy-e2e --bench ingest` (BENCH_EVENTS sets the count, default 50000).
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use futures::StreamExt;
+use privacy_e2e::*;
+use privacy_event_store::{EventStore, Projector, StoreConfig};
+use privacy_service_kit::timeline::{SUBJECT_TIMELINE, SubjectTimeline};
+use privacy_service_kit::{ServiceConfig, ServiceSpec};
+use privacy_testkit::NatsServer;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: usize = 1000;
+
+async fn publish(js: &jetstream::Context, n: usize) {
+    let mut acks = Vec::with_capacity(BATCH);
+    for i in 0..n {
+        let env = envelope(&format!("u-{}", i % 2000), granted("marketing"));
+        let msg = PublishMessage::build()
+            .payload(env.encode_to_vec().into())
+            .message_id(&env.event_id);
+        acks.push(
+            js.send_publish("privacy.in.consent.granted", msg)
+                .await
+                .unwrap(),
+        );
+        if acks.len() == BATCH {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+/// (a) The floor: the same pull, one sled batch per pulled chunk, flush + fdatasync, ack.
+async fn floor(js: &jetstream::Context, n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path())
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .unwrap();
+    let tree = db.open_tree("log").unwrap();
+    let file = File::open(dir.path().join("db")).unwrap();
+    let stream = js.get_stream("PRIVACY_IN").await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "bench_floor",
+            pull::Config {
+                durable_name: Some("bench_floor".into()),
+                filter_subject: "privacy.in.consent.*".into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: (BATCH * 20) as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut chunks = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await
+        .unwrap()
+        .ready_chunks(BATCH);
+    let mut done = 0usize;
+    let mut seq = 0u64;
+    let mut start = None;
+    while done < n {
+        let chunk = chunks.next().await.unwrap();
+        start.get_or_insert_with(Instant::now);
+        let msgs: Vec<_> = chunk.into_iter().map(|m| m.unwrap()).collect();
+        let mut batch = sled::Batch::default();
+        for m in &msgs {
+            seq += 1;
+            batch.insert(&seq.to_be_bytes(), &m.payload[..]);
+        }
+        tree.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+        file.sync_data().unwrap();
+        for m in &msgs {
+            m.ack().await.unwrap();
+        }
+        done += msgs.len();
+    }
+    n as f64 / start.unwrap().elapsed().as_secs_f64()
+}
+
+/// (b) The consent service's real ingest path, in-process.
+async fn service(nats_url: &str, data: &std::path::Path, n: usize) -> f64 {
+    let spec: ServiceSpec = privacy_consent::SPEC;
+    let mut env = service_env(nats_url, data, 0);
+    env.insert("PRIVACY_INGEST_BATCH".into(), BATCH.to_string());
+    let config = ServiceConfig::from_map(&env, spec.default_port).unwrap();
+    let shutdown = CancellationToken::new();
+    let svc = privacy_service_kit::start(spec, config, shutdown.clone())
+        .await
+        .unwrap();
+    let mut head = svc.store.watch_head();
+    let mut start = None;
+    while (head.borrow_and_update().seq as usize) < n {
+        if head.borrow().seq > 0 {
+            start.get_or_insert_with(Instant::now);
+        }
+        tokio::time::timeout(Duration::from_secs(120), head.changed())
+            .await
+            .expect("ingest progresses")
+            .unwrap();
+        start.get_or_insert_with(Instant::now);
+    }
+    let rate = n as f64 / start.unwrap().elapsed().as_secs_f64();
+    shutdown.cancel();
+    svc.wait().await.unwrap();
+    rate
+}
+
+/// (c) A raw sled scan of the store versus a rebuild of the timeline projection over it.
+async fn rebuild(events_dir: &std::path::Path, n: usize) -> (f64, f64) {
+    let mut scan_rate = 0.0;
+    {
+        let db = sled::Config::new().path(events_dir).open().unwrap();
+        let tree = db.open_tree("log").unwrap();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let mut bytes = 0usize;
+            let mut events = 0usize;
+            for kv in tree.range(&b"e"[..]..&b"f"[..]) {
+                let (_, v) = kv.unwrap();
+                bytes += v.len();
+                events += 1;
+            }
+            assert_eq!(events, n);
+            std::hint::black_box(bytes);
+            scan_rate = f64::max(scan_rate, n as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    let store = EventStore::open(events_dir, StoreConfig::default()).unwrap();
+    let projector = Projector::open(&store, vec![Arc::new(SubjectTimeline)]).unwrap();
+    let mut rebuild_rate = 0.0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let status = projector
+            .rebuild(SUBJECT_TIMELINE, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(status.checkpoint as usize, n);
+        rebuild_rate = f64::max(rebuild_rate, n as f64 / start.elapsed().as_secs_f64());
+    }
+    (scan_rate, rebuild_rate)
+}
+
+/// (d) The event store alone (no NATS, no service): append in batches vs raw sled batches.
+async fn store_only(n: usize) -> (f64, f64) {
+    let payload = envelope("u-1", granted("marketing")).encode_to_vec();
+    let raw = {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("log").unwrap();
+        let file = File::open(dir.path().join("db")).unwrap();
+        let start = Instant::now();
+        for b in 0..n / BATCH {
+            let mut batch = sled::Batch::default();
+            for i in 0..BATCH {
+                batch.insert(&((b * BATCH + i) as u64).to_be_bytes(), &payload[..]);
+            }
+            tree.apply_batch(batch).unwrap();
+            db.flush().unwrap();
+            file.sync_data().unwrap();
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let start = Instant::now();
+    for b in 0..n / BATCH {
+        let events = (0..BATCH)
+            .map(|i| privacy_event_store::NewEvent {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                stream: format!("{TENANT}/u-{}", (b * BATCH + i) % 2000),
+                event_type: "consent.granted".into(),
+                data: payload.clone(),
+                publish: false,
+            })
+            .collect();
+        store
+            .append(events, privacy_event_store::ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    (raw, n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (raw, store) = store_only(n).await;
+        println!("sled batch + flush + fdatasync (no NATS):   {raw:>10.0} events/s");
+        println!("event store append (no NATS):               {store:>10.0} events/s");
+        println!("ratio store/raw: {:.2}", store / raw);
+        let nats = NatsServer::start();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let bus = privacy_bus::BusConfig { url: nats.url(), ..Default::default() };
+        privacy_bus::ensure_streams(&js, &bus).await.unwrap();
+        let t = Instant::now();
+        publish(&js, n).await;
+        println!("published {n} consent.granted events in {:.2} s", t.elapsed().as_secs_f64());
+
+        let floor_rate = floor(&js, n).await;
+        let data = tempfile::tempdir().unwrap();
+        let service_rate = service(&nats.url(), data.path(), n).await;
+        println!("ingest floor (pull → sled batch → flush+fdatasync → ack): {floor_rate:>10.0} events/s");
+        println!("ingest consent service (real path):                       {service_rate:>10.0} events/s");
+        println!("ratio service/floor: {:.2} (target ≥ 0.80)", service_rate / floor_rate);
+
+        let (scan, rebuilt) = rebuild(&data.path().join("consent/events"), n).await;
+        println!("raw sled scan of the store:        {scan:>10.0} events/s");
+        println!("timeline projection rebuild:       {rebuilt:>10.0} events/s");
+        println!("ratio rebuild/scan: {:.2} (target ≥ 0.50)", rebuilt / scan);
+    });
+}

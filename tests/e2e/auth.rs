@@ -5,6 +5,10 @@ use privacy_e2e::*;
 use privacy_proto::v1::*;
 use privacy_testkit::NatsServer;
 use tonic::Code;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_and_wrong_role_calls_are_refused() {
@@ -14,15 +18,28 @@ async fn unauthenticated_and_wrong_role_calls_are_refused() {
     let url = svc.url();
 
     let mut anonymous = audit_client(&url, None).await;
-    let err = anonymous.verify_chain(VerifyChainRequest::default()).await.unwrap_err();
+    let err = anonymous
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
 
     let mut forged = audit_client(&url, Some("not-a-configured-token")).await;
-    let err = forged.projection_status(ProjectionStatusRequest {}).await.unwrap_err();
+    let err = forged
+        .projection_status(ProjectionStatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
 
     let mut auditor = audit_client(&url, Some(AUDITOR_TOKEN)).await;
-    assert!(auditor.verify_chain(VerifyChainRequest::default()).await.unwrap().into_inner().ok);
+    assert!(
+        auditor
+            .verify_chain(VerifyChainRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
     let err = auditor
         .rebuild_projections(RebuildProjectionsRequest::default())
         .await
@@ -30,7 +47,10 @@ async fn unauthenticated_and_wrong_role_calls_are_refused() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
 
     let mut backend = audit_client(&url, Some(BACKEND_TOKEN)).await;
-    let err = backend.verify_chain(VerifyChainRequest::default()).await.unwrap_err();
+    let err = backend
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
 
     let mut operator = audit_client(&url, Some(OPERATOR_TOKEN)).await;
@@ -45,13 +65,38 @@ async fn unauthenticated_and_wrong_role_calls_are_refused() {
     }
     assert_eq!(done, 1);
     let err = operator
-        .rebuild_projections(RebuildProjectionsRequest { names: vec!["nope".into()] })
+        .rebuild_projections(RebuildProjectionsRequest {
+            names: vec!["nope".into()],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("names"), "{err}");
 
-    // Health answers without a token (wait_serving uses no token).
+    // Health answers without a token (wait_serving uses no token), and so does reflection.
     wait_serving(&url).await;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in ["privacy.v1.AuditService", "grpc.health.v1.Health"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
     svc.stop().await;
 }

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_e2e::*;
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
-use privacy_testkit::{free_port, NatsServer, ServiceProcess};
+use privacy_testkit::{NatsServer, ServiceProcess, free_port};
 use prost::Message;
 
 const EVENTS: usize = 20_000;
@@ -41,16 +41,25 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    privacy_bus::ensure_streams(&js, &privacy_bus::BusConfig { url: nats.url(), ..Default::default() })
-        .await
-        .unwrap();
+    privacy_bus::ensure_streams(
+        &js,
+        &privacy_bus::BusConfig {
+            url: nats.url(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
 
     let mut published = BTreeSet::new();
     let mut acks = Vec::with_capacity(1000);
     for i in 0..EVENTS {
         let subject = format!("u-{}", i % 2000);
         let payload = if i % 3 == 0 {
-            Payload::ConsentWithdrawn(ConsentWithdrawn { purposes: vec!["marketing".into()], method: String::new() })
+            Payload::ConsentWithdrawn(ConsentWithdrawn {
+                purposes: vec!["marketing".into()],
+                method: String::new(),
+            })
         } else {
             granted(if i % 2 == 0 { "marketing" } else { "analytics" })
         };
@@ -59,7 +68,11 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
         let msg = PublishMessage::build()
             .payload(env.encode_to_vec().into())
             .message_id(&env.event_id);
-        acks.push(js.send_publish(format!("privacy.in.{}", env.event_type), msg).await.unwrap());
+        acks.push(
+            js.send_publish(format!("privacy.in.{}", env.event_type), msg)
+                .await
+                .unwrap(),
+        );
         if acks.len() == 1000 {
             for a in acks.drain(..) {
                 a.await.unwrap();
@@ -90,16 +103,33 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stored = all_events(&mut audit).await;
-    let ids: Vec<String> = stored.iter().map(|e| e.envelope.as_ref().unwrap().event_id.clone()).collect();
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|e| e.envelope.as_ref().unwrap().event_id.clone())
+        .collect();
     assert_eq!(ids.len(), EVENTS, "events stored");
     assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), published);
-    assert!(stored.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1), "gap-free");
+    assert!(
+        stored
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 + 1),
+        "gap-free"
+    );
 
-    let chain = audit.verify_chain(VerifyChainRequest::default()).await.unwrap().into_inner();
+    let chain = audit
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(chain.ok, "{chain:?}");
     assert_eq!(chain.events_checked, EVENTS as u64);
 
-    let live = audit.projection_status(ProjectionStatusRequest {}).await.unwrap().into_inner();
+    let live = audit
+        .projection_status(ProjectionStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let mut operator = audit_client(&url, Some(OPERATOR_TOKEN)).await;
     let mut progress = operator
         .rebuild_projections(RebuildProjectionsRequest::default())
@@ -114,10 +144,16 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     }
     for p in &live.projections {
         let r = rebuilt.iter().find(|r| r.name == p.name).expect("rebuilt");
-        assert_eq!(r.digest, p.digest, "projection {} differs from its rebuild", p.name);
+        assert_eq!(
+            r.digest, p.digest,
+            "projection {} differs from its rebuild",
+            p.name
+        );
         assert_eq!(r.applied, EVENTS as u64);
     }
 
-    let status = process.terminate(Duration::from_secs(20)).expect("exit status");
+    let status = process
+        .terminate(Duration::from_secs(20))
+        .expect("exit status");
     assert!(status.success(), "SIGTERM exit: {status:?}");
 }

@@ -11,6 +11,9 @@ use privacy_proto::v1::envelope::Payload;
 use privacy_testkit::NatsServer;
 use prost::Message;
 
+/// Subject, bytes, and the expected (code, field) when refused.
+type Case = (&'static str, Vec<u8>, Option<(&'static str, &'static str)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     let nats = NatsServer::start();
@@ -35,22 +38,57 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     }
     let good_after = envelope("u-2", granted("analytics"));
 
-    let cases: Vec<(&str, Vec<u8>, Option<(&str, &str)>)> = vec![
-        ("privacy.in.consent.granted", good_before.encode_to_vec(), None),
-        ("privacy.in.consent.granted", b"\xff\x00 not protobuf".to_vec(), Some(("malformed", "message"))),
-        ("privacy.in.consent.granted", no_purposes.encode_to_vec(), Some(("missing_field", "consent_granted.purposes"))),
-        ("privacy.in.consent.revoked", unknown_type.encode_to_vec(), Some(("unknown_event_type", "event_type"))),
-        ("privacy.in.consent.granted", unknown_tenant.encode_to_vec(), Some(("unknown_tenant", "tenant"))),
-        ("privacy.in.consent.granted", email_subject.encode_to_vec(), Some(("invalid_field", "subject_id"))),
-        ("privacy.in.consent.granted", oversized.encode_to_vec(), Some(("too_large", "message"))),
-        ("privacy.in.consent.granted", good_after.encode_to_vec(), None),
+    let cases: Vec<Case> = vec![
+        (
+            "privacy.in.consent.granted",
+            good_before.encode_to_vec(),
+            None,
+        ),
+        (
+            "privacy.in.consent.granted",
+            b"\xff\x00 not protobuf".to_vec(),
+            Some(("malformed", "message")),
+        ),
+        (
+            "privacy.in.consent.granted",
+            no_purposes.encode_to_vec(),
+            Some(("missing_field", "consent_granted.purposes")),
+        ),
+        (
+            "privacy.in.consent.revoked",
+            unknown_type.encode_to_vec(),
+            Some(("unknown_event_type", "event_type")),
+        ),
+        (
+            "privacy.in.consent.granted",
+            unknown_tenant.encode_to_vec(),
+            Some(("unknown_tenant", "tenant")),
+        ),
+        (
+            "privacy.in.consent.granted",
+            email_subject.encode_to_vec(),
+            Some(("invalid_field", "subject_id")),
+        ),
+        (
+            "privacy.in.consent.granted",
+            oversized.encode_to_vec(),
+            Some(("too_large", "message")),
+        ),
+        (
+            "privacy.in.consent.granted",
+            good_after.encode_to_vec(),
+            None,
+        ),
     ];
     for (subject, bytes, _) in &cases {
-        js.send_publish(subject.to_string(), PublishMessage::build().payload(bytes.clone().into()))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.send_publish(
+            subject.to_string(),
+            PublishMessage::build().payload(bytes.clone().into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     }
     // JSON that is not an envelope.
     js.send_publish(
@@ -93,8 +131,24 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
         assert_eq!(&msg.payload[..], &bytes[..], "original bytes for {code}");
     }
     let json = got.last().unwrap();
-    assert_eq!(json.headers.as_ref().unwrap().get(HEADER_ERROR_CODE).unwrap().as_str(), "malformed");
-    assert_eq!(json.headers.as_ref().unwrap().get("Content-Type").unwrap().as_str(), "application/json");
+    assert_eq!(
+        json.headers
+            .as_ref()
+            .unwrap()
+            .get(HEADER_ERROR_CODE)
+            .unwrap()
+            .as_str(),
+        "malformed"
+    );
+    assert_eq!(
+        json.headers
+            .as_ref()
+            .unwrap()
+            .get("Content-Type")
+            .unwrap()
+            .as_str(),
+        "application/json"
+    );
 
     let mut audit = audit_client(&consent.url(), Some(AUDITOR_TOKEN)).await;
     wait_for_head(&mut audit, 2, Duration::from_secs(20)).await;
@@ -104,6 +158,9 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
         .map(|e| e.envelope.unwrap().event_id)
         .collect();
     assert_eq!(ids, vec![good_before.event_id, good_after.event_id]);
-    assert_eq!(consent.service.stats.snapshot()[2], expected.len() as u64 + 1);
+    assert_eq!(
+        consent.service.stats.snapshot()[2],
+        expected.len() as u64 + 1
+    );
     consent.stop().await;
 }

@@ -23,90 +23,120 @@ async fn each_service_stores_exactly_its_own_events_once() {
     ];
     let mut services = Vec::new();
     for spec in specs {
-        services.push((spec.name, InProcess::start(spec, &nats.url(), data.path()).await));
+        services.push((
+            spec.name,
+            InProcess::start(spec, &nats.url(), data.path()).await,
+        ));
     }
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
 
     let mut events: Vec<(Envelope, &[&str])> = vec![
         (
-            envelope("u-1", Payload::SubjectRegistered(SubjectRegistered {
-                birth_date: "1990-04-01".into(),
-                personal: [("email".to_string(), PersonalValue {
-                    value: Some(personal_value::Value::Clear("ann@example.com".into())),
-                })]
-                .into(),
-                ..Default::default()
-            })),
+            envelope(
+                "u-1",
+                Payload::SubjectRegistered(SubjectRegistered {
+                    birth_date: "1990-04-01".into(),
+                    personal: [(
+                        "email".to_string(),
+                        PersonalValue {
+                            value: Some(personal_value::Value::Clear("ann@example.com".into())),
+                        },
+                    )]
+                    .into(),
+                    ..Default::default()
+                }),
+            ),
             &["consent"],
         ),
         (envelope("u-1", granted("marketing")), &["consent"]),
         (
-            envelope("u-1", Payload::ConsentWithdrawn(ConsentWithdrawn {
-                purposes: vec!["marketing".into()],
-                method: "settings page".into(),
-            })),
+            envelope(
+                "u-1",
+                Payload::ConsentWithdrawn(ConsentWithdrawn {
+                    purposes: vec!["marketing".into()],
+                    method: "settings page".into(),
+                }),
+            ),
             &["consent"],
         ),
         (
-            envelope("u-1", Payload::RequestReceived(RequestReceived {
-                request_type: RequestType::Access as i32,
-                channel: "web".into(),
-                ..Default::default()
-            })),
+            envelope(
+                "u-1",
+                Payload::RequestReceived(RequestReceived {
+                    request_type: RequestType::Access as i32,
+                    channel: "web".into(),
+                    ..Default::default()
+                }),
+            ),
             &["subject-requests"],
         ),
         (
-            envelope("u-1", Payload::DataCollected(DataCollected {
-                category: "contact".into(),
-                purpose: "provide_service".into(),
-                system: "accounts".into(),
-                location: "users table".into(),
-            })),
+            envelope(
+                "u-1",
+                Payload::DataCollected(DataCollected {
+                    category: "contact".into(),
+                    purpose: "provide_service".into(),
+                    system: "accounts".into(),
+                    location: "users table".into(),
+                }),
+            ),
             &["retention"],
         ),
         (
-            envelope("u-2", Payload::DataErased(DataErased {
-                order_id: "o-1".into(),
-                category: "contact".into(),
-                system: "accounts".into(),
-                kept_reason: String::new(),
-            })),
+            envelope(
+                "u-2",
+                Payload::DataErased(DataErased {
+                    order_id: "o-1".into(),
+                    category: "contact".into(),
+                    system: "accounts".into(),
+                    kept_reason: String::new(),
+                }),
+            ),
             &["retention"],
         ),
         (
-            envelope("u-2", Payload::SubjectDeactivated(SubjectDeactivated {
-                reason: "closed account".into(),
-            })),
+            envelope(
+                "u-2",
+                Payload::SubjectDeactivated(SubjectDeactivated {
+                    reason: "closed account".into(),
+                }),
+            ),
             &["consent", "retention"],
         ),
         (
-            envelope("u-3", Payload::DataDisclosed(DataDisclosed {
-                recipient: "Tax office".into(),
-                recipient_role: RecipientRole::StateBody as i32,
-                country: "VN".into(),
-                categories: vec!["identity".into()],
-                purpose: "provide_service".into(),
-                legal_basis: LegalBasis::StateBodyRequest as i32,
-                request_ref: "TO-2026-17".into(),
-                system: "billing".into(),
-                ..Default::default()
-            })),
+            envelope(
+                "u-3",
+                Payload::DataDisclosed(DataDisclosed {
+                    recipient: "Tax office".into(),
+                    recipient_role: RecipientRole::StateBody as i32,
+                    country: "VN".into(),
+                    categories: vec!["identity".into()],
+                    purpose: "provide_service".into(),
+                    legal_basis: LegalBasis::StateBodyRequest as i32,
+                    request_ref: "TO-2026-17".into(),
+                    system: "billing".into(),
+                    ..Default::default()
+                }),
+            ),
             &["disclosure-log"],
         ),
     ];
     // Aggregate disclosure without a subject.
-    let mut cohort = envelope("", Payload::DataDisclosed(DataDisclosed {
-        recipient: "Statistics bureau".into(),
-        recipient_role: RecipientRole::StateBody as i32,
-        country: "VN".into(),
-        categories: vec!["usage".into()],
-        purpose: "analytics".into(),
-        legal_basis: LegalBasis::Anonymised as i32,
-        system: "warehouse".into(),
-        cohort_ref: "2026-Q3-active-users".into(),
-        ..Default::default()
-    }));
+    let mut cohort = envelope(
+        "",
+        Payload::DataDisclosed(DataDisclosed {
+            recipient: "Statistics bureau".into(),
+            recipient_role: RecipientRole::StateBody as i32,
+            country: "VN".into(),
+            categories: vec!["usage".into()],
+            purpose: "analytics".into(),
+            legal_basis: LegalBasis::Anonymised as i32,
+            system: "warehouse".into(),
+            cohort_ref: "2026-Q3-active-users".into(),
+            ..Default::default()
+        }),
+    );
     cohort.subject_id.clear();
     events.push((cohort, &["disclosure-log"]));
 
@@ -130,11 +160,14 @@ async fn each_service_stores_exactly_its_own_events_once() {
             .await
             .unwrap();
         // Each event again without a Nats-Msg-Id: JetStream stores it, the service must not.
-        js.send_publish(subject, PublishMessage::build().payload(env.encode_to_vec().into()))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.send_publish(
+            subject,
+            PublishMessage::build().payload(env.encode_to_vec().into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     }
 
     for (name, service) in &services {
@@ -149,10 +182,17 @@ async fn each_service_stores_exactly_its_own_events_once() {
             .map(|e| e.envelope.as_ref().unwrap().event_id.clone())
             .collect();
         assert_eq!(ids.len(), want.len(), "{name} stored {ids:?}");
-        assert_eq!(&ids.iter().cloned().collect::<BTreeSet<_>>(), want, "{name}");
+        assert_eq!(
+            &ids.iter().cloned().collect::<BTreeSet<_>>(),
+            want,
+            "{name}"
+        );
         let [accepted, duplicates, rejected, _] = service.service.stats.snapshot();
         assert_eq!((accepted, rejected), (want.len() as u64, 0), "{name}");
-        assert!(duplicates >= want.len() as u64, "{name}: {duplicates} duplicates");
+        assert!(
+            duplicates >= want.len() as u64,
+            "{name}: {duplicates} duplicates"
+        );
     }
 
     // Personal data is stored sealed, never in the clear.
@@ -167,7 +207,10 @@ async fn each_service_stores_exactly_its_own_events_once() {
     let Some(Payload::SubjectRegistered(p)) = &registered.payload else {
         panic!("subject.registered carries {registered:?}")
     };
-    assert!(matches!(p.personal["email"].value, Some(personal_value::Value::Sealed(_))));
+    assert!(matches!(
+        p.personal["email"].value,
+        Some(personal_value::Value::Sealed(_))
+    ));
     assert!(!format!("{stored:?}").contains("ann@example.com"));
     let timeline = audit
         .get_subject_timeline(GetSubjectTimelineRequest {
@@ -179,7 +222,11 @@ async fn each_service_stores_exactly_its_own_events_once() {
         .into_inner();
     // The timeline lists the subject's events in log order (two consumers feed consent, so the
     // log order of a subject.* and a consent.* event may differ from the publish order).
-    let timeline: Vec<_> = timeline.entries.iter().map(|e| (e.seq, e.event_type.clone())).collect();
+    let timeline: Vec<_> = timeline
+        .entries
+        .iter()
+        .map(|e| (e.seq, e.event_type.clone()))
+        .collect();
     let of_u1: Vec<_> = stored
         .iter()
         .filter(|e| e.envelope.as_ref().unwrap().subject_id == "u-1")

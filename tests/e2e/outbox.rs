@@ -14,7 +14,12 @@ fn domain_event(i: usize, publish: bool) -> NewEvent {
     NewEvent {
         event_id: format!("0190f5a4-8a3c-7cc0-9d3e-{i:012}"),
         stream: format!("acme/s-{}", i % 3),
-        event_type: if publish { "thing.happened" } else { "user.event" }.into(),
+        event_type: if publish {
+            "thing.happened"
+        } else {
+            "user.event"
+        }
+        .into(),
         data: format!("body {i}").into_bytes(),
         publish,
     }
@@ -23,7 +28,11 @@ fn domain_event(i: usize, publish: bool) -> NewEvent {
 async fn wait_cursor(relay: &OutboxRelay, seq: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while relay.cursor().unwrap() < seq {
-        assert!(Instant::now() < deadline, "relay cursor stuck at {}", relay.cursor().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "relay cursor stuck at {}",
+            relay.cursor().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -59,22 +68,39 @@ async fn domain_events_are_published_once_in_order_across_a_nats_outage() {
     };
     let shutdown = CancellationToken::new();
     let task = {
-        let relay = OutboxRelay { js: js.clone(), store: store.clone(), service: "consent".into(), config: config.clone() };
+        let relay = OutboxRelay {
+            js: js.clone(),
+            store: store.clone(),
+            service: "consent".into(),
+            config: config.clone(),
+        };
         let shutdown = shutdown.clone();
         tokio::spawn(async move { relay.run(shutdown).await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(relay.cursor().unwrap(), 0, "nothing can be relayed while NATS is down");
+    assert_eq!(
+        relay.cursor().unwrap(),
+        0,
+        "nothing can be relayed while NATS is down"
+    );
     nats.restart();
     wait_cursor(&relay, 60).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 
     // A crash before the cursor moved means re-publishing; the duplicate window absorbs it.
-    store.set_meta("outbox.cursor", &0u64.to_be_bytes()).await.unwrap();
+    store
+        .set_meta("outbox.cursor", &0u64.to_be_bytes())
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
     let again = {
-        let relay = OutboxRelay { js: js.clone(), store: store.clone(), service: "consent".into(), config: config.clone() };
+        let relay = OutboxRelay {
+            js: js.clone(),
+            store: store.clone(),
+            service: "consent".into(),
+            config: config.clone(),
+        };
         let shutdown = shutdown.clone();
         tokio::spawn(async move { relay.run(shutdown).await })
     };
@@ -88,11 +114,25 @@ async fn domain_events_are_published_once_in_order_across_a_nats_outage() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut batch = consumer.fetch().max_messages(500).expires(Duration::from_secs(2)).messages().await.unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(500)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
     while let Some(m) = batch.next().await {
         let m = m.unwrap();
         assert_eq!(m.subject.as_str(), "privacy.evt.consent.thing.happened");
-        got.push(m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_owned());
+        got.push(
+            m.headers
+                .as_ref()
+                .unwrap()
+                .get("Nats-Msg-Id")
+                .unwrap()
+                .as_str()
+                .to_owned(),
+        );
     }
     assert_eq!(got, expected);
 }

@@ -11,7 +11,9 @@ use privacy_testkit::NatsServer;
 async fn verify_chain_names_the_tampered_event() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let client = privacy_client::PrivacyClient::connect(&nats.url(), "e2e").await.unwrap();
+    let client = privacy_client::PrivacyClient::connect(&nats.url(), "e2e")
+        .await
+        .unwrap();
     let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
     for i in 0..10 {
         client
@@ -21,25 +23,37 @@ async fn verify_chain_names_the_tampered_event() {
     }
     let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
     wait_for_head(&mut audit, 10, Duration::from_secs(20)).await;
-    let clean = audit.verify_chain(VerifyChainRequest::default()).await.unwrap().into_inner();
+    let clean = audit
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(clean.ok && clean.events_checked == 10, "{clean:?}");
     svc.stop().await;
 
     // An attacker with disk access edits event 6.
     {
-        let store = EventStore::open(data.path().join("consent/events"), StoreConfig::default()).unwrap();
+        let store =
+            EventStore::open(data.path().join("consent/events"), StoreConfig::default()).unwrap();
         store.tamper_flip_byte(6, 120).unwrap();
     }
 
     let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
     let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
-    let report = audit.verify_chain(VerifyChainRequest::default()).await.unwrap().into_inner();
+    let report = audit
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, 6, "{report:?}");
     assert_eq!(report.events_checked, 5);
     // The range before it still verifies.
     let before = audit
-        .verify_chain(VerifyChainRequest { from_seq: 1, to_seq: 5 })
+        .verify_chain(VerifyChainRequest {
+            from_seq: 1,
+            to_seq: 5,
+        })
         .await
         .unwrap()
         .into_inner();

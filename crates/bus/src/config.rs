@@ -91,10 +91,7 @@ pub async fn connect(config: &BusConfig, name: &str) -> Result<async_nats::Clien
 
 /// Creates the four streams if they do not exist (file storage, the configured replicas and
 /// duplicate window). Existing streams are left as they are.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    config: &BusConfig,
-) -> Result<(), BusError> {
+pub async fn ensure_streams(js: &jetstream::Context, config: &BusConfig) -> Result<(), BusError> {
     for (name, subject) in config.streams() {
         js.get_or_create_stream(stream::Config {
             name: name.clone(),

@@ -1,8 +1,8 @@
 //! The dead-letter queue: a refused message is republished on `<prefix>.dlq.<service>` with its
 //! original bytes untouched and the reason in headers, before the original is acked.
 
-use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_proto::Rejection;
 
 use crate::BusError;

@@ -5,20 +5,22 @@
 //! by `event_id`, group-committed and fsynced) → ack. A refused message goes to the DLQ and is
 //! acked only after the DLQ has it; a transient failure naks with back-off and never acks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use privacy_event_store::{EventStore, ExpectedVersion, NewEvent};
 use privacy_proto::v1::Envelope;
 use privacy_proto::validate::check_size;
-use privacy_proto::{decode_envelope, validate_envelope, Encoding, EventType, Limits, Rejection, RejectionCode};
+use privacy_proto::{
+    Encoding, EventType, Limits, Rejection, RejectionCode, decode_envelope, validate_envelope,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{dlq, BusConfig, BusError};
+use crate::{BusConfig, BusError, dlq};
 
 /// What a service makes of a contract-valid user event.
 pub enum Prepared {
@@ -87,7 +89,10 @@ pub fn consumer_name(service: &str, prefix: &str, filter: &str) -> String {
         .strip_prefix(prefix)
         .and_then(|s| s.strip_prefix(".in."))
         .unwrap_or(filter);
-    let tail = tail.replace('.', "_").replace('*', "all").replace('>', "rest");
+    let tail = tail
+        .replace('.', "_")
+        .replace('*', "all")
+        .replace('>', "rest");
     format!("{}_{tail}", service.replace('-', "_"))
 }
 
@@ -101,10 +106,14 @@ impl Ingest {
             consumer: name.clone(),
             reason,
         };
-        let stream = self.js.get_stream(&stream_name).await.map_err(|e| BusError::Stream {
-            stream: stream_name.clone(),
-            reason: e.to_string(),
-        })?;
+        let stream = self
+            .js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| BusError::Stream {
+                stream: stream_name.clone(),
+                reason: e.to_string(),
+            })?;
         let consumer: jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &name,
@@ -145,7 +154,8 @@ impl Ingest {
                 }
             }
             if !batch.is_empty() {
-                let span = tracing::debug_span!("ingest_batch", consumer = %name, size = batch.len());
+                let span =
+                    tracing::debug_span!("ingest_batch", consumer = %name, size = batch.len());
                 self.process(batch).instrument(span).await;
             }
         }
@@ -212,10 +222,17 @@ impl Ingest {
             .as_ref()
             .and_then(|h| h.get("Content-Type"))
             .map(|v| v.as_str());
-        let envelope = match decode_envelope(&msg.payload, Encoding::from_content_type(content_type)) {
-            Ok(env) => env,
-            Err(e) => return Fate::Reject(Rejection::new(RejectionCode::Malformed, "message", e.to_string())),
-        };
+        let envelope =
+            match decode_envelope(&msg.payload, Encoding::from_content_type(content_type)) {
+                Ok(env) => env,
+                Err(e) => {
+                    return Fate::Reject(Rejection::new(
+                        RejectionCode::Malformed,
+                        "message",
+                        e.to_string(),
+                    ));
+                }
+            };
         let event_type = match validate_envelope(&envelope, subject_type, now, &self.limits) {
             Ok(t) => t,
             Err(r) => return Fate::Reject(r),
@@ -258,7 +275,8 @@ impl Ingest {
     async fn nak(&self, msg: &jetstream::Message) {
         self.stats.naked.fetch_add(1, Ordering::Relaxed);
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 8) as u32;
-        let delay = Duration::from_millis(100 * 2u64.pow(delivered - 1)).min(Duration::from_secs(10));
+        let delay =
+            Duration::from_millis(100 * 2u64.pow(delivered - 1)).min(Duration::from_secs(10));
         if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
             tracing::debug!(error = %e, "nak failed; the server redelivers after ack_wait");
         }
@@ -271,7 +289,10 @@ mod tests {
 
     #[test]
     fn consumer_names_are_valid_and_distinct() {
-        assert_eq!(consumer_name("consent", "privacy", "privacy.in.consent.*"), "consent_consent_all");
+        assert_eq!(
+            consumer_name("consent", "privacy", "privacy.in.consent.*"),
+            "consent_consent_all"
+        );
         assert_eq!(
             consumer_name("disclosure-log", "privacy", "privacy.in.data.disclosed"),
             "disclosure_log_data_disclosed"

@@ -14,10 +14,8 @@ mod dlq;
 mod ingest;
 mod outbox;
 
-pub use config::{connect, ensure_streams, BusConfig};
-pub use dlq::{
-    HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD, HEADER_ORIGINAL_SUBJECT,
-};
+pub use config::{BusConfig, connect, ensure_streams};
+pub use dlq::{HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD, HEADER_ORIGINAL_SUBJECT};
 pub use ingest::{Ingest, IngestHandler, IngestStats, Prepared};
 pub use outbox::OutboxRelay;
 

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_event_store::{EventStore, RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,9 @@ impl OutboxRelay {
                 _ = shutdown.cancelled() => return Ok(()),
                 batch = sub.next_batch(256) => batch?,
             };
-            let Some(last) = batch.last().map(|e| e.seq) else { continue };
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                continue;
+            };
             for event in batch.iter().filter(|e| e.is_published()) {
                 if !self.publish_until_acked(event, &shutdown).await {
                     return Ok(());
@@ -55,7 +57,11 @@ impl OutboxRelay {
 
     /// Publishes one event, retrying with back-off until JetStream acks it. Returns false when
     /// shutdown interrupted it (the cursor has not moved, so it is published again next time).
-    async fn publish_until_acked(&self, event: &RecordedEvent, shutdown: &CancellationToken) -> bool {
+    async fn publish_until_acked(
+        &self,
+        event: &RecordedEvent,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let subject = self.config.domain_subject(&self.service, &event.event_type);
         let mut delay = Duration::from_millis(50);
         loop {

@@ -21,14 +21,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message;
 
 pub use privacy_proto::v1;
-use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::Envelope;
-use privacy_proto::{validate_envelope, EventType, Limits, Rejection};
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::{EventType, Limits, Rejection, validate_envelope};
 
 /// What can go wrong publishing.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +162,10 @@ impl PrivacyClient {
     }
 
     /// Publishes a complete envelope (e.g. one with its own `occurred_at` or correlation ids).
-    pub async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishReceipt, ClientError> {
+    pub async fn publish_envelope(
+        &self,
+        envelope: Envelope,
+    ) -> Result<PublishReceipt, ClientError> {
         validate_envelope(&envelope, None, SystemTime::now(), &self.limits)?;
         let subject = format!("{}.in.{}", self.prefix, envelope.event_type);
         let bytes = envelope.encode_to_vec();

@@ -18,11 +18,9 @@ mod store;
 mod subscription;
 mod vault;
 
-pub use projection::{Projection, ProjectionStatus, Projector, View, ViewWriter};
-pub use record::{RecordedEvent, FLAG_PUBLISH, GENESIS_HASH, HASH_LEN};
-pub use store::{
-    EventStore, ExpectedVersion, Head, NewEvent, Position, StoreConfig, VerifyReport,
-};
+pub use projection::{Projection, ProjectionStatus, Projector, View, ViewEntry, ViewWriter};
+pub use record::{FLAG_PUBLISH, GENESIS_HASH, HASH_LEN, RecordedEvent};
+pub use store::{EventStore, ExpectedVersion, Head, NewEvent, Position, StoreConfig, VerifyReport};
 pub use subscription::Subscription;
 pub use vault::{Opened, SealedField, Vault};
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::record::RecordedEvent;
-use crate::store::{storage, EventStore};
 use crate::StoreError;
+use crate::record::RecordedEvent;
+use crate::store::{EventStore, storage};
 
 /// How many events a projection folds into one atomic view commit.
 const APPLY_BATCH: usize = 1024;
@@ -62,6 +62,9 @@ impl ViewWriter<'_> {
     }
 }
 
+/// A view entry: key (without the data mark) and value.
+pub type ViewEntry = (Vec<u8>, Vec<u8>);
+
 /// A read handle on a view, for queries.
 #[derive(Clone)]
 pub struct View {
@@ -70,11 +73,15 @@ pub struct View {
 
 impl View {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(data_key(key)).map_err(storage)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(data_key(key))
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
     }
 
     /// Every entry whose key starts with `prefix`, in key order (keys without the `d` mark).
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<ViewEntry>, StoreError> {
         self.tree
             .scan_prefix(data_key(prefix))
             .map(|kv| {
@@ -121,7 +128,7 @@ impl Meta {
     }
 }
 
-struct Entry {
+struct Slot {
     projection: Arc<dyn Projection>,
     tree: sled::Tree,
     /// Held while folding or rebuilding, so the two never interleave.
@@ -132,7 +139,7 @@ struct Entry {
 #[derive(Clone)]
 pub struct Projector {
     store: EventStore,
-    entries: Arc<Vec<Entry>>,
+    entries: Arc<Vec<Slot>>,
 }
 
 impl Projector {
@@ -149,7 +156,7 @@ impl Projector {
                 .db
                 .open_tree(format!("view:{}", projection.name()))
                 .map_err(storage)?;
-            let entry = Entry {
+            let entry = Slot {
                 projection,
                 tree,
                 lock: Mutex::new(()),
@@ -197,7 +204,7 @@ impl Projector {
         })
     }
 
-    fn entry(&self, name: &str) -> Option<&Entry> {
+    fn entry(&self, name: &str) -> Option<&Slot> {
         self.entries.iter().find(|e| e.projection.name() == name)
     }
 
@@ -252,7 +259,7 @@ impl Projector {
 
     fn fold_to_head(
         &self,
-        entry: &Entry,
+        entry: &Slot,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, StoreError> {
         let head = self.store.head().seq;
@@ -306,7 +313,7 @@ fn write_meta(tree: &sled::Tree, meta: Meta) -> Result<(), StoreError> {
 
 /// Removes a view's data, keeping a `rebuilding` mark until the replay has caught up, so that a
 /// crash halfway is seen and redone at the next start.
-fn clear(entry: &Entry) -> Result<(), StoreError> {
+fn clear(entry: &Slot) -> Result<(), StoreError> {
     write_meta(
         &entry.tree,
         Meta {
@@ -330,7 +337,7 @@ fn clear(entry: &Entry) -> Result<(), StoreError> {
     }
 }
 
-fn status_of(entry: &Entry) -> Result<ProjectionStatus, StoreError> {
+fn status_of(entry: &Slot) -> Result<ProjectionStatus, StoreError> {
     let meta = read_meta(&entry.tree)?;
     let mut hasher = blake3::Hasher::new();
     let mut entries = 0;

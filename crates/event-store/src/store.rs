@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::record::{self, RecordedEvent, Unsealed, GENESIS_HASH, HASH_LEN};
 use crate::StoreError;
+use crate::record::{self, GENESIS_HASH, HASH_LEN, RecordedEvent, Unsealed};
 
 /// An event to append. `event_id` is the idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,8 +244,7 @@ impl EventStore {
                 return Err(StoreError::Invalid("event_id must not be empty".into()));
             }
         }
-        if expected != ExpectedVersion::Any && events.iter().any(|e| e.stream != events[0].stream)
-        {
+        if expected != ExpectedVersion::Any && events.iter().any(|e| e.stream != events[0].stream) {
             return Err(StoreError::Invalid(
                 "an append with an expected version must target one stream".into(),
             ));
@@ -253,12 +252,12 @@ impl EventStore {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.as_ref().ok_or(StoreError::Closed)?;
         tx.send(AppendRequest {
-                events,
-                expected,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+            events,
+            expected,
+            reply,
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -381,7 +380,11 @@ impl EventStore {
                 return Ok(bad(checked, seq, "record names another sequence number"));
             }
             if rec.prev_hash != prev {
-                return Ok(bad(checked, seq, "prev_hash does not match the previous record's hash"));
+                return Ok(bad(
+                    checked,
+                    seq,
+                    "prev_hash does not match the previous record's hash",
+                ));
             }
             prev = rec.hash;
             expected_seq += 1;
@@ -391,7 +394,11 @@ impl EventStore {
             return Ok(bad(checked, expected_seq, "event is missing from the log"));
         }
         if to == head.seq && to >= from && prev != head.hash {
-            return Ok(bad(checked, to, "the head hash does not match the last record"));
+            return Ok(bad(
+                checked,
+                to,
+                "the head hash does not match the last record",
+            ));
         }
         Ok(VerifyReport {
             events_checked: checked,
@@ -658,7 +665,11 @@ impl Writer {
                 ..*p
             }));
         }
-        let Some(seq) = self.shared.log.get(key(K_ID, event_id.as_bytes())).map_err(storage)?
+        let Some(seq) = self
+            .shared
+            .log
+            .get(key(K_ID, event_id.as_bytes()))
+            .map_err(storage)?
         else {
             return Ok(None);
         };

@@ -3,9 +3,9 @@
 
 use tokio::sync::watch;
 
+use crate::StoreError;
 use crate::record::RecordedEvent;
 use crate::store::{EventStore, Head};
-use crate::StoreError;
 
 /// Reads the log in order from a starting sequence number, waiting at the head for more.
 pub struct Subscription {

@@ -26,11 +26,16 @@ async fn appends_get_gap_free_sequences_and_stream_versions() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let p = store
-        .append(vec![ev("a", "s1"), ev("b", "s2"), ev("c", "s1")], ExpectedVersion::Any)
+        .append(
+            vec![ev("a", "s1"), ev("b", "s2"), ev("c", "s1")],
+            ExpectedVersion::Any,
+        )
         .await
         .unwrap();
     assert_eq!(
-        p.iter().map(|p| (p.seq, p.stream_version)).collect::<Vec<_>>(),
+        p.iter()
+            .map(|p| (p.seq, p.stream_version))
+            .collect::<Vec<_>>(),
         vec![(1, 1), (2, 1), (3, 2)]
     );
     assert_eq!(store.head().seq, 3);
@@ -49,17 +54,35 @@ async fn appends_get_gap_free_sequences_and_stream_versions() {
 async fn a_repeated_event_id_appends_nothing_and_returns_the_original_position() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    store.append(vec![ev("a", "s")], ExpectedVersion::Any).await.unwrap();
+    store
+        .append(vec![ev("a", "s")], ExpectedVersion::Any)
+        .await
+        .unwrap();
     let again = store
-        .append(vec![ev("a", "s"), ev("b", "s"), ev("b", "s")], ExpectedVersion::Any)
+        .append(
+            vec![ev("a", "s"), ev("b", "s"), ev("b", "s")],
+            ExpectedVersion::Any,
+        )
         .await
         .unwrap();
     assert_eq!(
         again,
         vec![
-            Position { seq: 1, stream_version: 1, duplicate: true },
-            Position { seq: 2, stream_version: 2, duplicate: false },
-            Position { seq: 2, stream_version: 2, duplicate: true },
+            Position {
+                seq: 1,
+                stream_version: 1,
+                duplicate: true
+            },
+            Position {
+                seq: 2,
+                stream_version: 2,
+                duplicate: false
+            },
+            Position {
+                seq: 2,
+                stream_version: 2,
+                duplicate: true
+            },
         ]
     );
     assert_eq!(store.head().seq, 2);
@@ -77,7 +100,10 @@ async fn expected_version_conflicts_are_reported_and_append_nothing() {
         .append(vec![ev("b", "s")], ExpectedVersion::NoStream)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: 1, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 1, .. }),
+        "{err}"
+    );
     let err = store
         .append(vec![ev("b", "s")], ExpectedVersion::Exact(5))
         .await
@@ -100,7 +126,10 @@ async fn concurrent_appends_are_group_committed_without_gaps() {
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
                 store
-                    .append(vec![ev(&format!("{t}-{i}"), &format!("s{t}"))], ExpectedVersion::Any)
+                    .append(
+                        vec![ev(&format!("{t}-{i}"), &format!("s{t}"))],
+                        ExpectedVersion::Any,
+                    )
                     .await
                     .unwrap();
             }
@@ -112,7 +141,10 @@ async fn concurrent_appends_are_group_committed_without_gaps() {
     let all = store.read(1, 1000).unwrap();
     assert_eq!(all.len(), 400);
     assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
-    assert!(all.windows(2).all(|w| w[0].recorded_at_micros <= w[1].recorded_at_micros));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].recorded_at_micros <= w[1].recorded_at_micros)
+    );
     assert_eq!(store.verify(0, 0).unwrap().first_bad, None);
 }
 
@@ -130,7 +162,10 @@ async fn the_chain_survives_a_reopen_and_names_a_tampered_record() {
     }
     let store = open(&dir);
     assert_eq!(store.head().seq, 10);
-    store.append(vec![ev("e10", "s")], ExpectedVersion::Any).await.unwrap();
+    store
+        .append(vec![ev("e10", "s")], ExpectedVersion::Any)
+        .await
+        .unwrap();
     let report = store.verify(0, 0).unwrap();
     assert_eq!(report.events_checked, 11);
     assert_eq!(report.first_bad, None);
@@ -151,7 +186,10 @@ async fn a_subscription_catches_up_then_follows_without_gaps_or_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     for i in 0..5 {
-        store.append(vec![ev(&format!("a{i}"), "s")], ExpectedVersion::Any).await.unwrap();
+        store
+            .append(vec![ev(&format!("a{i}"), "s")], ExpectedVersion::Any)
+            .await
+            .unwrap();
     }
     let mut sub = store.subscribe(3);
     let writer = store.clone();
@@ -213,7 +251,10 @@ async fn projections_rebuild_to_the_same_bytes_and_rebuild_on_a_version_change()
     let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
     for i in 0..3000 {
         store
-            .append(vec![ev(&format!("e{i}"), &format!("s{}", i % 7))], ExpectedVersion::Any)
+            .append(
+                vec![ev(&format!("e{i}"), &format!("s{}", i % 7))],
+                ExpectedVersion::Any,
+            )
             .await
             .unwrap();
         if i == 1500 {
@@ -225,7 +266,10 @@ async fn projections_rebuild_to_the_same_bytes_and_rebuild_on_a_version_change()
     assert_eq!(live.checkpoint, 3000);
     assert_eq!(live.entries, 7);
     let view = projector.view("count_per_stream").unwrap();
-    assert_eq!(view.get(b"s0").unwrap(), Some(429u64.to_be_bytes().to_vec()));
+    assert_eq!(
+        view.get(b"s0").unwrap(),
+        Some(429u64.to_be_bytes().to_vec())
+    );
     let mut last_progress = 0;
     let rebuilt = projector
         .rebuild("count_per_stream", |applied, _| last_progress = applied)

@@ -8,14 +8,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::store::storage;
 use crate::StoreError;
+use crate::store::storage;
 
 /// A field sealed under a subject's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,9 @@ pub struct SealedField {
 pub enum Opened {
     Clear(Vec<u8>),
     /// The subject's key was shredded at this instant (microseconds since the Unix epoch).
-    Erased { shredded_at_micros: i64 },
+    Erased {
+        shredded_at_micros: i64,
+    },
 }
 
 /// Per-subject data keys, sealing and shredding.
@@ -98,7 +100,11 @@ impl Vault {
             .map(|v| u32::from_be_bytes(v[..4].try_into().expect("4 bytes"))))
     }
 
-    fn live_key(&self, tenant: &str, subject: &str) -> Result<(u32, XChaCha20Poly1305), StoreError> {
+    fn live_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<(u32, XChaCha20Poly1305), StoreError> {
         if let Some(generation) = self.current_generation(tenant, subject)?
             && let Some(v) = self
                 .keys
@@ -267,7 +273,9 @@ mod tests {
     fn seal_open_shred_and_a_new_generation() {
         let dir = tempfile::tempdir().unwrap();
         let vault = Vault::open(dir.path()).unwrap();
-        let sealed = vault.seal("acme", "u-1", "email", b"ann@example.com").unwrap();
+        let sealed = vault
+            .seal("acme", "u-1", "email", b"ann@example.com")
+            .unwrap();
         vault.sync().unwrap();
         assert_eq!(sealed.key_generation, 1);
         assert_eq!(

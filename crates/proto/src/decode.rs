@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
-use crate::v1::Envelope;
 use crate::FILE_DESCRIPTOR_SET;
+use crate::v1::Envelope;
 
 /// How a message body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub fn envelope_to_json(envelope: &Envelope) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{envelope::Payload, ConsentGranted};
+    use crate::v1::{ConsentGranted, envelope::Payload};
 
     #[test]
     fn json_and_protobuf_decode_to_the_same_envelope() {

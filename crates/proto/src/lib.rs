@@ -22,6 +22,6 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/privacy_descriptor.bin"));
 
-pub use decode::{decode_envelope, DecodeError, Encoding};
+pub use decode::{DecodeError, Encoding, decode_envelope};
 pub use event_type::EventType;
-pub use validate::{validate_envelope, Limits, Rejection, RejectionCode};
+pub use validate::{Limits, Rejection, RejectionCode, validate_envelope};

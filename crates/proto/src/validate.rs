@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::event_type::EventType;
 use crate::v1::envelope::Payload;
 use crate::v1::{
-    personal_value, ConsentMethod, Envelope, LegalBasis, PersonalValue, RecipientRole,
-    RequestType,
+    ConsentMethod, Envelope, LegalBasis, PersonalValue, RecipientRole, RequestType, personal_value,
 };
 
 /// Why an event was refused; travels as `Privacy-Error-Code` on the DLQ.
@@ -150,7 +149,10 @@ pub fn validate_envelope(
     if env.schema_version > 1 {
         return Err(Rejection::invalid(
             "schema_version",
-            format!("schema_version {} is not supported (1 is)", env.schema_version),
+            format!(
+                "schema_version {} is not supported (1 is)",
+                env.schema_version
+            ),
         ));
     }
     check_id("tenant", &env.tenant, limits)?;
@@ -440,6 +442,9 @@ mod tests {
         }
     }
 
+    /// A change that breaks one field.
+    type Mutation = Box<dyn Fn(&mut Envelope)>;
+
     fn field_of(env: &Envelope) -> String {
         validate_envelope(env, None, now(), &Limits::default())
             .unwrap_err()
@@ -449,20 +454,34 @@ mod tests {
     #[test]
     fn a_complete_event_passes() {
         assert_eq!(
-            validate_envelope(&granted(), Some("consent.granted"), now(), &Limits::default()),
+            validate_envelope(
+                &granted(),
+                Some("consent.granted"),
+                now(),
+                &Limits::default()
+            ),
             Ok(EventType::ConsentGranted)
         );
     }
 
     #[test]
     fn each_rejection_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Envelope)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             ("event_id", Box::new(|e| e.event_id.clear())),
             ("event_id", Box::new(|e| e.event_id = "not-an-id".into())),
-            ("event_type", Box::new(|e| e.event_type = "consent.revoked".into())),
+            (
+                "event_type",
+                Box::new(|e| e.event_type = "consent.revoked".into()),
+            ),
             ("tenant", Box::new(|e| e.tenant.clear())),
-            ("subject_id", Box::new(|e| e.subject_id = "ann@example.com".into())),
-            ("subject_id", Box::new(|e| e.subject_id = "+7 915 000 11 22".into())),
+            (
+                "subject_id",
+                Box::new(|e| e.subject_id = "ann@example.com".into()),
+            ),
+            (
+                "subject_id",
+                Box::new(|e| e.subject_id = "+7 915 000 11 22".into()),
+            ),
             ("occurred_at", Box::new(|e| e.occurred_at = None)),
             (
                 "occurred_at",
@@ -501,8 +520,13 @@ mod tests {
 
     #[test]
     fn subject_and_event_type_must_agree() {
-        let err = validate_envelope(&granted(), Some("consent.withdrawn"), now(), &Limits::default())
-            .unwrap_err();
+        let err = validate_envelope(
+            &granted(),
+            Some("consent.withdrawn"),
+            now(),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.field, "event_type");
     }
 

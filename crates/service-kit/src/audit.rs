@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{require, Role};
-use crate::timeline::{read_timeline, SUBJECT_TIMELINE};
+use crate::auth::{Role, require};
+use crate::timeline::{SUBJECT_TIMELINE, read_timeline};
 
 const READERS: &[Role] = &[Role::Auditor, Role::Operator];
 

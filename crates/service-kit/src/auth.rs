@@ -67,7 +67,8 @@ impl Tokens {
         if token.len() < 8 {
             return Err(format!("a {role} token is shorter than 8 characters"));
         }
-        self.by_digest.insert(blake3::hash(token.as_bytes()).into(), role);
+        self.by_digest
+            .insert(blake3::hash(token.as_bytes()).into(), role);
         Ok(())
     }
 
@@ -92,7 +93,10 @@ impl Tokens {
             let (role, token) = line
                 .split_once([' ', ':', '\t'])
                 .ok_or_else(|| format!("line {}: expected `role token`", n + 1))?;
-            self.add(role.parse().map_err(|e| format!("line {}: {e}", n + 1))?, token.trim())?;
+            self.add(
+                role.parse().map_err(|e| format!("line {}: {e}", n + 1))?,
+                token.trim(),
+            )?;
         }
         Ok(())
     }
@@ -137,7 +141,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
         let role = self
             .tokens
@@ -174,7 +181,8 @@ mod tests {
     fn call(tokens: &Tokens, auth: Option<&str>) -> Result<Role, Status> {
         let mut req = Request::new(());
         if let Some(a) = auth {
-            req.metadata_mut().insert("authorization", a.parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", a.parse().unwrap());
         }
         let req = AuthInterceptor::new(tokens.clone()).call(req)?;
         require(&req, &[Role::Operator])
@@ -183,13 +191,26 @@ mod tests {
     #[test]
     fn tokens_map_to_roles_and_roles_are_enforced() {
         let mut t = Tokens::default();
-        t.add_list("operator:op-token-1, auditor:au-token-1").unwrap();
+        t.add_list("operator:op-token-1, auditor:au-token-1")
+            .unwrap();
         t.add_lines("# comment\nbackend be-token-1\n").unwrap();
         assert_eq!(call(&t, Some("Bearer op-token-1")).unwrap(), Role::Operator);
-        assert_eq!(call(&t, None).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(call(&t, Some("Bearer nope-nope")).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(call(&t, Some("op-token-1")).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(call(&t, Some("Bearer au-token-1")).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            call(&t, None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            call(&t, Some("Bearer nope-nope")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            call(&t, Some("op-token-1")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            call(&t, Some("Bearer au-token-1")).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         assert!(t.add_list("root:abcdefgh").is_err());
         assert!(t.add_list("auditor:short").is_err());
         assert_eq!(format!("{t:?}"), "Tokens(3 configured)");

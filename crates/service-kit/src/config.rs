@@ -81,7 +81,10 @@ impl ServiceConfig {
                 if !KEYS.contains(&key.as_str()) {
                     return Err(ConfigError::File {
                         path,
-                        reason: format!("unknown key {k:?} (known: {})", KEYS.join(", ").to_lowercase()),
+                        reason: format!(
+                            "unknown key {k:?} (known: {})",
+                            KEYS.join(", ").to_lowercase()
+                        ),
                     });
                 }
                 let v = match v {
@@ -134,9 +137,12 @@ impl ServiceConfig {
         }
         let grpc_addr = match get("GRPC_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], default_port)),
-            Some(v) => v
-                .parse()
-                .map_err(|_| invalid("GRPC_ADDR", format!("{v:?} is not host:port, e.g. 127.0.0.1:{default_port}")))?,
+            Some(v) => v.parse().map_err(|_| {
+                invalid(
+                    "GRPC_ADDR",
+                    format!("{v:?} is not host:port, e.g. 127.0.0.1:{default_port}"),
+                )
+            })?,
         };
         let mut tokens = Tokens::default();
         if let Some(list) = get("TOKENS") {
@@ -185,7 +191,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
@@ -205,12 +214,16 @@ mod tests {
         std::fs::write(&file, "nats_url = \"nats://a:1\"\nstream_replicas = 3\n").unwrap();
         let f = file.to_str().unwrap();
         let c = ServiceConfig::from_map(
-            &map(&[("PRIVACY_CONFIG_FILE", f), ("PRIVACY_NATS_URL", "nats://b:2")]),
+            &map(&[
+                ("PRIVACY_CONFIG_FILE", f),
+                ("PRIVACY_NATS_URL", "nats://b:2"),
+            ]),
             1,
         )
         .unwrap();
         assert_eq!((c.bus.url.as_str(), c.bus.replicas), ("nats://b:2", 3));
-        let err = ServiceConfig::from_map(&map(&[("PRIVACY_GRPC_ADDR", "nowhere")]), 1).unwrap_err();
+        let err =
+            ServiceConfig::from_map(&map(&[("PRIVACY_GRPC_ADDR", "nowhere")]), 1).unwrap_err();
         assert!(err.to_string().starts_with("PRIVACY_GRPC_ADDR"), "{err}");
         std::fs::write(&file, "colour = \"red\"\n").unwrap();
         let err = ServiceConfig::from_map(&map(&[("PRIVACY_CONFIG_FILE", f)]), 1).unwrap_err();

@@ -21,5 +21,5 @@ pub mod timeline;
 
 pub use auth::{Role, Tokens};
 pub use config::ServiceConfig;
-pub use runtime::{main, start, RunningService, ServiceSpec, StartError};
+pub use runtime::{RunningService, ServiceSpec, StartError, main, start};
 pub use tenants::{Tenant, TenantRegistry};

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use privacy_event_store::{Opened, SealedField, StoreError, Vault};
 use privacy_proto::v1::envelope::Payload;
-use privacy_proto::v1::{personal_value::Value, Envelope, Erased, PersonalValue, Sealed};
+use privacy_proto::v1::{Envelope, Erased, PersonalValue, Sealed, personal_value::Value};
 
 /// The personal-data maps of a payload, with their field names.
-fn personal_maps(payload: &mut Payload) -> Vec<(&'static str, &mut BTreeMap<String, PersonalValue>)> {
+fn personal_maps(
+    payload: &mut Payload,
+) -> Vec<(&'static str, &mut BTreeMap<String, PersonalValue>)> {
     match payload {
         Payload::SubjectRegistered(p) => vec![("personal", &mut p.personal)],
         Payload::SubjectUpdated(p) => vec![("personal", &mut p.personal)],
@@ -61,7 +63,9 @@ pub fn open_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError
                     ciphertext: s.ciphertext.clone(),
                 };
                 value.value = Some(match vault.open_field(&tenant, &subject, &path, &field)? {
-                    Opened::Clear(bytes) => Value::Clear(String::from_utf8_lossy(&bytes).into_owned()),
+                    Opened::Clear(bytes) => {
+                        Value::Clear(String::from_utf8_lossy(&bytes).into_owned())
+                    }
                     Opened::Erased { shredded_at_micros } => Value::Erased(Erased {
                         shredded_at: Some(crate::audit::timestamp(shredded_at_micros)),
                     }),
@@ -105,7 +109,9 @@ mod tests {
         vault.shred("acme", "u-1", 5).unwrap();
         let mut env = stored;
         open_envelope(&vault, &mut env).unwrap();
-        let Some(Payload::SubjectRegistered(p)) = &env.payload else { unreachable!() };
+        let Some(Payload::SubjectRegistered(p)) = &env.payload else {
+            unreachable!()
+        };
         assert!(matches!(p.personal["email"].value, Some(Value::Erased(_))));
     }
 }

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use privacy_bus::{ensure_streams, Ingest, IngestHandler, IngestStats, OutboxRelay, Prepared};
+use privacy_bus::{Ingest, IngestHandler, IngestStats, OutboxRelay, Prepared, ensure_streams};
 use privacy_event_store::{EventStore, NewEvent, Projection, Projector, StoreConfig, Vault};
-use privacy_proto::v1::audit_service_server::AuditServiceServer;
 use privacy_proto::v1::Envelope;
+use privacy_proto::v1::audit_service_server::AuditServiceServer;
 use privacy_proto::{EventType, Limits, Rejection, RejectionCode};
 use prost::Message;
 use tokio::task::JoinSet;
@@ -191,7 +191,9 @@ pub async fn start(
         .build_v1()
         .map_err(|e| StartError::Server(e.to_string()))?;
     if config.tokens.is_empty() {
-        tracing::warn!("no tokens configured (PRIVACY_TOKENS): every RPC but health and reflection is refused");
+        tracing::warn!(
+            "no tokens configured (PRIVACY_TOKENS): every RPC but health and reflection is refused"
+        );
     }
     let auth = AuthInterceptor::new(config.tokens.clone());
     let audit = Audit {
@@ -212,7 +214,10 @@ pub async fn start(
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InterceptedService::new(AuditServiceServer::new(audit), auth));
+        .add_service(InterceptedService::new(
+            AuditServiceServer::new(audit),
+            auth,
+        ));
 
     let mut tasks = JoinSet::new();
     let server_shutdown = shutdown.clone();
@@ -228,7 +233,9 @@ pub async fn start(
     let run_projector = projector.clone();
     let projector_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        run_projector.run(projector_shutdown.cancelled_owned()).await;
+        run_projector
+            .run(projector_shutdown.cancelled_owned())
+            .await;
     });
 
     let stats = Arc::new(IngestStats::default());
@@ -241,7 +248,16 @@ pub async fn start(
     let bus_shutdown = shutdown.clone();
     let bus_config = config.bus.clone();
     tasks.spawn(async move {
-        run_bus(spec, bus_config, bus_store, handler, bus_stats, health, bus_shutdown).await;
+        run_bus(
+            spec,
+            bus_config,
+            bus_store,
+            handler,
+            bus_stats,
+            health,
+            bus_shutdown,
+        )
+        .await;
     });
     tracing::info!(
         service = spec.name,
@@ -422,7 +438,7 @@ fn serve(spec: ServiceSpec) -> ExitCode {
 }
 
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
@@ -443,7 +459,11 @@ fn healthcheck(spec: ServiceSpec) -> ExitCode {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = format!("{scheme}://{addr}");
     runtime().block_on(async move {
         let check = async {
@@ -460,7 +480,10 @@ fn healthcheck(spec: ServiceSpec) -> ExitCode {
             Ok::<_, String>(resp.into_inner().status)
         };
         match tokio::time::timeout(Duration::from_secs(5), check).await {
-            Ok(Ok(status)) if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+            Ok(Ok(status))
+                if status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+            {
                 println!("{url}: SERVING");
                 ExitCode::SUCCESS
             }

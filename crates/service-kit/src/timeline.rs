@@ -51,7 +51,11 @@ impl Projection for SubjectTimeline {
 }
 
 /// A subject's timeline, in log order.
-pub fn read_timeline(view: &View, tenant: &str, subject: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+pub fn read_timeline(
+    view: &View,
+    tenant: &str,
+    subject: &str,
+) -> Result<Vec<TimelineEntry>, StoreError> {
     view.scan_prefix(&subject_prefix(tenant, subject))?
         .into_iter()
         .map(|(_, v)| {

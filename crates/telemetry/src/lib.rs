@@ -7,15 +7,15 @@
 
 #![forbid(unsafe_code)]
 
+use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 /// Setting up telemetry failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,12 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(true)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
@@ -99,13 +104,17 @@ impl Extractor for NatsHeadersRef<'_> {
 /// Writes the current span's trace context (`traceparent`, `tracestate`) into NATS headers.
 pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut NatsHeaders(headers)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut NatsHeaders(headers))
+    });
 }
 
 /// Reads a trace context from NATS headers (an empty context when there is none).
 pub fn extract_nats(headers: Option<&async_nats::HeaderMap>) -> Context {
     match headers {
-        Some(h) => opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsHeadersRef(h))),
+        Some(h) => {
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsHeadersRef(h)))
+        }
         None => Context::new(),
     }
 }
@@ -143,7 +152,9 @@ impl Extractor for GrpcMetadataRef<'_> {
 /// Writes the current span's trace context into outgoing gRPC metadata.
 pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut GrpcMetadata(metadata)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut GrpcMetadata(metadata))
+    });
 }
 
 /// Reads a trace context from incoming gRPC metadata.
@@ -186,7 +197,10 @@ mod tests {
         use opentelemetry::trace::TraceContextExt;
         let sc = cx.span().span_context().clone();
         assert!(sc.is_valid());
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let mut md = tonic::metadata::MetadataMap::new();
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut GrpcMetadata(&mut md))

@@ -95,7 +95,14 @@ impl NatsServer {
         for _attempt in 0..5 {
             let _ = std::fs::remove_file(&log);
             let mut child = Command::new(&self.binary)
-                .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
                 .arg(self.store.path().join("jetstream"))
                 .arg("-l")
                 .arg(&log)
@@ -122,7 +129,10 @@ impl NatsServer {
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if keep_port {
-                panic!("nats-server could not start again on port {}:\n{text}", self.port);
+                panic!(
+                    "nats-server could not start again on port {}:\n{text}",
+                    self.port
+                );
             }
             self.port = free_port();
         }
