@@ -25,16 +25,25 @@ fn domain_event(i: usize, publish: bool) -> NewEvent {
     }
 }
 
-async fn wait_cursor(relay: &OutboxRelay, seq: u64) {
+async fn wait_position(relay: &OutboxRelay, seq: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while relay.cursor().unwrap() < seq {
+    while relay.position() < seq {
         assert!(
             Instant::now() < deadline,
-            "relay cursor stuck at {}",
-            relay.cursor().unwrap()
+            "relay stuck at {}",
+            relay.position()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn spawn_relay(
+    relay: &OutboxRelay,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), privacy_bus::BusError>> {
+    let relay = relay.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move { relay.run(shutdown).await })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,51 +69,34 @@ async fn domain_events_are_published_once_in_order_across_a_nats_outage() {
         }
         store.append(vec![e], ExpectedVersion::Any).await.unwrap();
     }
-    let relay = OutboxRelay {
-        js: js.clone(),
-        store: store.clone(),
-        service: "consent".into(),
-        config: config.clone(),
-    };
+    let relay = OutboxRelay::new(js.clone(), store.clone(), "consent", config.clone());
     let shutdown = CancellationToken::new();
-    let task = {
-        let relay = OutboxRelay {
-            js: js.clone(),
-            store: store.clone(),
-            service: "consent".into(),
-            config: config.clone(),
-        };
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { relay.run(shutdown).await })
-    };
+    let task = spawn_relay(&relay, &shutdown);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         relay.cursor().unwrap(),
         0,
         "nothing can be relayed while NATS is down"
     );
+    assert_eq!(relay.position(), 0);
     nats.restart();
-    wait_cursor(&relay, 60).await;
+    wait_position(&relay, 60).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
+    assert!(
+        relay.cursor().unwrap() >= 59,
+        "the durable cursor follows published events"
+    );
 
     // A crash before the cursor moved means re-publishing; the duplicate window absorbs it.
     store
         .set_meta("outbox.cursor", &0u64.to_be_bytes())
         .await
         .unwrap();
+    let relay = OutboxRelay::new(js.clone(), store.clone(), "consent", config.clone());
     let shutdown = CancellationToken::new();
-    let again = {
-        let relay = OutboxRelay {
-            js: js.clone(),
-            store: store.clone(),
-            service: "consent".into(),
-            config: config.clone(),
-        };
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { relay.run(shutdown).await })
-    };
-    wait_cursor(&relay, 60).await;
+    let again = spawn_relay(&relay, &shutdown);
+    wait_position(&relay, 60).await;
     shutdown.cancel();
     again.await.unwrap().unwrap();
 

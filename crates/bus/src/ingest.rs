@@ -22,6 +22,9 @@ use tracing::Instrument;
 
 use crate::{BusConfig, BusError, dlq};
 
+/// Batches decoded and submitted ahead of the oldest one still committing.
+const PIPELINE: usize = 3;
+
 /// What a service makes of a contract-valid user event.
 pub enum Prepared {
     /// Store this.
@@ -139,6 +142,10 @@ impl Ingest {
             .map_err(|e| consumer_err(e.to_string()))?;
         let mut chunks = messages.ready_chunks(self.config.batch_size);
         tracing::info!(consumer = %name, filter, "ingesting");
+        // Up to PIPELINE batches in flight: the next one is decoded and submitted while earlier
+        // ones commit; the store commits them in submission order.
+        let mut committing: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+            std::collections::VecDeque::new();
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -156,53 +163,78 @@ impl Ingest {
             if !batch.is_empty() {
                 let span =
                     tracing::debug_span!("ingest_batch", consumer = %name, size = batch.len());
-                self.process(batch).instrument(span).await;
+                let commit = self.process(batch).instrument(span).await;
+                committing.push_back(tokio::spawn(commit));
+                if committing.len() >= PIPELINE
+                    && let Some(oldest) = committing.pop_front()
+                {
+                    let _ = oldest.await;
+                }
             }
+        }
+        for pending in committing {
+            let _ = pending.await;
         }
         tracing::info!(consumer = %name, "ingest stopped");
         Ok(())
     }
 
-    /// Handles one pulled batch to the end: every message is acked or nak'ed.
-    pub async fn process(&self, batch: Vec<jetstream::Message>) {
+    /// Decodes, checks and submits one pulled batch; the returned future waits for the commit
+    /// and then acks (or naks) every stored message. Refused messages are dead-lettered here.
+    pub async fn process(
+        &self,
+        batch: Vec<jetstream::Message>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let now = SystemTime::now();
-        let mut to_store: Vec<(jetstream::Message, NewEvent)> = Vec::with_capacity(batch.len());
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
         for msg in batch {
             match self.classify(&msg, now) {
-                Fate::Store(e) => to_store.push((msg, e)),
-                Fate::Retry => self.nak(&msg).await,
+                Fate::Store(e) => {
+                    msgs.push(msg);
+                    events.push(e);
+                }
+                Fate::Retry => nak(&self.stats, &msg).await,
                 Fate::Reject(rejection) => self.dead_letter(&msg, &rejection).await,
             }
         }
-        if to_store.is_empty() {
-            return;
-        }
-        if let Err(e) = self.handler.before_append() {
+        let stats = self.stats.clone();
+        let submitted = if events.is_empty() {
+            None
+        } else if let Err(e) = self.handler.before_append() {
             tracing::warn!(error = %e, "batch not stored; retrying later");
-            for (msg, _) in &to_store {
-                self.nak(msg).await;
+            for msg in &msgs {
+                nak(&stats, msg).await;
             }
-            return;
-        }
-        let (msgs, events): (Vec<_>, Vec<_>) = to_store.into_iter().unzip();
-        match self.store.append(events, ExpectedVersion::Any).await {
-            Ok(positions) => {
-                let dups = positions.iter().filter(|p| p.duplicate).count() as u64;
-                self.stats.duplicates.fetch_add(dups, Ordering::Relaxed);
-                self.stats
-                    .accepted
-                    .fetch_add(positions.len() as u64 - dups, Ordering::Relaxed);
-                for msg in &msgs {
-                    if let Err(e) = msg.ack().await {
-                        // The event is stored; a lost ack means a redelivery, which dedupes.
-                        tracing::debug!(error = %e, "ack failed");
+            None
+        } else {
+            Some(self.store.submit(events, ExpectedVersion::Any).await)
+        };
+        async move {
+            let Some(submitted) = submitted else { return };
+            let outcome = match submitted {
+                Ok(commit) => commit.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(positions) => {
+                    let dups = positions.iter().filter(|p| p.duplicate).count() as u64;
+                    stats.duplicates.fetch_add(dups, Ordering::Relaxed);
+                    stats
+                        .accepted
+                        .fetch_add(positions.len() as u64 - dups, Ordering::Relaxed);
+                    for msg in &msgs {
+                        if let Err(e) = msg.ack().await {
+                            // The event is stored; a lost ack means a redelivery, which dedupes.
+                            tracing::debug!(error = %e, "ack failed");
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, size = msgs.len(), "store refused the batch; nak with back-off");
-                for msg in &msgs {
-                    self.nak(msg).await;
+                Err(e) => {
+                    tracing::warn!(error = %e, size = msgs.len(), "store refused the batch; nak with back-off");
+                    for msg in &msgs {
+                        nak(&stats, msg).await;
+                    }
                 }
             }
         }
@@ -267,19 +299,19 @@ impl Ingest {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "DLQ publish failed; the message will be redelivered");
-                self.nak(msg).await;
+                nak(&self.stats, msg).await;
             }
         }
     }
+}
 
-    async fn nak(&self, msg: &jetstream::Message) {
-        self.stats.naked.fetch_add(1, Ordering::Relaxed);
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 8) as u32;
-        let delay =
-            Duration::from_millis(100 * 2u64.pow(delivered - 1)).min(Duration::from_secs(10));
-        if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-            tracing::debug!(error = %e, "nak failed; the server redelivers after ack_wait");
-        }
+/// Negative ack with exponential back-off by delivery count (100 ms doubling, at most 10 s).
+async fn nak(stats: &IngestStats, msg: &jetstream::Message) {
+    stats.naked.fetch_add(1, Ordering::Relaxed);
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 8) as u32;
+    let delay = Duration::from_millis(100 * 2u64.pow(delivered - 1)).min(Duration::from_secs(10));
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::debug!(error = %e, "nak failed; the server redelivers after ack_wait");
     }
 }
 

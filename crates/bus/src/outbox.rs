@@ -6,6 +6,8 @@
 //! let a later event overtake an earlier one; a crash between publish and cursor re-publishes,
 //! and the stream's duplicate window absorbs it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,16 +18,40 @@ use tokio_util::sync::CancellationToken;
 use crate::{BusConfig, BusError};
 
 /// Publishes a store's domain events to `<prefix>.evt.<service>.<event_type>`.
+#[derive(Clone)]
 pub struct OutboxRelay {
-    pub js: jetstream::Context,
-    pub store: EventStore,
-    pub service: String,
-    pub config: BusConfig,
+    js: jetstream::Context,
+    store: EventStore,
+    service: String,
+    config: BusConfig,
+    /// The last sequence number relayed or skipped (in memory; the durable cursor may lag it
+    /// by events that are not published).
+    position: Arc<AtomicU64>,
 }
 
 const CURSOR: &str = "outbox.cursor";
 
 impl OutboxRelay {
+    pub fn new(
+        js: jetstream::Context,
+        store: EventStore,
+        service: &str,
+        config: BusConfig,
+    ) -> Self {
+        OutboxRelay {
+            js,
+            store,
+            service: service.to_owned(),
+            config,
+            position: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The last sequence number this relay has dealt with since it started.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
     /// The last sequence number known to be on the bus (or skipped as not published).
     pub fn cursor(&self) -> Result<u64, BusError> {
         Ok(self
@@ -36,22 +62,32 @@ impl OutboxRelay {
 
     /// Relays until `shutdown` is cancelled.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BusError> {
-        let mut sub = self.store.subscribe(self.cursor()? + 1);
+        let cursor = self.cursor()?;
+        self.position.fetch_max(cursor, Ordering::AcqRel);
+        let mut sub = self
+            .store
+            .subscribe(cursor + 1)
+            .only_flagged(privacy_event_store::FLAG_PUBLISH);
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                batch = sub.next_batch(256) => batch?,
+                batch = sub.next_batch(4096) => batch?,
             };
-            let Some(last) = batch.last().map(|e| e.seq) else {
-                continue;
-            };
+            let last = sub.position() - 1;
+            let mut published = false;
             for event in batch.iter().filter(|e| e.is_published()) {
                 if !self.publish_until_acked(event, &shutdown).await {
                     return Ok(());
                 }
+                published = true;
             }
-            self.store.set_meta(CURSOR, &last.to_be_bytes()).await?;
+            // Moving past events that are not published needs no durable write: after a
+            // restart they are read again and skipped again.
+            if published {
+                self.store.set_meta(CURSOR, &last.to_be_bytes()).await?;
+            }
+            self.position.store(last, Ordering::Release);
         }
     }
 

@@ -16,7 +16,7 @@ use crate::record::RecordedEvent;
 use crate::store::{EventStore, storage};
 
 /// How many events a projection folds into one atomic view commit.
-const APPLY_BATCH: usize = 1024;
+const APPLY_BATCH: usize = 16_384;
 const META_KEY: &[u8] = b"m";
 const DATA: u8 = b'd';
 
@@ -59,6 +59,22 @@ impl ViewWriter<'_> {
 
     pub fn remove(&mut self, key: &[u8]) {
         self.overlay.insert(data_key(key), None);
+    }
+
+    /// Changes a value in place (`None` = absent); cheaper than `get` + `put` for values that
+    /// grow, because the staged copy is edited rather than cloned.
+    pub fn update(
+        &mut self,
+        key: &[u8],
+        change: impl FnOnce(&mut Option<Vec<u8>>),
+    ) -> Result<(), StoreError> {
+        let k = data_key(key);
+        if !self.overlay.contains_key(&k) {
+            let current = self.tree.get(&k).map_err(storage)?.map(|v| v.to_vec());
+            self.overlay.insert(k.clone(), current);
+        }
+        change(self.overlay.get_mut(&k).expect("staged above"));
+        Ok(())
     }
 }
 

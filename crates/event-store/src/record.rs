@@ -15,6 +15,9 @@ pub const HASH_LEN: usize = 32;
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: [u8; HASH_LEN] = [0; HASH_LEN];
 
+/// Offset of the flags byte in a record.
+pub(crate) const FLAGS_OFFSET: usize = 1 + 8 + 8 + 8;
+
 /// Flag: the event is a domain event the outbox relay publishes.
 pub const FLAG_PUBLISH: u8 = 1;
 

@@ -12,6 +12,8 @@ pub struct Subscription {
     store: EventStore,
     next: u64,
     head: watch::Receiver<Head>,
+    /// Yield only events whose flags share a bit with this mask (0 = every event).
+    flags: u8,
 }
 
 impl EventStore {
@@ -21,11 +23,19 @@ impl EventStore {
             store: self.clone(),
             next: from_seq.max(1),
             head: self.watch_head(),
+            flags: 0,
         }
     }
 }
 
 impl Subscription {
+    /// Yields only events carrying one of `flags` (e.g. [`crate::FLAG_PUBLISH`]); the others are
+    /// skipped without being decoded. A batch may then be empty while the position moves on.
+    pub fn only_flagged(mut self, flags: u8) -> Subscription {
+        self.flags = flags;
+        self
+    }
+
     /// The sequence number of the next event this subscription yields.
     pub fn position(&self) -> u64 {
         self.next
@@ -48,6 +58,11 @@ impl Subscription {
             return Ok(None);
         }
         let want = ((head - self.next + 1) as usize).min(max.max(1));
+        if self.flags != 0 {
+            let (batch, scanned_to) = self.store.read_flagged(self.next, want, self.flags)?;
+            self.next = self.next.max(scanned_to + 1);
+            return Ok(Some(batch));
+        }
         let batch = self.store.read(self.next, want)?;
         if let Some(last) = batch.last() {
             self.next = last.seq + 1;

@@ -170,15 +170,13 @@ async fn the_chain_survives_a_reopen_and_names_a_tampered_record() {
     assert_eq!(report.events_checked, 11);
     assert_eq!(report.first_bad, None);
     // Tampering is simulated below the API, as an attacker with disk access would.
-    let log = store.shared.log.clone();
-    let k = [vec![b'e'], 7u64.to_be_bytes().to_vec()].concat();
-    let mut bytes = log.get(&k).unwrap().unwrap().to_vec();
-    let last = bytes.len() - 40;
-    bytes[last] ^= 0x20;
-    log.insert(&k, bytes).unwrap();
+    store.tamper_flip_byte(7, 30).unwrap();
     let report = store.verify(0, 0).unwrap();
     assert_eq!(report.first_bad.map(|b| b.0), Some(7));
     assert_eq!(report.events_checked, 6);
+    // Ranges that end before it verify; ranges that contain it name it.
+    assert_eq!(store.verify(1, 6).unwrap().first_bad, None);
+    assert_eq!(store.verify(5, 9).unwrap().first_bad.map(|b| b.0), Some(7));
 }
 
 #[tokio::test]

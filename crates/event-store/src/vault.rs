@@ -6,10 +6,11 @@
 //! Keys are per (tenant, subject, generation): a subject seen again after shredding gets a new
 //! generation, and what was sealed under the old one stays erased.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -44,7 +45,12 @@ pub struct Vault {
     dirty: AtomicBool,
     /// Serialises key creation and shredding (reads stay concurrent).
     write_lock: Mutex<()>,
+    /// Live keys by (tenant, subject), so sealing on the ingest path does not read sled.
+    cache: RwLock<HashMap<(String, String), (u32, XChaCha20Poly1305)>>,
 }
+
+/// Most subjects whose live key is cached; the cache is emptied when it grows past this.
+const CACHE_LIMIT: usize = 100_000;
 
 const LIVE: u8 = 1;
 const SHREDDED: u8 = 2;
@@ -89,6 +95,7 @@ impl Vault {
             db_file: dir.join("db"),
             dirty: AtomicBool::new(false),
             write_lock: Mutex::new(()),
+            cache: RwLock::new(HashMap::new()),
         })
     }
 
@@ -101,6 +108,29 @@ impl Vault {
     }
 
     fn live_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<(u32, XChaCha20Poly1305), StoreError> {
+        let cache_key = (tenant.to_owned(), subject.to_owned());
+        if let Some(hit) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cache_key)
+        {
+            return Ok(hit.clone());
+        }
+        let found = self.load_or_create_key(tenant, subject)?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(cache_key, found.clone());
+        Ok(found)
+    }
+
+    fn load_or_create_key(
         &self,
         tenant: &str,
         subject: &str,
@@ -212,6 +242,10 @@ impl Vault {
     /// Destroys every key generation of a subject, durably. Idempotent.
     pub fn shred(&self, tenant: &str, subject: &str, at_micros: i64) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(tenant.to_owned(), subject.to_owned()));
         let Some(current) = self.current_generation(tenant, subject)? else {
             return Ok(());
         };

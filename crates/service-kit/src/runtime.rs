@@ -340,12 +340,7 @@ async fn run_bus(
             }
         });
     }
-    let relay = OutboxRelay {
-        js,
-        store,
-        service: spec.name.to_owned(),
-        config,
-    };
+    let relay = OutboxRelay::new(js, store, spec.name, config);
     let relay_shutdown = shutdown.clone();
     loops.spawn(async move {
         while !relay_shutdown.is_cancelled() {

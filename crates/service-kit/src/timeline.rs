@@ -1,18 +1,40 @@
 //! The per-subject timeline projection: for each (tenant, subject), every stored event's type,
-//! time and source in log order. Keys: `tenant 0x00 subject 0x00 seq(u64 BE)`.
+//! time and source in log order.
+//!
+//! Entries are kept in chunks of [`CHUNK`] so that folding an event rewrites one small value and
+//! a rebuild writes each chunk once per commit instead of one key per event. Keys:
+//! `tenant 0x00 subject 0x00 'c' chunk(u32 BE)` → length-prefixed `TimelineEntry`s, and
+//! `tenant 0x00 subject 0x00 'n'` → the subject's entry count (u32 BE).
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
-use privacy_proto::v1::{Envelope, TimelineEntry};
+use privacy_proto::v1::TimelineEntry;
 use prost::Message;
 
 /// Name of the timeline projection.
 pub const SUBJECT_TIMELINE: &str = "subject_timeline";
+/// Entries per stored chunk.
+pub const CHUNK: u32 = 64;
+
+/// The envelope fields the timeline needs; decoding only these skips the payload.
+#[derive(Clone, PartialEq, Message)]
+struct EnvelopeHead {
+    #[prost(string, tag = "2")]
+    event_type: String,
+    #[prost(string, tag = "4")]
+    tenant: String,
+    #[prost(string, tag = "5")]
+    subject_id: String,
+    #[prost(message, optional, tag = "6")]
+    occurred_at: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "8")]
+    source: String,
+}
 
 /// Folds every event that names a subject into that subject's timeline.
 pub struct SubjectTimeline;
 
 fn subject_prefix(tenant: &str, subject: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tenant.len() + subject.len() + 2);
+    let mut k = Vec::with_capacity(tenant.len() + subject.len() + 7);
     k.extend_from_slice(tenant.as_bytes());
     k.push(0);
     k.extend_from_slice(subject.as_bytes());
@@ -26,27 +48,41 @@ impl Projection for SubjectTimeline {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
-        let env = Envelope::decode(event.data.as_slice()).map_err(|e| StoreError::Corrupt {
+        let env = EnvelopeHead::decode(event.data.as_slice()).map_err(|e| StoreError::Corrupt {
             seq: event.seq,
             reason: format!("stored data is not an envelope: {e}"),
         })?;
         if env.subject_id.is_empty() {
             return Ok(());
         }
-        let mut key = subject_prefix(&env.tenant, &env.subject_id);
-        key.extend_from_slice(&event.seq.to_be_bytes());
+        let prefix = subject_prefix(&env.tenant, &env.subject_id);
+        let mut count_key = prefix.clone();
+        count_key.push(b'n');
+        let mut count = 0u32;
+        view.update(&count_key, |v| {
+            count = v
+                .as_deref()
+                .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])));
+            *v = Some((count + 1).to_be_bytes().to_vec());
+        })?;
+        let mut chunk_key = prefix;
+        chunk_key.push(b'c');
+        chunk_key.extend_from_slice(&(count / CHUNK).to_be_bytes());
         let entry = TimelineEntry {
             seq: event.seq,
             event_type: env.event_type,
             occurred_at: env.occurred_at,
             source: env.source,
         };
-        view.put(&key, entry.encode_to_vec());
-        Ok(())
+        view.update(&chunk_key, |v| {
+            entry
+                .encode_length_delimited(v.get_or_insert_with(Vec::new))
+                .expect("a Vec grows as needed");
+        })
     }
 }
 
@@ -56,13 +92,68 @@ pub fn read_timeline(
     tenant: &str,
     subject: &str,
 ) -> Result<Vec<TimelineEntry>, StoreError> {
-    view.scan_prefix(&subject_prefix(tenant, subject))?
-        .into_iter()
-        .map(|(_, v)| {
-            TimelineEntry::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
-                seq: 0,
-                reason: format!("timeline entry does not decode: {e}"),
-            })
-        })
-        .collect()
+    let mut prefix = subject_prefix(tenant, subject);
+    prefix.push(b'c');
+    let mut entries = Vec::new();
+    for (_, chunk) in view.scan_prefix(&prefix)? {
+        let mut buf = chunk.as_slice();
+        while !buf.is_empty() {
+            let entry = TimelineEntry::decode_length_delimited(&mut buf).map_err(|e| {
+                StoreError::Corrupt {
+                    seq: 0,
+                    reason: format!("timeline chunk does not decode: {e}"),
+                }
+            })?;
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use privacy_event_store::{EventStore, ExpectedVersion, NewEvent, Projector, StoreConfig};
+    use privacy_proto::v1::Envelope;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn timelines_span_chunks_in_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let projector = Projector::open(&store, vec![Arc::new(SubjectTimeline)]).unwrap();
+        let n = CHUNK as usize * 2 + 5;
+        for i in 0..n {
+            let subject = if i % 2 == 0 { "u-1" } else { "u-2" };
+            let env = Envelope {
+                event_type: format!("t{i}"),
+                tenant: "acme".into(),
+                subject_id: subject.into(),
+                ..Default::default()
+            };
+            let e = NewEvent {
+                event_id: format!("id-{i}"),
+                stream: format!("acme/{subject}"),
+                event_type: env.event_type.clone(),
+                data: env.encode_to_vec(),
+                publish: false,
+            };
+            store.append(vec![e], ExpectedVersion::Any).await.unwrap();
+            if i == 70 {
+                projector.catch_up().await.unwrap();
+            }
+        }
+        projector.catch_up().await.unwrap();
+        let view = projector.view(SUBJECT_TIMELINE).unwrap();
+        let u1 = read_timeline(&view, "acme", "u-1").unwrap();
+        let want: Vec<String> = (0..n).step_by(2).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            u1.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>(),
+            want
+        );
+        assert!(u1.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(read_timeline(&view, "acme", "nobody").unwrap().is_empty());
+    }
 }
