@@ -226,6 +226,32 @@ async fn store_only(n: usize) -> (f64, f64) {
     (raw, n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// (e) The per-event CPU of the ingest path without NATS or the store: decode, validate, seal,
+/// encode.
+fn prepare_only(n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = privacy_event_store::Vault::open(dir.path()).unwrap();
+    let limits = privacy_proto::Limits::default();
+    let msgs: Vec<Vec<u8>> = (0..n)
+        .map(|i| envelope(&format!("u-{}", i % 2000), granted("marketing")).encode_to_vec())
+        .collect();
+    let start = Instant::now();
+    for bytes in &msgs {
+        let mut env =
+            privacy_proto::decode_envelope(bytes, privacy_proto::Encoding::Protobuf).unwrap();
+        privacy_proto::validate_envelope(
+            &env,
+            Some("consent.granted"),
+            std::time::SystemTime::now(),
+            &limits,
+        )
+        .unwrap();
+        privacy_service_kit::personal::seal_envelope(&vault, &mut env).unwrap();
+        std::hint::black_box(env.encode_to_vec());
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     let n: usize = std::env::var("BENCH_EVENTS")
         .ok()
@@ -236,6 +262,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        println!("prepare only (decode, validate, seal, encode; one thread): {:>10.0} events/s", prepare_only(n));
         let (raw, store) = store_only(n).await;
         println!("sled batch + flush + fdatasync (no NATS):   {raw:>10.0} events/s");
         println!("event store append (no NATS):               {store:>10.0} events/s");

@@ -61,6 +61,24 @@ impl ViewWriter<'_> {
         self.overlay.insert(data_key(key), None);
     }
 
+    /// The greatest key starting with `prefix` (staged or stored, not removed), without the
+    /// prefix's data mark.
+    pub fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let start = data_key(prefix);
+        let staged = self
+            .overlay
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone())
+            .last();
+        let stored = match self.tree.scan_prefix(&start).next_back() {
+            Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
+            None => None,
+        };
+        Ok(staged.max(stored).map(|k| k[1..].to_vec()))
+    }
+
     /// Changes a value in place (`None` = absent); cheaper than `get` + `put` for values that
     /// grow, because the staged copy is edited rather than cloned.
     pub fn update(

@@ -61,9 +61,23 @@ pub(crate) struct Unsealed<'a> {
 
 impl Unsealed<'_> {
     /// Encodes the record and returns its bytes and its hash.
+    #[cfg(test)]
     pub fn encode(&self) -> (Vec<u8>, [u8; HASH_LEN]) {
+        let mut out = Vec::new();
+        let hash = self.encode_into(&mut out);
+        (out, hash)
+    }
+
+    /// The encoded length of the record.
+    pub fn len(&self) -> usize {
         let var = self.stream.len() + self.event_id.len() + self.event_type.len() + self.data.len();
-        let mut out = Vec::with_capacity(1 + 8 + 8 + 8 + 1 + HASH_LEN + 16 + var + HASH_LEN);
+        1 + 8 + 8 + 8 + 1 + HASH_LEN + 16 + var + HASH_LEN
+    }
+
+    /// Appends the encoded record to `out` and returns its hash.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> [u8; HASH_LEN] {
+        let start = out.len();
+        out.reserve(self.len());
         out.push(FORMAT);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.stream_version.to_be_bytes());
@@ -79,9 +93,9 @@ impl Unsealed<'_> {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part);
         }
-        let hash: [u8; HASH_LEN] = blake3::hash(&out).into();
+        let hash: [u8; HASH_LEN] = blake3::hash(&out[start..]).into();
         out.extend_from_slice(&hash);
-        (out, hash)
+        hash
     }
 }
 

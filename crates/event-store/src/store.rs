@@ -132,9 +132,14 @@ impl Index {
         (i > 0).then(|| self.segments[i - 1])
     }
 
-    fn add(&mut self, event_id: &str, stream: &str, seq: u64) {
-        self.ids.insert(id_digest(event_id), seq);
-        self.streams.entry(stream.to_owned()).or_default().push(seq);
+    fn add(&mut self, id: [u8; 16], stream: &str, seq: u64) {
+        self.ids.insert(id, seq);
+        match self.streams.get_mut(stream) {
+            Some(seqs) => seqs.push(seq),
+            None => {
+                self.streams.insert(stream.to_owned(), vec![seq]);
+            }
+        }
     }
 }
 
@@ -273,7 +278,7 @@ impl EventStore {
                         reason: format!("the log jumps from {} to {}", next - 1, rec.seq),
                     });
                 }
-                index.add(&rec.event_id, &rec.stream, rec.seq);
+                index.add(id_digest(&rec.event_id), &rec.stream, rec.seq);
                 next += 1;
             }
         }
@@ -702,9 +707,9 @@ enum Staged {
 struct Segment {
     body: Vec<u8>,
     count: u32,
-    /// (event_id, stream, seq) to add to the index once durable.
-    added: Vec<(String, String, u64)>,
-    ids: HashMap<String, Position>,
+    /// (id digest, stream, seq) to add to the index once durable.
+    added: Vec<([u8; 16], String, u64)>,
+    ids: HashMap<[u8; 16], Position>,
     versions: HashMap<String, u64>,
 }
 
@@ -779,7 +784,7 @@ impl Writer {
                             self.shared.index.write().unwrap_or_else(|p| p.into_inner());
                         index.segments.push(start_head.seq + 1);
                         for (id, stream, seq) in &segment.added {
-                            index.add(id, stream, *seq);
+                            index.add(*id, stream, *seq);
                         }
                     }
                     self.last_recorded_at = now;
@@ -826,10 +831,12 @@ impl Writer {
         now: i64,
         segment: &mut Segment,
     ) -> Result<Vec<Position>, StoreError> {
+        let digests: Vec<[u8; 16]> = req.events.iter().map(|e| id_digest(&e.event_id)).collect();
         let known: Vec<Option<Position>> = req
             .events
             .iter()
-            .map(|e| self.lookup_id(&e.event_id, segment))
+            .zip(&digests)
+            .map(|(e, d)| self.lookup_id(&e.event_id, *d, segment))
             .collect::<Result<_, _>>()?;
         if known.iter().all(Option::is_some) {
             return Ok(known.into_iter().flatten().collect());
@@ -851,8 +858,8 @@ impl Writer {
             }
         }
         let mut positions = Vec::with_capacity(req.events.len());
-        for (e, known) in req.events.iter().zip(known) {
-            if let Some(p) = known.or_else(|| segment.ids.get(&e.event_id).copied()) {
+        for ((e, known), digest) in req.events.iter().zip(known).zip(digests) {
+            if let Some(p) = known.or_else(|| segment.ids.get(&digest).copied()) {
                 positions.push(Position {
                     duplicate: true,
                     ..p
@@ -861,7 +868,7 @@ impl Writer {
             }
             let version = self.current_version(&e.stream, segment) + 1;
             let seq = self.head.seq + 1;
-            let (bytes, hash) = Unsealed {
+            let record = Unsealed {
                 seq,
                 stream_version: version,
                 recorded_at_micros: now,
@@ -871,31 +878,38 @@ impl Writer {
                 event_id: &e.event_id,
                 event_type: &e.event_type,
                 data: &e.data,
-            }
-            .encode();
+            };
             segment
                 .body
-                .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            segment.body.extend_from_slice(&bytes);
+                .extend_from_slice(&(record.len() as u32).to_be_bytes());
+            let hash = record.encode_into(&mut segment.body);
             segment.count += 1;
-            segment
-                .added
-                .push((e.event_id.clone(), e.stream.clone(), seq));
+            segment.added.push((digest, e.stream.clone(), seq));
             self.head = Head { seq, hash };
-            segment.versions.insert(e.stream.clone(), version);
+            match segment.versions.get_mut(&e.stream) {
+                Some(v) => *v = version,
+                None => {
+                    segment.versions.insert(e.stream.clone(), version);
+                }
+            }
             let p = Position {
                 seq,
                 stream_version: version,
                 duplicate: false,
             };
-            segment.ids.insert(e.event_id.clone(), p);
+            segment.ids.insert(digest, p);
             positions.push(p);
         }
         Ok(positions)
     }
 
-    fn lookup_id(&self, event_id: &str, segment: &Segment) -> Result<Option<Position>, StoreError> {
-        if let Some(p) = segment.ids.get(event_id) {
+    fn lookup_id(
+        &self,
+        event_id: &str,
+        digest: [u8; 16],
+        segment: &Segment,
+    ) -> Result<Option<Position>, StoreError> {
+        if let Some(p) = segment.ids.get(&digest) {
             return Ok(Some(Position {
                 duplicate: true,
                 ..*p
@@ -903,7 +917,7 @@ impl Writer {
         }
         let candidate = {
             let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-            index.ids.get(&id_digest(event_id)).copied()
+            index.ids.get(&digest).copied()
         };
         let Some(seq) = candidate else {
             return Ok(None);

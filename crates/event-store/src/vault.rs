@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::StoreError;
@@ -46,8 +47,11 @@ pub struct Vault {
     /// Serialises key creation and shredding (reads stay concurrent).
     write_lock: Mutex<()>,
     /// Live keys by (tenant, subject), so sealing on the ingest path does not read sled.
-    cache: RwLock<HashMap<(String, String), (u32, XChaCha20Poly1305)>>,
+    cache: RwLock<HashMap<String, SubjectKeys>>,
 }
+
+/// A tenant's cached live keys: subject → (generation, cipher).
+type SubjectKeys = HashMap<String, (u32, XChaCha20Poly1305)>;
 
 /// Most subjects whose live key is cached; the cache is emptied when it grows past this.
 const CACHE_LIMIT: usize = 100_000;
@@ -112,21 +116,22 @@ impl Vault {
         tenant: &str,
         subject: &str,
     ) -> Result<(u32, XChaCha20Poly1305), StoreError> {
-        let cache_key = (tenant.to_owned(), subject.to_owned());
         if let Some(hit) = self
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&cache_key)
+            .get(tenant)
+            .and_then(|subjects| subjects.get(subject))
         {
             return Ok(hit.clone());
         }
         let found = self.load_or_create_key(tenant, subject)?;
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
+        let subjects = cache.entry(tenant.to_owned()).or_default();
+        if subjects.len() >= CACHE_LIMIT {
+            subjects.clear();
         }
-        cache.insert(cache_key, found.clone());
+        subjects.insert(subject.to_owned(), found.clone());
         Ok(found)
     }
 
@@ -178,7 +183,8 @@ impl Vault {
         plaintext: &[u8],
     ) -> Result<SealedField, StoreError> {
         let (generation, cipher) = self.live_key(tenant, subject)?;
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        // A thread-local CSPRNG seeded from the OS: no system call per nonce.
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::thread_rng());
         let ciphertext = cipher
             .encrypt(
                 &nonce,
@@ -242,10 +248,14 @@ impl Vault {
     /// Destroys every key generation of a subject, durably. Idempotent.
     pub fn shred(&self, tenant: &str, subject: &str, at_micros: i64) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.cache
+        if let Some(subjects) = self
+            .cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(tenant.to_owned(), subject.to_owned()));
+            .get_mut(tenant)
+        {
+            subjects.remove(subject);
+        }
         let Some(current) = self.current_generation(tenant, subject)? else {
             return Ok(());
         };

@@ -3,8 +3,7 @@
 //!
 //! Entries are kept in chunks of [`CHUNK`] so that folding an event rewrites one small value and
 //! a rebuild writes each chunk once per commit instead of one key per event. Keys:
-//! `tenant 0x00 subject 0x00 'c' chunk(u32 BE)` → length-prefixed `TimelineEntry`s, and
-//! `tenant 0x00 subject 0x00 'n'` → the subject's entry count (u32 BE).
+//! `tenant 0x00 subject 0x00 chunk(u32 BE)` → `count(u16 BE)` + length-prefixed `TimelineEntry`s.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::TimelineEntry;
@@ -48,7 +47,7 @@ impl Projection for SubjectTimeline {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -60,27 +59,33 @@ impl Projection for SubjectTimeline {
             return Ok(());
         }
         let prefix = subject_prefix(&env.tenant, &env.subject_id);
-        let mut count_key = prefix.clone();
-        count_key.push(b'n');
-        let mut count = 0u32;
-        view.update(&count_key, |v| {
-            count = v
-                .as_deref()
-                .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])));
-            *v = Some((count + 1).to_be_bytes().to_vec());
-        })?;
-        let mut chunk_key = prefix;
-        chunk_key.push(b'c');
-        chunk_key.extend_from_slice(&(count / CHUNK).to_be_bytes());
         let entry = TimelineEntry {
             seq: event.seq,
             event_type: env.event_type,
             occurred_at: env.occurred_at,
             source: env.source,
         };
-        view.update(&chunk_key, |v| {
+        // Append to the subject's last chunk, or open the next one when it is full.
+        let mut key = match view.last_with_prefix(&prefix)? {
+            Some(last) => last,
+            None => [prefix.as_slice(), &0u32.to_be_bytes()].concat(),
+        };
+        let mut full = false;
+        view.update(&key, |v| {
+            full = v
+                .as_deref()
+                .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) as u32 >= CHUNK);
+        })?;
+        if full {
+            let n = u32::from_be_bytes(key[prefix.len()..].try_into().unwrap_or([0; 4]));
+            key = [prefix.as_slice(), &(n + 1).to_be_bytes()].concat();
+        }
+        view.update(&key, |v| {
+            let chunk = v.get_or_insert_with(|| vec![0, 0]);
+            let count = u16::from_be_bytes([chunk[0], chunk[1]]) + 1;
+            chunk[..2].copy_from_slice(&count.to_be_bytes());
             entry
-                .encode_length_delimited(v.get_or_insert_with(Vec::new))
+                .encode_length_delimited(chunk)
                 .expect("a Vec grows as needed");
         })
     }
@@ -92,11 +97,10 @@ pub fn read_timeline(
     tenant: &str,
     subject: &str,
 ) -> Result<Vec<TimelineEntry>, StoreError> {
-    let mut prefix = subject_prefix(tenant, subject);
-    prefix.push(b'c');
+    let prefix = subject_prefix(tenant, subject);
     let mut entries = Vec::new();
     for (_, chunk) in view.scan_prefix(&prefix)? {
-        let mut buf = chunk.as_slice();
+        let mut buf = chunk.get(2..).unwrap_or_default();
         while !buf.is_empty() {
             let entry = TimelineEntry::decode_length_delimited(&mut buf).map_err(|e| {
                 StoreError::Corrupt {
