@@ -8,3 +8,4 @@ mod dlq;
 mod ingest;
 mod outbox;
 mod tamper;
+mod tidy;

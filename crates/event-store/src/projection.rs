@@ -35,6 +35,9 @@ pub trait Projection: Send + Sync + 'static {
 pub struct ViewWriter<'a> {
     tree: &'a sled::Tree,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The tree does not change while a batch is staged, so its last key per prefix is looked
+    /// up once.
+    tree_last: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
@@ -63,7 +66,7 @@ impl ViewWriter<'_> {
 
     /// The greatest key starting with `prefix` (staged or stored, not removed), without the
     /// prefix's data mark.
-    pub fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn last_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let start = data_key(prefix);
         let staged = self
             .overlay
@@ -72,9 +75,16 @@ impl ViewWriter<'_> {
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| k.clone())
             .last();
-        let stored = match self.tree.scan_prefix(&start).next_back() {
-            Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
-            None => None,
+        let stored = match self.tree_last.get(&start) {
+            Some(cached) => cached.clone(),
+            None => {
+                let found = match self.tree.scan_prefix(&start).next_back() {
+                    Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
+                    None => None,
+                };
+                self.tree_last.insert(start, found.clone());
+                found
+            }
         };
         Ok(staged.max(stored).map(|k| k[1..].to_vec()))
     }
@@ -311,6 +321,7 @@ impl Projector {
             let mut writer = ViewWriter {
                 tree: &entry.tree,
                 overlay: BTreeMap::new(),
+                tree_last: std::collections::HashMap::new(),
             };
             for event in &events {
                 entry.projection.apply(event, &mut writer)?;
