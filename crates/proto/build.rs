@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const FILES: &[&str] = &["privacy/v1/envelope.proto", "privacy/v1/audit.proto"];
+const FILES: &[&str] = &[
+    "privacy/v1/envelope.proto",
+    "privacy/v1/audit.proto",
+    "privacy/v1/consent.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -9,3 +9,4 @@ mod ingest;
 mod outbox;
 mod tamper;
 mod tidy;
+mod transient;

@@ -26,6 +26,8 @@ pub enum RejectionCode {
     InvalidField,
     /// The tenant is not in the tenant registry.
     UnknownTenant,
+    /// A domain rule forbids it (e.g. a pre-ticked consent where the jurisdiction refuses it).
+    Forbidden,
 }
 
 impl RejectionCode {
@@ -37,6 +39,7 @@ impl RejectionCode {
             RejectionCode::MissingField => "missing_field",
             RejectionCode::InvalidField => "invalid_field",
             RejectionCode::UnknownTenant => "unknown_tenant",
+            RejectionCode::Forbidden => "forbidden",
         }
     }
 }

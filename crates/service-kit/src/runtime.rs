@@ -12,7 +12,7 @@ use privacy_bus::{Ingest, IngestHandler, IngestStats, OutboxRelay, Prepared, ens
 use privacy_event_store::{EventStore, NewEvent, Projection, Projector, StoreConfig, Vault};
 use privacy_proto::v1::Envelope;
 use privacy_proto::v1::audit_service_server::AuditServiceServer;
-use privacy_proto::{EventType, Limits, Rejection, RejectionCode};
+use privacy_proto::{EventType, Limits, Rejection, RejectionCode, validate_envelope};
 use prost::Message;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::audit::Audit;
 use crate::auth::AuthInterceptor;
 use crate::config::{ConfigError, ServiceConfig};
 use crate::personal::seal_envelope;
-use crate::tenants::{TenantError, TenantRegistry};
+use crate::tenants::{Tenant, TenantError, TenantRegistry};
 use crate::timeline::SubjectTimeline;
 
 /// What makes one service different from another.
@@ -36,12 +36,133 @@ pub struct ServiceSpec {
     pub consumes: &'static [&'static str],
     /// The service's own projections, besides the subject timeline every service keeps.
     pub projections: fn() -> Vec<Arc<dyn Projection>>,
+    /// The service's domain: its rules for incoming events and its own gRPC service.
+    pub domain: fn(&ServiceContext) -> Arc<dyn DomainService>,
 }
 
 impl ServiceSpec {
     /// No projections of its own.
     pub fn no_projections() -> Vec<Arc<dyn Projection>> {
         Vec::new()
+    }
+
+    /// No domain of its own yet: every contract-valid event of a known tenant is stored.
+    pub fn no_domain(_: &ServiceContext) -> Arc<dyn DomainService> {
+        Arc::new(NoDomain)
+    }
+}
+
+/// What a service's domain adds to the shared runtime.
+pub trait DomainService: Send + Sync + 'static {
+    /// The domain's rules for a contract-valid user event of a known tenant, applied alike to
+    /// events from NATS and to gRPC commands. A refusal goes to the DLQ (or back to the caller).
+    fn check(&self, _tenant: &Tenant, _envelope: &Envelope) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// Whether a stored user event of this type is also a domain event for the outbox.
+    fn publishes(&self, _event_type: &str) -> bool {
+        false
+    }
+
+    /// Adds the service's own gRPC services (behind the role interceptor in `ctx.auth`).
+    fn routes(&self, _ctx: &ServiceContext, _routes: &mut tonic::service::RoutesBuilder) {}
+}
+
+/// The domain of a skeleton service.
+pub struct NoDomain;
+
+impl DomainService for NoDomain {}
+
+/// Everything a service's domain may use.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub spec: ServiceSpec,
+    pub store: EventStore,
+    pub vault: Arc<Vault>,
+    pub projector: Projector,
+    pub tenants: Arc<TenantRegistry>,
+    pub auth: AuthInterceptor,
+    pub limits: Limits,
+}
+
+/// Why a user event was not turned into a stored event.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// The event breaks the contract or a rule: refuse it.
+    Rejected(Rejection),
+    /// Storage or the vault failed: try again later.
+    Transient(String),
+}
+
+impl ServiceContext {
+    /// The one path by which a decoded, contract-valid user event becomes an event to store:
+    /// known tenant, the domain's rules, personal data sealed, stream named.
+    pub fn prepare(
+        &self,
+        domain: &dyn DomainService,
+        mut envelope: Envelope,
+    ) -> Result<NewEvent, PrepareError> {
+        let Some(tenant) = self.tenants.get(&envelope.tenant) else {
+            return Err(PrepareError::Rejected(Rejection::new(
+                RejectionCode::UnknownTenant,
+                "tenant",
+                format!("tenant {:?} is not in the tenant registry", envelope.tenant),
+            )));
+        };
+        domain
+            .check(tenant, &envelope)
+            .map_err(PrepareError::Rejected)?;
+        envelope.recorded_at = None;
+        seal_envelope(&self.vault, &mut envelope)
+            .map_err(|e| PrepareError::Transient(e.to_string()))?;
+        let stream = if envelope.subject_id.is_empty() {
+            format!("{}/-", envelope.tenant)
+        } else {
+            format!("{}/{}", envelope.tenant, envelope.subject_id)
+        };
+        Ok(NewEvent {
+            event_id: envelope.event_id.clone(),
+            stream,
+            publish: domain.publishes(&envelope.event_type),
+            event_type: envelope.event_type.clone(),
+            data: envelope.encode_to_vec(),
+        })
+    }
+
+    /// Checks and stores one user event given as a gRPC command, answering after it is durable.
+    pub async fn record(
+        &self,
+        domain: &dyn DomainService,
+        envelope: Envelope,
+    ) -> Result<privacy_event_store::Position, tonic::Status> {
+        validate_envelope(&envelope, None, std::time::SystemTime::now(), &self.limits)
+            .map_err(rejection_status)?;
+        let event = match self.prepare(domain, envelope) {
+            Ok(e) => e,
+            Err(PrepareError::Rejected(r)) => return Err(rejection_status(r)),
+            Err(PrepareError::Transient(e)) => return Err(tonic::Status::unavailable(e)),
+        };
+        self.vault
+            .sync()
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let positions = self
+            .store
+            .append(vec![event], privacy_event_store::ExpectedVersion::Any)
+            .await
+            .map_err(crate::audit::status_of)?;
+        Ok(positions[0])
+    }
+}
+
+/// The gRPC status of a refused command: INVALID_ARGUMENT naming the field, or
+/// FAILED_PRECONDITION when a rule forbids it.
+pub fn rejection_status(r: Rejection) -> tonic::Status {
+    let message = format!("{}: {}", r.field, r.reason);
+    match r.code {
+        RejectionCode::UnknownTenant => tonic::Status::not_found(message),
+        RejectionCode::Forbidden => tonic::Status::failed_precondition(message),
+        _ => tonic::Status::invalid_argument(message),
     }
 }
 
@@ -104,39 +225,23 @@ impl RunningService {
     }
 }
 
-/// The ingest handler every service shares: tenant check, sealing, stream naming.
+/// The ingest handler every service shares: [`ServiceContext::prepare`] for each event.
 struct EnvelopeIngest {
-    tenants: Arc<TenantRegistry>,
-    vault: Arc<Vault>,
+    ctx: ServiceContext,
+    domain: Arc<dyn DomainService>,
 }
 
 impl IngestHandler for EnvelopeIngest {
-    fn prepare(&self, mut envelope: Envelope, _event_type: EventType) -> Result<Prepared, String> {
-        if self.tenants.get(&envelope.tenant).is_none() {
-            return Ok(Prepared::Reject(Rejection::new(
-                RejectionCode::UnknownTenant,
-                "tenant",
-                format!("tenant {:?} is not in the tenant registry", envelope.tenant),
-            )));
+    fn prepare(&self, envelope: Envelope, _event_type: EventType) -> Result<Prepared, String> {
+        match self.ctx.prepare(self.domain.as_ref(), envelope) {
+            Ok(event) => Ok(Prepared::Store(event)),
+            Err(PrepareError::Rejected(r)) => Ok(Prepared::Reject(r)),
+            Err(PrepareError::Transient(e)) => Err(e),
         }
-        envelope.recorded_at = None;
-        seal_envelope(&self.vault, &mut envelope).map_err(|e| e.to_string())?;
-        let stream = if envelope.subject_id.is_empty() {
-            format!("{}/-", envelope.tenant)
-        } else {
-            format!("{}/{}", envelope.tenant, envelope.subject_id)
-        };
-        Ok(Prepared::Store(NewEvent {
-            event_id: envelope.event_id.clone(),
-            stream,
-            event_type: envelope.event_type.clone(),
-            data: envelope.encode_to_vec(),
-            publish: false,
-        }))
     }
 
     fn before_append(&self) -> Result<(), String> {
-        self.vault.sync().map_err(|e| e.to_string())
+        self.ctx.vault.sync().map_err(|e| e.to_string())
     }
 }
 
@@ -196,11 +301,30 @@ pub async fn start(
         );
     }
     let auth = AuthInterceptor::new(config.tokens.clone());
+    let ctx = ServiceContext {
+        spec,
+        store: store.clone(),
+        vault: vault.clone(),
+        projector: projector.clone(),
+        tenants: tenants.clone(),
+        auth: auth.clone(),
+        limits: Limits::default(),
+    };
+    let domain = (spec.domain)(&ctx);
     let audit = Audit {
         store: store.clone(),
         projector: projector.clone(),
         shutdown: shutdown.clone(),
     };
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(
+            AuditServiceServer::new(audit),
+            auth,
+        ));
+    domain.routes(&ctx, &mut routes);
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
         let read = |p: &std::path::PathBuf| {
@@ -211,13 +335,7 @@ pub async fn start(
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| StartError::Tls(e.to_string()))?;
     }
-    let router = builder
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(InterceptedService::new(
-            AuditServiceServer::new(audit),
-            auth,
-        ));
+    let router = builder.add_routes(routes.routes());
 
     let mut tasks = JoinSet::new();
     let server_shutdown = shutdown.clone();
@@ -239,10 +357,7 @@ pub async fn start(
     });
 
     let stats = Arc::new(IngestStats::default());
-    let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest {
-        tenants: tenants.clone(),
-        vault: vault.clone(),
-    });
+    let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest { ctx, domain });
     let bus_store = store.clone();
     let bus_stats = stats.clone();
     let bus_shutdown = shutdown.clone();

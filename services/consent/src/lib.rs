@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod domain;
+
 use privacy_service_kit::ServiceSpec;
 
 /// What the consent service consumes and where it listens.
@@ -14,4 +16,5 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     default_port: 50051,
     consumes: &["consent.*", "subject.*"],
     projections: ServiceSpec::no_projections,
+    domain: ServiceSpec::no_domain,
 };

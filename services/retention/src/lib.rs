@@ -14,4 +14,5 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     default_port: 50053,
     consumes: &["data.collected", "data.erased", "subject.deactivated"],
     projections: ServiceSpec::no_projections,
+    domain: ServiceSpec::no_domain,
 };

@@ -14,4 +14,5 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     default_port: 50052,
     consumes: &["request.*"],
     projections: ServiceSpec::no_projections,
+    domain: ServiceSpec::no_domain,
 };

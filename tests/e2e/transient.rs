@@ -1,0 +1,113 @@
+//! A transient failure (the store side cannot take the batch) naks with back-off and never acks:
+//! the messages come back and are stored once the failure clears, none lost, none doubled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use privacy_bus::{BusConfig, Ingest, IngestHandler, IngestStats, Prepared};
+use privacy_e2e::*;
+use privacy_event_store::{EventStore, NewEvent, StoreConfig};
+use privacy_proto::v1::Envelope;
+use privacy_proto::{EventType, Limits};
+use privacy_testkit::NatsServer;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Refuses the first `failures` batches as if the vault could not sync.
+struct Flaky {
+    failures: AtomicU32,
+}
+
+impl IngestHandler for Flaky {
+    fn prepare(&self, envelope: Envelope, _: EventType) -> Result<Prepared, String> {
+        Ok(Prepared::Store(NewEvent {
+            event_id: envelope.event_id.clone(),
+            stream: format!("{}/{}", envelope.tenant, envelope.subject_id),
+            event_type: envelope.event_type.clone(),
+            data: envelope.encode_to_vec(),
+            publish: false,
+        }))
+    }
+
+    fn before_append(&self) -> Result<(), String> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err("vault unavailable".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_nak_and_the_events_arrive_later() {
+    let nats = NatsServer::start();
+    let config = BusConfig {
+        url: nats.url(),
+        ..BusConfig::default()
+    };
+    let js = jetstream::new(privacy_bus::connect(&config, "transient").await.unwrap());
+    privacy_bus::ensure_streams(&js, &config).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let env = envelope(&format!("u-{i}"), granted("marketing"));
+        ids.push(env.event_id.clone());
+        js.send_publish(
+            "privacy.in.consent.granted",
+            PublishMessage::build()
+                .payload(env.encode_to_vec().into())
+                .message_id(&env.event_id),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let stats = Arc::new(IngestStats::default());
+    let ingest = Ingest {
+        js,
+        store: store.clone(),
+        handler: Arc::new(Flaky {
+            failures: AtomicU32::new(3),
+        }),
+        service: "consent".into(),
+        config,
+        limits: Limits::default(),
+        stats: stats.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    let task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { ingest.run("privacy.in.consent.*", shutdown).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.head().seq < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "stored only {} of 20",
+            store.head().seq
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let stored: Vec<String> = store
+        .read(1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    let mut want = ids.clone();
+    want.sort();
+    let mut got = stored.clone();
+    got.sort();
+    assert_eq!(got, want, "every event once");
+    let [accepted, _, rejected, naked] = stats.snapshot();
+    assert_eq!((accepted, rejected), (20, 0));
+    assert!(naked >= 3, "the failed batches were nak'ed ({naked})");
+}
