@@ -201,3 +201,28 @@ pub fn granted(purpose: &str) -> Payload {
         ..Default::default()
     })
 }
+
+/// Publishes policy version `v1` of the test tenant, in force since yesterday, through the
+/// consent service at `url` (consent grants must name the version in force).
+pub async fn publish_policy_v1(url: &str) {
+    use privacy_proto::v1::consent_service_client::ConsentServiceClient;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connects");
+    let mut client = ConsentServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)));
+    let yesterday = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    let request = PublishPolicyRequest {
+        tenant: TENANT.into(),
+        version: "v1".into(),
+        notice_hash: "sha256:test".into(),
+        effective_at: Some(yesterday.into()),
+        ..Default::default()
+    };
+    match client.publish_policy(request).await {
+        Ok(_) => {}
+        Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+        Err(e) => panic!("PublishPolicy: {e}"),
+    }
+}

@@ -51,6 +51,15 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     .await
     .unwrap();
 
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut env = service_env(&nats.url(), data.path(), port);
+    env.insert("PRIVACY_INGEST_BATCH".into(), "250".into());
+    // The consent service must know the policy version the grants name.
+    let mut process = ServiceProcess::spawn("privacy-consent", &env);
+    wait_serving(&url).await;
+    publish_policy_v1(&url).await;
+
     let mut published = BTreeSet::new();
     let mut acks = Vec::with_capacity(1000);
     for i in 0..EVENTS {
@@ -83,23 +92,18 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
         a.await.unwrap();
     }
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut env = service_env(&nats.url(), data.path(), port);
-    env.insert("PRIVACY_INGEST_BATCH".into(), "250".into());
-    let mut kills = Vec::new();
-    for threshold in [2_000u64, 9_000] {
-        let mut process = ServiceProcess::spawn("privacy-consent", &env);
-        let seen = wait_past(&url, threshold).await;
-        process.kill9();
-        kills.push(seen);
-    }
-    eprintln!("killed with SIGKILL at heads {kills:?} of {EVENTS}");
+    let mut kills = vec![wait_past(&url, 2_000).await];
+    process.kill9();
+    let mut process = ServiceProcess::spawn("privacy-consent", &env);
+    kills.push(wait_past(&url, 9_000).await);
+    process.kill9();
+    eprintln!("killed with SIGKILL at heads {kills:?} of {}", EVENTS + 1);
 
     let mut process = ServiceProcess::spawn("privacy-consent", &env);
     wait_serving(&url).await;
     let mut audit = audit_client(&url, Some(AUDITOR_TOKEN)).await;
-    wait_for_head(&mut audit, EVENTS as u64, Duration::from_secs(120)).await;
+    let total = EVENTS as u64 + 1;
+    wait_for_head(&mut audit, total, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stored = all_events(&mut audit).await;
@@ -107,8 +111,12 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
         .iter()
         .map(|e| e.envelope.as_ref().unwrap().event_id.clone())
         .collect();
-    assert_eq!(ids.len(), EVENTS, "events stored");
-    assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), published);
+    assert_eq!(
+        ids.len() as u64,
+        total,
+        "events stored (the policy version, then the grants)"
+    );
+    assert_eq!(ids[1..].iter().cloned().collect::<BTreeSet<_>>(), published);
     assert!(
         stored
             .iter()
@@ -123,7 +131,7 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
         .unwrap()
         .into_inner();
     assert!(chain.ok, "{chain:?}");
-    assert_eq!(chain.events_checked, EVENTS as u64);
+    assert_eq!(chain.events_checked, total);
 
     let live = audit
         .projection_status(ProjectionStatusRequest {})
@@ -149,7 +157,7 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
             "projection {} differs from its rebuild",
             p.name
         );
-        assert_eq!(r.applied, EVENTS as u64);
+        assert_eq!(r.applied, total);
     }
 
     let status = process

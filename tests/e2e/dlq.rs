@@ -19,6 +19,7 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    publish_policy_v1(&consent.url()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
 
     let good_before = envelope("u-1", granted("marketing"));
@@ -151,10 +152,12 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     );
 
     let mut audit = audit_client(&consent.url(), Some(AUDITOR_TOKEN)).await;
-    wait_for_head(&mut audit, 2, Duration::from_secs(20)).await;
+    wait_for_head(&mut audit, 3, Duration::from_secs(20)).await;
+    // The first stored event is the policy version published above.
     let ids: Vec<String> = all_events(&mut audit)
         .await
         .into_iter()
+        .skip(1)
         .map(|e| e.envelope.unwrap().event_id)
         .collect();
     assert_eq!(ids, vec![good_before.event_id, good_after.event_id]);

@@ -3,6 +3,7 @@
 //! the workspace links it once.
 
 mod auth;
+mod consent;
 mod crash;
 mod dlq;
 mod ingest;

@@ -262,6 +262,27 @@ impl Projector {
         Ok(total)
     }
 
+    /// Waits until every view has folded `seq`, so a command's caller can read its own write.
+    /// Returns false when `timeout` passed first.
+    pub async fn wait_for(&self, seq: u64, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let caught_up = self.entries.iter().all(|e| {
+                read_meta(&e.tree)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.checkpoint >= seq)
+            });
+            if caught_up {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// Keeps every view up to date until `shutdown` resolves.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         let mut head = self.store.watch_head();

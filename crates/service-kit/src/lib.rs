@@ -21,5 +21,8 @@ pub mod timeline;
 
 pub use auth::{Role, Tokens};
 pub use config::ServiceConfig;
-pub use runtime::{RunningService, ServiceSpec, StartError, main, start};
+pub use runtime::{
+    DomainService, NoDomain, PrepareError, RunningService, ServiceContext, ServiceSpec, StartError,
+    main, rejection_status, start,
+};
 pub use tenants::{Tenant, TenantRegistry};

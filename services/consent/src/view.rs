@@ -1,0 +1,260 @@
+//! The consent projection: per (tenant, subject, purpose) the history of consent changes, per
+//! tenant the published policy versions, per subject the birth date for the child rules.
+//!
+//! Keys: `h tenant 0 subject 0 purpose` → length-delimited `ConsentHistoryEntry`s (purpose `*` is
+//! a withdrawal of every purpose) · `p tenant` → length-delimited `StoredPolicy`s ·
+//! `c tenant 0 subject` → `ChildInfo`.
+
+use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::{ConsentHistoryEntry, Envelope, ExpressedBy, PolicyPublished};
+use prost::Message;
+
+use crate::domain::{ChangeKind, ConsentChange, PolicyVersion};
+
+/// Name of the consent projection.
+pub const CONSENT_VIEW: &str = "consent";
+/// Event type of the domain event that records a policy version.
+pub const POLICY_PUBLISHED: &str = "policy.published";
+
+/// A policy version as the view keeps it.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredPolicy {
+    #[prost(message, optional, tag = "1")]
+    pub policy: Option<PolicyPublished>,
+    #[prost(message, optional, tag = "2")]
+    pub published_at: Option<prost_types::Timestamp>,
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+
+/// What the child rules need about a subject.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChildInfo {
+    /// YYYY-MM-DD.
+    #[prost(string, tag = "1")]
+    pub birth_date: String,
+}
+
+/// Microseconds since the epoch of a protobuf timestamp (0 when absent).
+pub fn micros(ts: Option<&prost_types::Timestamp>) -> i64 {
+    ts.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+}
+
+fn history_key(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
+    let mut k = vec![b'h'];
+    for (i, part) in [tenant, subject, purpose].iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
+fn child_key(tenant: &str, subject: &str) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+fn policy_key(tenant: &str) -> Vec<u8> {
+    let mut k = vec![b'p'];
+    k.extend_from_slice(tenant.as_bytes());
+    k
+}
+
+fn append(view: &mut ViewWriter<'_>, key: &[u8], message: &impl Message) -> Result<(), StoreError> {
+    view.update(key, |v| {
+        message
+            .encode_length_delimited(v.get_or_insert_with(Vec::new))
+            .expect("a Vec grows as needed");
+    })
+}
+
+fn decode_all<M: Message + Default>(bytes: &[u8]) -> Result<Vec<M>, StoreError> {
+    let mut buf = bytes;
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        out.push(
+            M::decode_length_delimited(&mut buf).map_err(|e| StoreError::Corrupt {
+                seq: 0,
+                reason: format!("consent view entry does not decode: {e}"),
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Folds consent events, policy versions and birth dates into the view.
+pub struct ConsentView;
+
+impl Projection for ConsentView {
+    fn name(&self) -> &'static str {
+        CONSENT_VIEW
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
+        let env = Envelope::decode(event.data.as_slice()).map_err(|e| StoreError::Corrupt {
+            seq: event.seq,
+            reason: format!("stored data is not an envelope: {e}"),
+        })?;
+        let (tenant, subject) = (env.tenant.as_str(), env.subject_id.as_str());
+        match &env.payload {
+            Some(Payload::ConsentGranted(g)) => {
+                for purpose in &g.purposes {
+                    let entry = ConsentHistoryEntry {
+                        seq: event.seq,
+                        purpose: purpose.clone(),
+                        change: "granted".into(),
+                        at: env.occurred_at,
+                        record_id: format!("{}/{purpose}", env.event_id),
+                        policy_version: g.policy_version.clone(),
+                        valid_until: g.valid_until,
+                        expressed_by: g.expressed_by,
+                        method: g.method,
+                    };
+                    append(view, &history_key(tenant, subject, purpose), &entry)?;
+                }
+            }
+            Some(Payload::ConsentWithdrawn(w)) => {
+                let all = ["*".to_owned()];
+                let purposes = if w.purposes.is_empty() {
+                    &all[..]
+                } else {
+                    &w.purposes[..]
+                };
+                for purpose in purposes {
+                    let entry = ConsentHistoryEntry {
+                        seq: event.seq,
+                        purpose: purpose.clone(),
+                        change: "withdrawn".into(),
+                        at: env.occurred_at,
+                        ..Default::default()
+                    };
+                    append(view, &history_key(tenant, subject, purpose), &entry)?;
+                }
+            }
+            Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
+                let info = ChildInfo {
+                    birth_date: r.birth_date.clone(),
+                };
+                view.put(&child_key(tenant, subject), info.encode_to_vec());
+            }
+            Some(Payload::DomainEvent(d)) if env.event_type == POLICY_PUBLISHED => {
+                let policy = PolicyPublished::decode(d.body.as_slice()).map_err(|e| {
+                    StoreError::Corrupt {
+                        seq: event.seq,
+                        reason: format!("policy.published body does not decode: {e}"),
+                    }
+                })?;
+                let stored = StoredPolicy {
+                    policy: Some(policy),
+                    published_at: env.occurred_at,
+                    seq: event.seq,
+                };
+                append(view, &policy_key(tenant), &stored)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads of the consent view.
+#[derive(Clone)]
+pub struct ConsentReader {
+    pub view: View,
+}
+
+impl ConsentReader {
+    /// The history of one purpose, including withdrawals of every purpose, in log order.
+    pub fn history(
+        &self,
+        tenant: &str,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Vec<ConsentHistoryEntry>, StoreError> {
+        let mut out = Vec::new();
+        for p in [purpose, "*"] {
+            if let Some(bytes) = self.view.get(&history_key(tenant, subject, p))? {
+                out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
+            }
+        }
+        out.sort_by_key(|e| (e.seq, e.purpose.clone()));
+        Ok(out)
+    }
+
+    /// Every purpose's history of a subject, in log order.
+    pub fn all_history(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<ConsentHistoryEntry>, StoreError> {
+        // `h tenant 0 subject 0`: every purpose of the subject.
+        let prefix = history_key(tenant, subject, "");
+        let mut out = Vec::new();
+        for (_, bytes) in self.view.scan_prefix(&prefix)? {
+            out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
+        }
+        out.sort_by_key(|e| (e.seq, e.purpose.clone()));
+        Ok(out)
+    }
+
+    /// The tenant's policy versions, in log order.
+    pub fn policies(&self, tenant: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+        let Some(bytes) = self.view.get(&policy_key(tenant))? else {
+            return Ok(Vec::new());
+        };
+        Ok(decode_all::<StoredPolicy>(&bytes)?
+            .into_iter()
+            .filter_map(|s| {
+                let p = s.policy?;
+                Some(PolicyVersion {
+                    effective_at: micros(p.effective_at.as_ref()),
+                    version: p.version,
+                    notice_hash: p.notice_hash,
+                    purposes: p.purposes,
+                    material: p.material,
+                    published_at: micros(s.published_at.as_ref()),
+                })
+            })
+            .collect())
+    }
+
+    pub fn child(&self, tenant: &str, subject: &str) -> Result<Option<ChildInfo>, StoreError> {
+        match self.view.get(&child_key(tenant, subject))? {
+            Some(bytes) => Ok(Some(ChildInfo::decode(bytes.as_slice()).map_err(|e| {
+                StoreError::Corrupt {
+                    seq: 0,
+                    reason: format!("child info does not decode: {e}"),
+                }
+            })?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A history entry as a domain change.
+pub fn to_change(e: &ConsentHistoryEntry) -> ConsentChange {
+    ConsentChange {
+        seq: e.seq,
+        at: micros(e.at.as_ref()),
+        kind: if e.change == "granted" {
+            ChangeKind::Granted {
+                record_id: e.record_id.clone(),
+                policy_version: e.policy_version.clone(),
+                valid_until: e.valid_until.as_ref().map(|t| micros(Some(t))),
+                by_guardian: e.expressed_by == ExpressedBy::Guardian as i32,
+            }
+        } else {
+            ChangeKind::Withdrawn
+        },
+    }
+}

@@ -1,0 +1,307 @@
+//! The consent service over real gRPC and a real NATS: policies, grants and withdrawals from
+//! both doors, checks as of any instant, the jurisdiction's form rules, the child rule,
+//! idempotent commands, roles, and consent events on the outbox.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use privacy_e2e::*;
+use privacy_proto::v1::consent_service_client::ConsentServiceClient;
+use privacy_proto::v1::*;
+use privacy_testkit::NatsServer;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Consent = ConsentServiceClient<InterceptedService<Channel, Bearer>>;
+
+async fn consent_client(url: &str, token: &'static str) -> Consent {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ConsentServiceClient::with_interceptor(channel, Bearer(Some(token)))
+}
+
+fn ts(t: SystemTime) -> Option<prost_types::Timestamp> {
+    Some(t.into())
+}
+
+fn grant(subject: &str, purpose: &str, version: &str, at: SystemTime) -> GrantConsentRequest {
+    GrantConsentRequest {
+        tenant: TENANT.into(),
+        subject_id: subject.into(),
+        consent: Some(ConsentGranted {
+            purposes: vec![purpose.into()],
+            policy_version: version.into(),
+            method: ConsentMethod::UntickedCheckbox as i32,
+            expressed_by: ExpressedBy::Subject as i32,
+            ..Default::default()
+        }),
+        occurred_at: ts(at),
+        ..Default::default()
+    }
+}
+
+async fn check(
+    c: &mut Consent,
+    subject: &str,
+    purpose: &str,
+    at: SystemTime,
+) -> CheckConsentResponse {
+    c.check_consent(CheckConsentRequest {
+        tenant: TENANT.into(),
+        subject_id: subject.into(),
+        purpose: purpose.into(),
+        as_of: ts(at),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let url = svc.url();
+    let mut operator = consent_client(&url, OPERATOR_TOKEN).await;
+    let mut backend = consent_client(&url, BACKEND_TOKEN).await;
+    let mut auditor = consent_client(&url, AUDITOR_TOKEN).await;
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+
+    // A policy in force since yesterday.
+    operator
+        .publish_policy(PublishPolicyRequest {
+            tenant: TENANT.into(),
+            version: "v1".into(),
+            notice_hash: "sha256:aa".into(),
+            effective_at: ts(now - 24 * hour),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let again = operator
+        .publish_policy(PublishPolicyRequest {
+            tenant: TENANT.into(),
+            version: "v1".into(),
+            notice_hash: "sha256:aa".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    // Granted an hour ago over gRPC; idempotent by event id.
+    let mut g = grant("u-1", "marketing", "v1", now - hour);
+    g.event_id = uuid::Uuid::now_v7().to_string();
+    let first = backend.grant_consent(g.clone()).await.unwrap().into_inner();
+    assert!(!first.duplicate);
+    assert_eq!(first.record_ids, vec![format!("{}/marketing", g.event_id)]);
+    let repeat = backend.grant_consent(g).await.unwrap().into_inner();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.seq, first.seq);
+
+    let ok = check(&mut backend, "u-1", "marketing", now).await;
+    assert!(ok.allowed, "{ok:?}");
+    assert_eq!(
+        (ok.basis.as_str(), ok.policy_version.as_str()),
+        ("consent", "v1")
+    );
+    assert_eq!(ok.record_id, first.record_ids[0]);
+    let before = check(&mut auditor, "u-1", "marketing", now - 2 * hour).await;
+    assert_eq!(
+        (before.allowed, before.reason.as_str()),
+        (false, "never_given")
+    );
+    let contract = check(&mut backend, "u-1", "provide_service", now).await;
+    assert_eq!(
+        (contract.allowed, contract.basis.as_str()),
+        (true, "contract")
+    );
+    let unknown = check(&mut backend, "u-1", "telepathy", now).await;
+    assert_eq!(
+        (unknown.allowed, unknown.reason.as_str()),
+        (false, "unknown_purpose")
+    );
+
+    // Withdrawn through NATS with the SDK; the earlier instant still answers as it was.
+    let client = privacy_client::PrivacyClient::connect(&nats.url(), "settings-page")
+        .await
+        .unwrap();
+    client
+        .publish(
+            TENANT,
+            "u-1",
+            ConsentWithdrawn {
+                purposes: vec![],
+                method: "settings".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = check(&mut backend, "u-1", "marketing", SystemTime::now()).await;
+        if c.reason == "withdrawn" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "withdrawal not seen: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        check(&mut backend, "u-1", "marketing", now).await.allowed,
+        "as of `now` it was allowed"
+    );
+
+    // The jurisdiction's form rules (VN: no pre-ticked consent) and the policy in force.
+    let mut pre_ticked = grant("u-2", "marketing", "v1", now);
+    pre_ticked.consent.as_mut().unwrap().method = ConsentMethod::PreTickedCheckbox as i32;
+    let err = backend.grant_consent(pre_ticked).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().starts_with("consent_granted.method"), "{err}");
+    let err = backend
+        .grant_consent(grant("u-2", "marketing", "v9", now))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().starts_with("consent_granted.policy_version"),
+        "{err}"
+    );
+    let err = backend
+        .grant_consent(grant("u-2", "provide_service", "v1", now))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    let err = auditor
+        .grant_consent(grant("u-2", "marketing", "v1", now))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // A material change to marketing, effective in an hour, requires re-consent from then on.
+    backend
+        .grant_consent(grant("u-3", "marketing", "v1", now))
+        .await
+        .unwrap();
+    operator
+        .publish_policy(PublishPolicyRequest {
+            tenant: TENANT.into(),
+            version: "v2".into(),
+            notice_hash: "sha256:bb".into(),
+            purposes: vec!["marketing".into()],
+            material: true,
+            effective_at: ts(now + hour),
+        })
+        .await
+        .unwrap();
+    assert!(
+        check(&mut backend, "u-3", "marketing", now + hour / 2)
+            .await
+            .allowed
+    );
+    let later = check(&mut backend, "u-3", "marketing", now + 2 * hour).await;
+    assert_eq!(
+        (later.reason.as_str(), later.superseded_by.as_str()),
+        ("reconsent_required", "v2")
+    );
+    assert!(
+        check(&mut backend, "u-3", "analytics", now + 2 * hour)
+            .await
+            .reason
+            == "never_given"
+    );
+
+    // A child (VN: under 16) needs a guardian.
+    client
+        .publish(
+            TENANT,
+            "kid-1",
+            SubjectRegistered {
+                birth_date: "2016-05-01".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match backend
+            .grant_consent(grant("kid-1", "marketing", "v1", now))
+            .await
+        {
+            Err(e) if e.message().starts_with("consent_granted.expressed_by") => break e,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "child rule not applied: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let mut by_guardian = grant("kid-1", "marketing", "v1", now);
+    by_guardian.consent.as_mut().unwrap().expressed_by = ExpressedBy::Guardian as i32;
+    backend.grant_consent(by_guardian).await.unwrap();
+    assert!(
+        check(&mut backend, "kid-1", "marketing", SystemTime::now())
+            .await
+            .allowed
+    );
+
+    // History, for auditors.
+    let history = auditor
+        .get_consent_history(GetConsentHistoryRequest {
+            tenant: TENANT.into(),
+            subject_id: "u-1".into(),
+            purpose: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let changes: Vec<_> = history
+        .entries
+        .iter()
+        .map(|e| (e.purpose.as_str(), e.change.as_str()))
+        .collect();
+    assert_eq!(changes, [("marketing", "granted"), ("*", "withdrawn")]);
+
+    // Consent changes are domain events on the bus.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let evt = js.get_stream("PRIVACY_EVT").await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = evt
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut subjects = Vec::new();
+    while subjects.len() < 6 && Instant::now() < deadline {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(m) = batch.next().await {
+            subjects.push(m.unwrap().subject.to_string());
+        }
+    }
+    for want in [
+        "privacy.evt.consent.policy.published",
+        "privacy.evt.consent.consent.granted",
+        "privacy.evt.consent.consent.withdrawn",
+    ] {
+        assert!(
+            subjects.iter().any(|s| s == want),
+            "{want} missing from {subjects:?}"
+        );
+    }
+    svc.stop().await;
+}
