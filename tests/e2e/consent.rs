@@ -255,6 +255,74 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
             .allowed
     );
 
+    // Receipts carry the opened evidence; after the subject's key is shredded they show it as
+    // erased, checks still answer and the chain still verifies.
+    let mut with_evidence = grant("u-4", "analytics", "v1", now);
+    with_evidence.consent.as_mut().unwrap().evidence = [
+        (
+            "ip".to_string(),
+            PersonalValue {
+                value: Some(personal_value::Value::Clear("203.0.113.9".into())),
+            },
+        ),
+        (
+            "notice_language".to_string(),
+            PersonalValue {
+                value: Some(personal_value::Value::Clear("vi".into())),
+            },
+        ),
+    ]
+    .into();
+    let record = backend
+        .grant_consent(with_evidence)
+        .await
+        .unwrap()
+        .into_inner()
+        .record_ids
+        .remove(0);
+    let export = |mut c: Consent, record: String| async move {
+        let json = c
+            .export_consent_receipt(ExportConsentReceiptRequest {
+                tenant: TENANT.into(),
+                subject_id: "u-4".into(),
+                record_id: record,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .receipt_json;
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()
+    };
+    let receipt = export(auditor.clone(), record.clone()).await;
+    assert_eq!(receipt["version"], "KI-CR-v1.1.0");
+    assert_eq!(receipt["consentReceiptID"], record.as_str());
+    assert_eq!(receipt["jurisdiction"], "VN");
+    assert_eq!(receipt["state"], "given");
+    assert_eq!(receipt["language"], "vi");
+    assert_eq!(receipt["evidence"]["ip"], "203.0.113.9");
+    assert_eq!(receipt["notice"]["noticeHash"], "sha256:aa");
+    svc.service
+        .vault
+        .shred(TENANT, "u-4", 1_800_000_000_000_000)
+        .unwrap();
+    let erased = export(auditor.clone(), record.clone()).await;
+    assert_eq!(erased["evidence"]["ip"]["erased"], true, "{erased}");
+    assert!(!erased.to_string().contains("203.0.113.9"));
+    assert!(
+        check(&mut backend, "u-4", "analytics", SystemTime::now())
+            .await
+            .allowed
+    );
+    let mut audit = audit_client(&url, Some(AUDITOR_TOKEN)).await;
+    assert!(
+        audit
+            .verify_chain(VerifyChainRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .ok
+    );
+
     // History, for auditors.
     let history = auditor
         .get_consent_history(GetConsentHistoryRequest {
@@ -281,7 +349,7 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut subjects = Vec::new();
-    while subjects.len() < 6 && Instant::now() < deadline {
+    while subjects.len() < 8 && Instant::now() < deadline {
         let mut batch = consumer
             .fetch()
             .max_messages(100)
@@ -294,6 +362,7 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
         }
     }
     for want in [
+        "privacy.evt.consent.subject.child_flagged",
         "privacy.evt.consent.policy.published",
         "privacy.evt.consent.consent.granted",
         "privacy.evt.consent.consent.withdrawn",
@@ -303,5 +372,72 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
             "{want} missing from {subjects:?}"
         );
     }
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpc_signal_withdraws_sale_and_marketing_where_the_law_honours_it() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let mut operator = consent_client(&svc.url(), OPERATOR_TOKEN).await;
+    let mut backend = consent_client(&svc.url(), BACKEND_TOKEN).await;
+    let now = SystemTime::now();
+    let ca = "us-ca-store";
+    operator
+        .publish_policy(PublishPolicyRequest {
+            tenant: ca.into(),
+            version: "2026-01".into(),
+            notice_hash: "sha256:cc".into(),
+            effective_at: ts(now - Duration::from_secs(86_400)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for purpose in ["marketing", "sale", "analytics"] {
+        let mut g = grant("c-1", purpose, "2026-01", now - Duration::from_secs(60));
+        g.tenant = ca.into();
+        backend.grant_consent(g).await.unwrap();
+    }
+    let client = privacy_client::PrivacyClient::connect(&nats.url(), "browser")
+        .await
+        .unwrap();
+    client
+        .publish(
+            ca,
+            "c-1",
+            ConsentSignal {
+                signal: "gpc".into(),
+                value: true,
+            },
+        )
+        .await
+        .unwrap();
+    let ask = |purpose: &'static str| {
+        let mut backend = backend.clone();
+        async move {
+            backend
+                .check_consent(CheckConsentRequest {
+                    tenant: ca.into(),
+                    subject_id: "c-1".into(),
+                    purpose: purpose.into(),
+                    as_of: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ask("sale").await.allowed {
+        assert!(Instant::now() < deadline, "GPC not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ask("sale").await.reason, "withdrawn");
+    assert_eq!(ask("marketing").await.reason, "withdrawn");
+    assert!(
+        ask("analytics").await.allowed,
+        "GPC does not touch analytics"
+    );
     svc.stop().await;
 }

@@ -22,13 +22,13 @@ struct Flaky {
 
 impl IngestHandler for Flaky {
     fn prepare(&self, envelope: Envelope, _: EventType) -> Result<Prepared, String> {
-        Ok(Prepared::Store(NewEvent {
+        Ok(Prepared::Store(vec![NewEvent {
             event_id: envelope.event_id.clone(),
             stream: format!("{}/{}", envelope.tenant, envelope.subject_id),
             event_type: envelope.event_type.clone(),
             data: envelope.encode_to_vec(),
             publish: false,
-        }))
+        }]))
     }
 
     fn before_append(&self) -> Result<(), String> {

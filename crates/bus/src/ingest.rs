@@ -27,8 +27,8 @@ const PIPELINE: usize = 3;
 
 /// What a service makes of a contract-valid user event.
 pub enum Prepared {
-    /// Store this.
-    Store(NewEvent),
+    /// Store these, atomically: the user event first, then any domain events it implies.
+    Store(Vec<NewEvent>),
     /// Refuse it (to the DLQ).
     Reject(Rejection),
 }
@@ -81,7 +81,7 @@ pub struct Ingest {
 
 /// A message's fate within a batch.
 enum Fate {
-    Store(NewEvent),
+    Store(Vec<NewEvent>),
     Reject(Rejection),
     Retry,
 }
@@ -192,7 +192,7 @@ impl Ingest {
             match self.classify(&msg, now) {
                 Fate::Store(e) => {
                     msgs.push(msg);
-                    events.push(e);
+                    events.extend(e);
                 }
                 Fate::Retry => nak(&self.stats, &msg).await,
                 Fate::Reject(rejection) => self.dead_letter(&msg, &rejection).await,

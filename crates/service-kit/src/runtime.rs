@@ -60,7 +60,13 @@ pub trait DomainService: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether a stored user event of this type is also a domain event for the outbox.
+    /// Domain events a stored user event implies (stored in the same atomic append). Their
+    /// `event_id`s must be derived from the user event's, so a redelivery derives the same ids.
+    fn derive(&self, _tenant: &Tenant, _envelope: &Envelope) -> Vec<Envelope> {
+        Vec::new()
+    }
+
+    /// Whether a stored event of this type is also a domain event for the outbox.
     fn publishes(&self, _event_type: &str) -> bool {
         false
     }
@@ -102,7 +108,7 @@ impl ServiceContext {
         &self,
         domain: &dyn DomainService,
         mut envelope: Envelope,
-    ) -> Result<NewEvent, PrepareError> {
+    ) -> Result<Vec<NewEvent>, PrepareError> {
         let Some(tenant) = self.tenants.get(&envelope.tenant) else {
             return Err(PrepareError::Rejected(Rejection::new(
                 RejectionCode::UnknownTenant,
@@ -113,6 +119,7 @@ impl ServiceContext {
         domain
             .check(tenant, &envelope)
             .map_err(PrepareError::Rejected)?;
+        let derived = domain.derive(tenant, &envelope);
         envelope.recorded_at = None;
         seal_envelope(&self.vault, &mut envelope)
             .map_err(|e| PrepareError::Transient(e.to_string()))?;
@@ -121,13 +128,17 @@ impl ServiceContext {
         } else {
             format!("{}/{}", envelope.tenant, envelope.subject_id)
         };
-        Ok(NewEvent {
-            event_id: envelope.event_id.clone(),
-            stream,
-            publish: domain.publishes(&envelope.event_type),
-            event_type: envelope.event_type.clone(),
-            data: envelope.encode_to_vec(),
-        })
+        let mut events = Vec::with_capacity(1 + derived.len());
+        for env in std::iter::once(envelope).chain(derived) {
+            events.push(NewEvent {
+                event_id: env.event_id.clone(),
+                stream: stream.clone(),
+                publish: domain.publishes(&env.event_type),
+                event_type: env.event_type.clone(),
+                data: env.encode_to_vec(),
+            });
+        }
+        Ok(events)
     }
 
     /// Checks and stores one user event given as a gRPC command, answering after it is durable.
@@ -138,7 +149,7 @@ impl ServiceContext {
     ) -> Result<privacy_event_store::Position, tonic::Status> {
         validate_envelope(&envelope, None, std::time::SystemTime::now(), &self.limits)
             .map_err(rejection_status)?;
-        let event = match self.prepare(domain, envelope) {
+        let events = match self.prepare(domain, envelope) {
             Ok(e) => e,
             Err(PrepareError::Rejected(r)) => return Err(rejection_status(r)),
             Err(PrepareError::Transient(e)) => return Err(tonic::Status::unavailable(e)),
@@ -148,7 +159,7 @@ impl ServiceContext {
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let positions = self
             .store
-            .append(vec![event], privacy_event_store::ExpectedVersion::Any)
+            .append(events, privacy_event_store::ExpectedVersion::Any)
             .await
             .map_err(crate::audit::status_of)?;
         Ok(positions[0])
@@ -234,7 +245,7 @@ struct EnvelopeIngest {
 impl IngestHandler for EnvelopeIngest {
     fn prepare(&self, envelope: Envelope, _event_type: EventType) -> Result<Prepared, String> {
         match self.ctx.prepare(self.domain.as_ref(), envelope) {
-            Ok(event) => Ok(Prepared::Store(event)),
+            Ok(events) => Ok(Prepared::Store(events)),
             Err(PrepareError::Rejected(r)) => Ok(Prepared::Reject(r)),
             Err(PrepareError::Transient(e)) => Err(e),
         }

@@ -213,8 +213,8 @@ access_days = 30
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants");
         let registry = TenantRegistry::load(&dir).unwrap();
         assert!(
-            registry.len() == 3,
-            "expected the three example tenants in {}",
+            registry.len() == 4,
+            "expected the four example tenants in {}",
             dir.display()
         );
     }

@@ -317,4 +317,53 @@ impl ConsentService for ConsentApi {
         .map_err(status_of)?;
         Ok(Response::new(GetConsentHistoryResponse { entries }))
     }
+
+    async fn export_consent_receipt(
+        &self,
+        request: Request<ExportConsentReceiptRequest>,
+    ) -> Result<Response<ExportConsentReceiptResponse>, Status> {
+        require(&request, &[Role::Operator, Role::Auditor])?;
+        let req = request.into_inner();
+        let tenant = self.tenant(&req.tenant)?;
+        let (event_id, purpose) = req
+            .record_id
+            .rsplit_once('/')
+            .ok_or_else(|| Status::invalid_argument("record_id: expected <event_id>/<purpose>"))?;
+        let not_found =
+            || Status::not_found(format!("record_id: no consent record {:?}", req.record_id));
+        let seq = self
+            .ctx
+            .store
+            .position_of(event_id)
+            .map_err(status_of)?
+            .ok_or_else(not_found)?;
+        let stored = self
+            .ctx
+            .store
+            .get(seq)
+            .map_err(status_of)?
+            .ok_or_else(not_found)?;
+        let mut envelope = Envelope::decode(stored.data.as_slice())
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        if envelope.tenant != tenant.id || envelope.subject_id != req.subject_id {
+            return Err(not_found());
+        }
+        privacy_service_kit::personal::open_envelope(&self.ctx.vault, &mut envelope)
+            .map_err(status_of)?;
+        let reader = &self.domain.reader;
+        let later: Vec<_> = reader
+            .history(&tenant.id, &req.subject_id, purpose)
+            .map_err(status_of)?
+            .into_iter()
+            .filter(|e| e.seq > seq)
+            .collect();
+        let policies = reader.policies(&tenant.id).map_err(status_of)?;
+        let receipt =
+            crate::receipt::receipt(tenant, &envelope, purpose, &policies, &later, now_micros())
+                .ok_or_else(not_found)?;
+        Ok(Response::new(ExportConsentReceiptResponse {
+            receipt_json: serde_json::to_string_pretty(&receipt)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
 }

@@ -13,18 +13,29 @@
 pub mod domain;
 pub mod grpc;
 pub mod jurisdiction;
+pub mod receipt;
 pub mod view;
 
 use std::sync::Arc;
 
 use privacy_event_store::Projection;
 use privacy_proto::v1::envelope::Payload;
-use privacy_proto::v1::{ConsentGranted, ConsentMethod, Envelope, ExpressedBy};
+use privacy_proto::v1::{
+    ChildFlagged, ConsentGranted, ConsentMethod, ConsentWithdrawn, DomainEvent, Envelope,
+    ExpressedBy,
+};
 use privacy_proto::{Rejection, RejectionCode};
 use privacy_service_kit::{DomainService, ServiceContext, ServiceSpec, Tenant};
+use prost::Message;
 
 use crate::domain::{Basis, ChildStatus, policy_in_force};
-use crate::view::{CONSENT_VIEW, ConsentReader, ConsentView, micros};
+use crate::view::{CONSENT_VIEW, ConsentReader, ConsentView, POLICY_PUBLISHED, micros};
+
+/// Event type of the domain event that flags a child registered without a guardian.
+pub const CHILD_FLAGGED: &str = "subject.child_flagged";
+
+/// Purposes a Global Privacy Control signal opts out of (sale, sharing, targeted advertising).
+pub const OPT_OUT_PURPOSES: &[&str] = &["marketing", "advertising", "sale", "sharing"];
 
 /// What the consent service consumes and where it listens.
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -260,8 +271,90 @@ impl DomainService for ConsentDomain {
         }
     }
 
+    fn derive(&self, tenant: &Tenant, envelope: &Envelope) -> Vec<Envelope> {
+        let derived = |suffix: &str, event_type: &str, payload: Payload| Envelope {
+            event_id: format!("{}/{suffix}", envelope.event_id),
+            event_type: event_type.into(),
+            schema_version: 1,
+            tenant: envelope.tenant.clone(),
+            subject_id: envelope.subject_id.clone(),
+            occurred_at: envelope.occurred_at,
+            source: "consent".into(),
+            causation_id: envelope.event_id.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        match &envelope.payload {
+            // A Global Privacy Control signal withdraws the sale/marketing purposes where the
+            // jurisdiction honours it; the purposes are resolved now and stored as a fact.
+            Some(Payload::ConsentSignal(sig))
+                if sig.signal.eq_ignore_ascii_case("gpc")
+                    && sig.value
+                    && jurisdiction::rules_for().honours_gpc(&tenant.jurisdiction) =>
+            {
+                let purposes: Vec<String> = tenant
+                    .purposes
+                    .iter()
+                    .filter(|p| {
+                        p.legal_basis == "consent" && OPT_OUT_PURPOSES.contains(&p.id.as_str())
+                    })
+                    .map(|p| p.id.clone())
+                    .collect();
+                if purposes.is_empty() {
+                    return Vec::new();
+                }
+                vec![derived(
+                    "gpc",
+                    "consent.withdrawn",
+                    Payload::ConsentWithdrawn(ConsentWithdrawn {
+                        purposes,
+                        method: "global privacy control".into(),
+                    }),
+                )]
+            }
+            // A child registered without a guardian's consent is flagged for erasure.
+            Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
+                let Ok(birth) = r.birth_date.parse::<jiff::civil::Date>() else {
+                    return Vec::new();
+                };
+                let at = micros(envelope.occurred_at.as_ref());
+                let Ok(today) = jiff::Timestamp::from_microsecond(at)
+                    .map(|t| t.to_zoned_datetime(zone_of(tenant)).date())
+                else {
+                    return Vec::new();
+                };
+                let Some(age) = child_age(tenant, today) else {
+                    return Vec::new();
+                };
+                let adult = birth.checked_add(jiff::Span::new().years(i64::from(age)));
+                if adult.is_ok_and(|a| today < a) {
+                    let body = ChildFlagged {
+                        birth_date: r.birth_date.clone(),
+                        child_age: u32::from(age),
+                        jurisdiction: tenant.jurisdiction.clone(),
+                        reason: format!(
+                            "registered under {age} without a guardian's consent; route the data to erasure"
+                        ),
+                    };
+                    return vec![derived(
+                        "child_flagged",
+                        CHILD_FLAGGED,
+                        Payload::DomainEvent(DomainEvent {
+                            body: body.encode_to_vec(),
+                        }),
+                    )];
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn publishes(&self, event_type: &str) -> bool {
         matches!(event_type, "consent.granted" | "consent.withdrawn")
+            || event_type == POLICY_PUBLISHED
+            || event_type == CHILD_FLAGGED
     }
 
     fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {
