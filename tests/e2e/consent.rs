@@ -441,3 +441,100 @@ async fn a_gpc_signal_withdraws_sale_and_marketing_where_the_law_honours_it() {
     );
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_example_tenant_gets_its_jurisdictions_consent_rules() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let mut operator = consent_client(&svc.url(), OPERATOR_TOKEN).await;
+    let mut backend = consent_client(&svc.url(), BACKEND_TOKEN).await;
+    let now = SystemTime::now();
+    for tenant in ["ru-crm", "au-messenger", "vn-apihub"] {
+        operator
+            .publish_policy(PublishPolicyRequest {
+                tenant: tenant.into(),
+                version: "p1".into(),
+                notice_hash: "sha256:dd".into(),
+                effective_at: ts(now - Duration::from_secs(86_400)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let request = |tenant: &str, purpose: &str, change: &dyn Fn(&mut ConsentGranted)| {
+        let mut g = grant("s-1", purpose, "p1", now);
+        g.tenant = tenant.into();
+        change(g.consent.as_mut().unwrap());
+        g
+    };
+    let field_of = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        e.message().split(':').next().unwrap().to_owned()
+    };
+
+    // RU: consent must be a separate document since 2025-09-01, and conscious.
+    let bundled = request("ru-crm", "advertising", &|g| g.bundled = true);
+    let err = backend.grant_consent(bundled).await.unwrap_err();
+    assert_eq!(field_of(err), "consent_granted.bundled");
+    let silent = request("ru-crm", "advertising", &|g| {
+        g.method = ConsentMethod::Silent as i32
+    });
+    assert_eq!(
+        field_of(backend.grant_consent(silent).await.unwrap_err()),
+        "consent_granted.method"
+    );
+    // A legal-entity user passing on a third party's consent attests it.
+    let unattested = request("ru-crm", "interaction", &|g| {
+        g.expressed_by = ExpressedBy::Representative as i32
+    });
+    let err = backend.grant_consent(unattested).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("consent_granted.attestation_ref"),
+        "{err}"
+    );
+    let attested = request("ru-crm", "interaction", &|g| {
+        g.expressed_by = ExpressedBy::Representative as i32;
+        g.attestation_ref = "contract-77/annex-2".into();
+    });
+    backend.grant_consent(attested).await.unwrap();
+
+    // AU: implied consent is possible, so a pre-ticked box is recorded (as such) rather than refused.
+    let pre_ticked = request("au-messenger", "marketing", &|g| {
+        g.method = ConsentMethod::PreTickedCheckbox as i32
+    });
+    backend.grant_consent(pre_ticked).await.unwrap();
+    // AU's trust-and-safety purpose rests on a legal obligation: allowed without consent.
+    let safety = backend
+        .check_consent(CheckConsentRequest {
+            tenant: "au-messenger".into(),
+            subject_id: "s-1".into(),
+            purpose: "safety".into(),
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (safety.allowed, safety.basis.as_str()),
+        (true, "legal_obligation")
+    );
+
+    // VN: bundled consent refused as well; the tenant's catalog is enforced.
+    let bundled = request("vn-apihub", "marketing", &|g| g.bundled = true);
+    assert_eq!(
+        field_of(backend.grant_consent(bundled).await.unwrap_err()),
+        "consent_granted.bundled"
+    );
+    let err = backend
+        .grant_consent(request("vn-apihub", "mind_reading", &|_| {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("consent_granted.purposes"),
+        "{err}"
+    );
+    svc.stop().await;
+}
