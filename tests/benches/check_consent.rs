@@ -1,7 +1,7 @@
 //! CheckConsent benchmark: in one run, a store with 100,000 subjects × 5 consent purposes, the
-//! consent service serving it over real gRPC, and the floor — a raw tonic unary call on the same
-//! server and channel (`grpc.health.v1.Health/Check`, which does a map lookup and answers) —
-//! each measured at concurrency 1 and 64 over one channel. Prints calls/s, p50 and p99 of both
+//! consent service serving it over real gRPC, and the floor — a raw tonic echo server (no auth,
+//! no work) answering a payload the size of a CheckConsent request — each measured at
+//! concurrency 1 and 64 over one channel. Prints calls/s, p50 and p99 of both
 //! and the ratios (targets: throughput at 64 ≥ 0.8× the floor; p50 at 1 ≤ 1.2× the floor).
 //!
 //! Run: `cargo bench -p privacy-e2e --bench check_consent` (BENCH_SUBJECTS, BENCH_CALLS).
@@ -10,12 +10,28 @@ use std::time::{Duration, Instant};
 
 use privacy_e2e::*;
 use privacy_event_store::{EventStore, ExpectedVersion, NewEvent, StoreConfig};
+use privacy_proto::bench::EchoMessage;
+use privacy_proto::bench::echo_client::EchoClient;
+use privacy_proto::bench::echo_server::{Echo, EchoServer};
 use privacy_proto::v1::consent_service_client::ConsentServiceClient;
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
 use privacy_testkit::NatsServer;
 use prost::Message;
 use tonic::transport::Channel;
+
+/// The echo floor: answers what it is sent.
+struct EchoImpl;
+
+#[tonic::async_trait]
+impl Echo for EchoImpl {
+    async fn echo(
+        &self,
+        request: tonic::Request<EchoMessage>,
+    ) -> Result<tonic::Response<EchoMessage>, tonic::Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+}
 
 const PURPOSES: [&str; 5] = [
     "communication",
@@ -158,10 +174,38 @@ fn main() {
         assert!(svc.service.projector.wait_for(head, Duration::from_secs(300)).await);
         println!("projections caught up with {head} events in {:.1} s", t.elapsed().as_secs_f64());
 
+        // The view reads behind one check, without gRPC.
+        let reader = privacy_consent::view::ConsentReader {
+            view: svc.service.projector.view(privacy_consent::view::CONSENT_VIEW).unwrap(),
+        };
+        let t = Instant::now();
+        let reads = 20_000;
+        for i in 0..reads {
+            let subject = format!("u-{}", (i * 7919) % subjects);
+            std::hint::black_box(reader.history(TENANT, &subject, PURPOSES[i % 5]).unwrap());
+            std::hint::black_box(reader.policies(TENANT).unwrap());
+            std::hint::black_box(reader.child(TENANT, &subject).unwrap());
+        }
+        println!("view reads of one check: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / reads as f64);
+
+        // The floor: a raw tonic echo server on its own port.
+        let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo_listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(EchoServer::new(EchoImpl))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(echo_listener)),
+        );
+        let echo_channel = tonic::transport::Endpoint::from_shared(format!("http://{echo_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+
         let channel = tonic::transport::Endpoint::from_shared(svc.url()).unwrap().connect().await.unwrap();
         let echo = |channel: Channel, _i: usize| async move {
-            let mut c = tonic_health::pb::health_client::HealthClient::with_interceptor(channel, Bearer(Some(BACKEND_TOKEN)));
-            c.check(tonic_health::pb::HealthCheckRequest::default()).await.unwrap();
+            let mut c = EchoClient::new(channel);
+            c.echo(EchoMessage { payload: vec![7; 64] }).await.unwrap();
         };
         let check = move |channel: Channel, i: usize| async move {
             let mut c = ConsentServiceClient::with_interceptor(channel, Bearer(Some(BACKEND_TOKEN)));
@@ -178,7 +222,7 @@ fn main() {
             assert!(r.allowed, "{r:?}");
         };
         // Warm up both paths.
-        measure(channel.clone(), 2000, 8, echo).await;
+        measure(echo_channel.clone(), 2000, 8, echo).await;
         measure(channel.clone(), 2000, 8, check).await;
         for concurrency in [1, 64] {
             // Alternate short rounds of both, so drift on a shared machine hits both alike.
@@ -188,7 +232,7 @@ fn main() {
             let (mut floor_time, mut real_time) = (Duration::ZERO, Duration::ZERO);
             for _ in 0..rounds {
                 let t = Instant::now();
-                floor_lat.extend(measure(channel.clone(), n / rounds, concurrency, echo).await);
+                floor_lat.extend(measure(echo_channel.clone(), n / rounds, concurrency, echo).await);
                 floor_time += t.elapsed();
                 let t = Instant::now();
                 real_lat.extend(measure(channel.clone(), n / rounds, concurrency, check).await);

@@ -18,6 +18,12 @@ pub mod v1 {
     tonic::include_proto!("privacy.v1");
 }
 
+/// A raw echo service, the floor of the gRPC benchmarks; not part of the wire contract.
+#[allow(clippy::all, missing_docs)]
+pub mod bench {
+    tonic::include_proto!("privacy.bench.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every `.proto` in `proto/` (served by reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/privacy_descriptor.bin"));
