@@ -19,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(FILES, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("privacy_descriptor.bin"), fds.encode_to_vec())?;
+    // Reflection and the JSON mapping describe the contract only, not the benchmark's echo.
+    let mut contract = fds.clone();
+    contract.file.retain(|f| !f.name().starts_with("privacy/bench/"));
+    std::fs::write(out.join("privacy_descriptor.bin"), contract.encode_to_vec())?;
     tonic_prost_build::configure()
         .btree_map(".")
         .compile_fds(fds)?;
