@@ -21,7 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // Reflection and the JSON mapping describe the contract only, not the benchmark's echo.
     let mut contract = fds.clone();
-    contract.file.retain(|f| !f.name().starts_with("privacy/bench/"));
+    contract
+        .file
+        .retain(|f| !f.name().starts_with("privacy/bench/"));
     std::fs::write(out.join("privacy_descriptor.bin"), contract.encode_to_vec())?;
     tonic_prost_build::configure()
         .btree_map(".")

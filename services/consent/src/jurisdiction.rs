@@ -1,9 +1,7 @@
 //! The jurisdiction facts the consent service needs, behind one small interface
-//! ([`JurisdictionRules`]) so that switching to the `rules` crate is a one-line change in
-//! [`rules_for`].
-//!
-//! Until then these values are an interim table written from `shared/RULES.md` (confidence marks
-//! kept in the comments); nothing here computes deadlines.
+//! ([`JurisdictionRules`]): [`rules_for`] answers from the `rules` crate's effective-dated packs.
+//! [`InterimTable`] is the table the service used before that crate existed, kept for a test
+//! that both agree.
 
 use jiff::civil::Date;
 
@@ -22,12 +20,46 @@ pub trait JurisdictionRules: Send + Sync {
     fn child_age(&self, jurisdiction: &str, on: Date) -> Option<u8>;
     fn consent_form(&self, jurisdiction: &str, on: Date) -> ConsentForm;
     /// Whether a Global Privacy Control signal is an opt-out of sale/sharing.
-    fn honours_gpc(&self, jurisdiction: &str) -> bool;
+    fn honours_gpc(&self, jurisdiction: &str, on: Date) -> bool;
 }
 
-/// The rules in force. Replace the body with the `rules` crate's adapter when it lands.
+/// The rules in force.
 pub fn rules_for() -> &'static dyn JurisdictionRules {
-    &InterimTable
+    &RulePacks
+}
+
+/// The `rules` crate's packs, chosen by the date.
+pub struct RulePacks;
+
+impl JurisdictionRules for RulePacks {
+    fn child_age(&self, jurisdiction: &str, on: Date) -> Option<u8> {
+        let j = jurisdiction.parse().ok()?;
+        rules::child_rules(j, on).ok()?.age
+    }
+
+    fn consent_form(&self, jurisdiction: &str, on: Date) -> ConsentForm {
+        match jurisdiction
+            .parse()
+            .ok()
+            .and_then(|j| rules::consent_form_rules(j, on).ok())
+        {
+            Some(f) => ConsentForm {
+                pre_ticked_forbidden: f.pre_ticked_forbidden || f.silence_not_consent,
+                bundling_forbidden: f.bundling_forbidden_on(on),
+            },
+            // No regime in force: refuse nothing the law was not shown to refuse.
+            None => ConsentForm {
+                pre_ticked_forbidden: false,
+                bundling_forbidden: false,
+            },
+        }
+    }
+
+    fn honours_gpc(&self, jurisdiction: &str, on: Date) -> bool {
+        jurisdiction
+            .parse()
+            .is_ok_and(|j| rules::honours_gpc(j, on))
+    }
 }
 
 /// Interim values from `shared/RULES.md`.
@@ -74,8 +106,40 @@ impl JurisdictionRules for InterimTable {
         }
     }
 
-    fn honours_gpc(&self, jurisdiction: &str) -> bool {
+    fn honours_gpc(&self, jurisdiction: &str, _on: Date) -> bool {
         // CCPA regulations require honouring GPC [S].
         jurisdiction == "US-CA"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_packs_agree_with_the_interim_table() {
+        for j in ["VN", "RU", "AU", "EU", "US-CA"] {
+            for on in [
+                jiff::civil::date(2025, 8, 31),
+                jiff::civil::date(2025, 9, 1),
+                jiff::civil::date(2026, 6, 1),
+            ] {
+                assert_eq!(
+                    RulePacks.child_age(j, on),
+                    InterimTable.child_age(j, on),
+                    "{j} {on}"
+                );
+                assert_eq!(
+                    RulePacks.consent_form(j, on),
+                    InterimTable.consent_form(j, on),
+                    "{j} {on}"
+                );
+                assert_eq!(
+                    RulePacks.honours_gpc(j, on),
+                    InterimTable.honours_gpc(j, on),
+                    "{j}"
+                );
+            }
+        }
     }
 }

@@ -76,6 +76,13 @@ pub fn zone_of(tenant: &Tenant) -> jiff::tz::TimeZone {
     jiff::tz::TimeZone::get(&tenant.time_zone).unwrap_or(jiff::tz::TimeZone::UTC)
 }
 
+/// The local date (in the tenant's zone) an event happened on.
+pub fn local_date(tenant: &Tenant, envelope: &Envelope) -> jiff::civil::Date {
+    jiff::Timestamp::from_microsecond(micros(envelope.occurred_at.as_ref()))
+        .map(|t| t.to_zoned_datetime(zone_of(tenant)).date())
+        .unwrap_or_default()
+}
+
 /// The age below which a guardian must consent: the stricter of the law's and the tenant's.
 pub fn child_age(tenant: &Tenant, on: jiff::civil::Date) -> Option<u8> {
     let law = jurisdiction::rules_for().child_age(&tenant.jurisdiction, on);
@@ -291,7 +298,8 @@ impl DomainService for ConsentDomain {
             Some(Payload::ConsentSignal(sig))
                 if sig.signal.eq_ignore_ascii_case("gpc")
                     && sig.value
-                    && jurisdiction::rules_for().honours_gpc(&tenant.jurisdiction) =>
+                    && jurisdiction::rules_for()
+                        .honours_gpc(&tenant.jurisdiction, local_date(tenant, envelope)) =>
             {
                 let purposes: Vec<String> = tenant
                     .purposes

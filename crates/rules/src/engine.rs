@@ -1,0 +1,334 @@
+//! The deadline engine. The day of receipt is never counted; the receipt date is the local date
+//! of the clock start in the jurisdiction's (or tenant's) zone. A deadline is a local date and
+//! the instant it ends (24:00 local); a period in hours ends at its exact instant. Where the law
+//! is open, `due` is the earliest defensible date and `latest` the most lenient one, with a note.
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp};
+
+use crate::calendar::{Calendar, Coverage};
+use crate::{
+    Confidence, DaysConvention, DeadlineRule, Jurisdiction, RulesError, Unit, calendar, pack,
+};
+
+/// How to compute a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DueOptions {
+    /// Apply the rule's extension (once).
+    pub extended: bool,
+    pub coverage: Coverage,
+}
+
+/// A computed deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// The last local day on which the answer is on time (conservative reading).
+    pub due: Date,
+    /// The instant `due` ends (or, for hours, the exact instant).
+    pub due_at: Timestamp,
+    /// The most lenient defensible reading (equal to `due` where the law is settled).
+    pub latest: Date,
+    pub latest_at: Timestamp,
+    /// Why `latest` differs, or what is uncertain.
+    pub note: Option<String>,
+    pub calendar: String,
+    /// Set when the calendar's holiday set is an assumption (US-CA business days).
+    pub calendar_assumption: Option<String>,
+    /// Set when a date fell outside the calendar and weekends-only counting was used.
+    pub weekends_only_fallback: bool,
+    pub extended: bool,
+    pub citation: String,
+    pub confidence: Confidence,
+}
+
+fn date_err(e: jiff::Error) -> RulesError {
+    RulesError::Date(e.to_string())
+}
+
+fn add_days(d: Date, n: i64) -> Result<Date, RulesError> {
+    d.checked_add(Span::new().days(n)).map_err(date_err)
+}
+
+/// Same day `n` months later, clamped to the month's last day (31 Jan + 1 month = 28/29 Feb).
+fn add_months(d: Date, n: i64) -> Result<Date, RulesError> {
+    // jiff clamps the day of month when adding months to a civil date.
+    d.checked_add(Span::new().months(n)).map_err(date_err)
+}
+
+struct Counter<'a> {
+    calendar: &'a Calendar,
+    coverage: Coverage,
+    fallback: bool,
+}
+
+impl Counter<'_> {
+    fn working(&mut self, d: Date) -> Result<bool, RulesError> {
+        self.calendar
+            .is_working_day(d, self.coverage, &mut self.fallback)
+    }
+
+    /// The `n`th working day after `from` (`from` itself when `n` is 0).
+    fn working_days_after(&mut self, from: Date, n: u32) -> Result<Date, RulesError> {
+        let mut d = from;
+        let mut counted = 0;
+        while counted < n {
+            d = add_days(d, 1)?;
+            if self.working(d)? {
+                counted += 1;
+            }
+        }
+        Ok(d)
+    }
+
+    /// `d`, or the next working day after it.
+    fn roll(&mut self, mut d: Date) -> Result<Date, RulesError> {
+        while !self.working(d)? {
+            d = add_days(d, 1)?;
+        }
+        Ok(d)
+    }
+}
+
+fn end_of_day(d: Date, zone: &TimeZone) -> Result<Timestamp, RulesError> {
+    Ok(add_days(d, 1)?
+        .to_zoned_datetime(zone.clone())
+        .map_err(date_err)?
+        .timestamp())
+}
+
+/// Computes a rule's deadline from `clock_start`.
+pub fn due(
+    rule: &DeadlineRule,
+    convention: DaysConvention,
+    clock_start: Timestamp,
+    zone: &TimeZone,
+    calendar: &Calendar,
+    options: DueOptions,
+) -> Result<Deadline, RulesError> {
+    let receipt = clock_start.to_zoned_datetime(zone.clone()).date();
+    let extension = if options.extended {
+        Some(rule.extension.as_ref().ok_or(RulesError::NoExtension)?)
+    } else {
+        None
+    };
+    let ext = extension.map_or(0, |e| e.duration);
+    let mut c = Counter {
+        calendar,
+        coverage: options.coverage,
+        fallback: false,
+    };
+    let mut note = rule.note.clone();
+    let (due, latest, due_at, latest_at) = match rule.unit {
+        Unit::Hours => {
+            let at = clock_start
+                .checked_add(Span::new().hours(i64::from(rule.duration + ext)))
+                .map_err(date_err)?;
+            let day = at.to_zoned_datetime(zone.clone()).date();
+            (day, day, at, at)
+        }
+        Unit::WorkingDays | Unit::BusinessDays => {
+            let d = c.working_days_after(receipt, rule.duration + ext)?;
+            (d, d, end_of_day(d, zone)?, end_of_day(d, zone)?)
+        }
+        Unit::CalendarDays => {
+            let n = i64::from(rule.duration + ext);
+            let (due, latest) = match convention {
+                DaysConvention::Rolled => {
+                    let d = c.roll(add_days(receipt, n)?)?;
+                    (d, d)
+                }
+                DaysConvention::ExactDueRolledLatest => {
+                    let d = add_days(receipt, n)?;
+                    (d, c.roll(d)?)
+                }
+                DaysConvention::MinusOneDueRolledLatest => {
+                    (add_days(receipt, n - 1)?, c.roll(add_days(receipt, n)?)?)
+                }
+            };
+            (
+                due,
+                latest,
+                end_of_day(due, zone)?,
+                end_of_day(latest, zone)?,
+            )
+        }
+        Unit::CalendarMonths => {
+            let n = i64::from(rule.duration);
+            let (due, latest) = match extension {
+                None => {
+                    let d = c.roll(add_months(receipt, n)?)?;
+                    (d, d)
+                }
+                Some(e) => {
+                    // "Two further months": from receipt at once, or after the first period.
+                    let at_once = c.roll(add_months(receipt, n + i64::from(e.duration))?)?;
+                    let chained =
+                        c.roll(add_months(add_months(receipt, n)?, i64::from(e.duration))?)?;
+                    if at_once != chained {
+                        note = Some(
+                            "the extension read as months from receipt and as months after the first period differ; `due` takes the earlier".into(),
+                        );
+                    }
+                    (at_once.min(chained), at_once.max(chained))
+                }
+            };
+            (
+                due,
+                latest,
+                end_of_day(due, zone)?,
+                end_of_day(latest, zone)?,
+            )
+        }
+    };
+    if rule.unit == Unit::CalendarDays && due != latest && note.is_none() {
+        note = Some(
+            "the last day may move to the next working day; `latest` takes that reading".into(),
+        );
+    }
+    Ok(Deadline {
+        due,
+        due_at,
+        latest,
+        latest_at,
+        note,
+        calendar: calendar.id.clone(),
+        calendar_assumption: calendar.assumption.clone(),
+        weekends_only_fallback: c.fallback,
+        extended: options.extended,
+        citation: extension.map_or_else(
+            || rule.citation.clone(),
+            |e| format!("{}; extension: {}", rule.citation, e.citation),
+        ),
+        confidence: extension.map_or(rule.confidence, |e| e.confidence.min_with(rule.confidence)),
+    })
+}
+
+impl Confidence {
+    /// The less certain of two marks.
+    fn min_with(self, other: Confidence) -> Confidence {
+        let rank = |c: Confidence| match c {
+            Confidence::Verified => 3,
+            Confidence::Secondary => 2,
+            Confidence::Background => 1,
+            Confidence::Uncertain => 0,
+        };
+        if rank(self) <= rank(other) {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+fn calendar_for(
+    jurisdiction: Jurisdiction,
+    region: Option<&str>,
+    coverage: Coverage,
+) -> Result<std::borrow::Cow<'static, Calendar>, RulesError> {
+    match calendar(jurisdiction, region) {
+        Ok(c) => Ok(std::borrow::Cow::Borrowed(c)),
+        Err(RulesError::NoCalendar(id)) if coverage == Coverage::WeekendsOnlyFallback => {
+            Ok(std::borrow::Cow::Owned(Calendar::weekends_only(&id)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The statutory deadline of `request`/`stage` for a request whose clock started at
+/// `clock_start`: the regime is the one in force on the local receipt date; `zone` overrides the
+/// pack's zone (a tenant's own zone); `region` picks the member state's or state's calendar.
+pub fn deadline(
+    jurisdiction: Jurisdiction,
+    region: Option<&str>,
+    zone: Option<&TimeZone>,
+    request: &str,
+    stage: &str,
+    clock_start: Timestamp,
+    options: DueOptions,
+) -> Result<Deadline, RulesError> {
+    let probe = zone.cloned().unwrap_or(TimeZone::UTC);
+    let received = clock_start.to_zoned_datetime(probe).date();
+    let pack = pack(jurisdiction, received)?;
+    let zone = zone.cloned().unwrap_or_else(|| pack.zone());
+    let rule = pack.rule(request, stage)?;
+    let calendar = calendar_for(jurisdiction, region, options.coverage)?;
+    let mut d = due(rule, pack.days, clock_start, &zone, &calendar, options)?;
+    if d.note.is_none() && d.due != d.latest {
+        d.note = pack.days_note.clone();
+    }
+    Ok(d)
+}
+
+/// Which bound decided a combined deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Statute,
+    Promise,
+}
+
+/// The earlier of the statutory deadline and the tenant's promise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Combined {
+    pub deadline: Deadline,
+    pub bound: Bound,
+    /// How many days earlier the binding deadline is than the other (0 when equal).
+    pub margin_days: i64,
+}
+
+/// Combines a statutory deadline with a tenant's promised one: the earlier wins (the statute
+/// on a tie), and the result says which and by how many days.
+pub fn combine(statute: Deadline, promise: Deadline) -> Combined {
+    let days = |a: Date, b: Date| (b - a).get_days() as i64;
+    if promise.due_at < statute.due_at {
+        Combined {
+            margin_days: days(promise.due, statute.due),
+            deadline: promise,
+            bound: Bound::Promise,
+        }
+    } else {
+        Combined {
+            margin_days: days(statute.due, promise.due),
+            deadline: statute,
+            bound: Bound::Statute,
+        }
+    }
+}
+
+/// A tenant's promise ("we answer within N days"), counted with the jurisdiction's conventions
+/// for calendar days.
+pub fn promise(
+    jurisdiction: Jurisdiction,
+    region: Option<&str>,
+    zone: Option<&TimeZone>,
+    days: u32,
+    clock_start: Timestamp,
+    options: DueOptions,
+) -> Result<Deadline, RulesError> {
+    let probe = zone.cloned().unwrap_or(TimeZone::UTC);
+    let pack = pack(jurisdiction, clock_start.to_zoned_datetime(probe).date())?;
+    let zone = zone.cloned().unwrap_or_else(|| pack.zone());
+    let rule = DeadlineRule {
+        request: "promise".into(),
+        stage: "complete".into(),
+        duration: days,
+        unit: Unit::CalendarDays,
+        clock_start: "received".into(),
+        citation: "the tenant's published promise".into(),
+        confidence: Confidence::Verified,
+        note: None,
+        extension: None,
+    };
+    let calendar = calendar_for(jurisdiction, region, options.coverage)?;
+    due(
+        &rule,
+        pack.days,
+        clock_start,
+        &zone,
+        &calendar,
+        DueOptions {
+            extended: false,
+            ..options
+        },
+    )
+}
