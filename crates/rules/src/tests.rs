@@ -491,6 +491,103 @@ const CASES: &[Case] = &[
         date(2026, 3, 7),
         date(2026, 3, 7),
     ),
+    // Decree 13 rectification: 72 h from Fri 6 Jun 2025 09:00 → Mon 9 Jun.
+    case(
+        "VN rectification under Decree 13",
+        Vn,
+        None,
+        "rectification",
+        "complete",
+        "2025-06-06T09:00",
+        false,
+        date(2025, 6, 9),
+        date(2025, 6, 9),
+    ),
+    // RU rectification 7 WD from Mon 4 May 2026: 5–8 (1–4), 11 May off, 12, 13, 14 (5–7).
+    case(
+        "RU rectification across Victory Day",
+        Ru,
+        None,
+        "rectification",
+        "complete",
+        "2026-05-04T09:00",
+        false,
+        date(2026, 5, 14),
+        date(2026, 5, 14),
+    ),
+    // RU objection 10 WD from Mon 8 Jun 2026: 9, 10, 11 (1–3), 12 Jun off, 15–19 (4–8), 22, 23.
+    case(
+        "RU objection across Russia Day",
+        Ru,
+        None,
+        "objection",
+        "complete",
+        "2026-06-08T09:00",
+        false,
+        date(2026, 6, 23),
+        date(2026, 6, 23),
+    ),
+    // … extended by 5 WD: 24, 25, 26, 29, 30 Jun.
+    case(
+        "RU objection extended",
+        Ru,
+        None,
+        "objection",
+        "complete",
+        "2026-06-08T09:00",
+        true,
+        date(2026, 6, 30),
+        date(2026, 6, 30),
+    ),
+    // CA erasure from Thanksgiving 2025: +44 = Sat 10 Jan 2026; +45 = Sun 11 Jan → Mon 12 Jan.
+    case(
+        "CA erasure from Thanksgiving",
+        UsCa,
+        None,
+        "erasure",
+        "complete",
+        "2025-11-27T10:00",
+        false,
+        date(2026, 1, 10),
+        date(2026, 1, 12),
+    ),
+    // 2 Jan 2026 + 1 month = Mon 2 Feb, St Brigid's Day in Ireland → Tue 3 Feb.
+    case(
+        "GDPR St Brigid's Day (IE)",
+        Eu,
+        Some("IE"),
+        "access",
+        "complete",
+        "2026-01-02T10:00",
+        false,
+        date(2026, 2, 3),
+        date(2026, 2, 3),
+    ),
+    // AU national: 26 Dec 2025 + 30 = Sun 25 Jan 2026; the lenient reading passes the Sunday
+    // and Australia Day (Mon 26 Jan) to Tue 27 Jan.
+    case(
+        "AU ending before Australia Day",
+        Au,
+        None,
+        "access",
+        "complete",
+        "2025-12-26T10:00",
+        false,
+        date(2026, 1, 25),
+        date(2026, 1, 27),
+    ),
+    // VN 2027 (provisional Tết 4–10 Feb): Wed 3 Feb + 2 WD = Thu 11 (1), Fri 12 (2).
+    case(
+        "VN Tết 2027 (provisional)",
+        Vn,
+        None,
+        "access",
+        "acknowledge",
+        "2027-02-03T09:00",
+        false,
+        date(2027, 2, 12),
+        date(2027, 2, 12),
+    ),
     // RU blocking while checking: at once.
     case(
         "RU block at once",
@@ -507,7 +604,7 @@ const CASES: &[Case] = &[
 
 #[test]
 fn dated_cases() {
-    assert!(CASES.len() >= 35);
+    assert!(CASES.len() >= 40);
     for c in CASES {
         let start = local(c.received, zone_of(c.j));
         let d = deadline(
