@@ -385,16 +385,15 @@ impl EventStore {
         self.shared.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Events with `seq >= from`, at most `limit`, in order (only committed ones).
-    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let from = from.max(1);
-        let head = self.head().seq;
-        if from > head || limit == 0 {
-            return Ok(Vec::new());
-        }
+    /// Calls `visit(seq, record bytes)` for each committed record from `from` to `last`
+    /// (inclusive), in order, until it returns false.
+    fn scan_records(
+        &self,
+        from: u64,
+        last: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let start = self.index().segment_of(from).unwrap_or(1);
-        let want = limit.min((head - from + 1) as usize);
-        let mut out = Vec::with_capacity(want.min(65_536));
         for kv in self
             .shared
             .log
@@ -402,17 +401,35 @@ impl EventStore {
         {
             let (k, v) = kv.map_err(storage)?;
             let first = be_u64(&k[1..]);
+            if first > last {
+                break;
+            }
             for (i, bytes) in split_segment(first, &v)?.into_iter().enumerate() {
                 let seq = first + i as u64;
                 if seq < from {
                     continue;
                 }
-                out.push(record::decode(seq, bytes)?);
-                if out.len() == want {
-                    return Ok(out);
+                if seq > last || !visit(seq, bytes)? {
+                    return Ok(());
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Events with `seq >= from`, at most `limit`, in order (only committed ones).
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = from.max(1);
+        let head = self.head().seq;
+        if from > head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = head.min(from.saturating_add(limit as u64 - 1));
+        let mut out = Vec::with_capacity(((last - from + 1) as usize).min(65_536));
+        self.scan_records(from, last, |seq, bytes| {
+            out.push(record::decode(seq, bytes)?);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -430,32 +447,17 @@ impl EventStore {
         if from > head || scan == 0 {
             return Ok((Vec::new(), 0));
         }
-        let last = head.min(from + scan as u64 - 1);
-        let start = self.index().segment_of(from).unwrap_or(1);
+        let last = head.min(from.saturating_add(scan as u64 - 1));
         let mut out = Vec::new();
-        for kv in self
-            .shared
-            .log
-            .range(segment_key(start)..key(K_SEGMENT + 1, &[]))
-        {
-            let (k, v) = kv.map_err(storage)?;
-            let first = be_u64(&k[1..]);
-            if first > last {
-                break;
+        self.scan_records(from, last, |seq, bytes| {
+            if bytes
+                .get(record::FLAGS_OFFSET)
+                .is_some_and(|f| f & mask != 0)
+            {
+                out.push(record::decode(seq, bytes)?);
             }
-            for (i, bytes) in split_segment(first, &v)?.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from || seq > last {
-                    continue;
-                }
-                if bytes
-                    .get(record::FLAGS_OFFSET)
-                    .is_some_and(|f| f & mask != 0)
-                {
-                    out.push(record::decode(seq, bytes)?);
-                }
-            }
-        }
+            Ok(true)
+        })?;
         Ok((out, last))
     }
 

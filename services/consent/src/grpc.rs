@@ -70,6 +70,25 @@ impl ConsentApi {
         }
     }
 
+    /// Records a command as the user event a backend would publish (same checks as NATS
+    /// ingest) and waits until the consent view folded it. Returns the event id and position.
+    async fn run_command(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        event_id: String,
+        occurred_at: Option<prost_types::Timestamp>,
+        source: String,
+        payload: Payload,
+    ) -> Result<(String, privacy_event_store::Position), Status> {
+        let envelope =
+            self.command_envelope(tenant, subject_id, event_id, occurred_at, source, payload);
+        let event_id = envelope.event_id.clone();
+        let position = self.ctx.record(self.domain.as_ref(), envelope).await?;
+        self.caught_up(position.seq).await?;
+        Ok((event_id, position))
+    }
+
     fn command_envelope(
         &self,
         tenant: &str,
@@ -204,17 +223,16 @@ impl ConsentService for ConsentApi {
             .consent
             .ok_or_else(|| Status::invalid_argument("consent is required"))?;
         let purposes = consent.purposes.clone();
-        let envelope = self.command_envelope(
-            &req.tenant,
-            &req.subject_id,
-            req.event_id,
-            req.occurred_at,
-            req.source,
-            Payload::ConsentGranted(consent),
-        );
-        let event_id = envelope.event_id.clone();
-        let position = self.ctx.record(self.domain.as_ref(), envelope).await?;
-        self.caught_up(position.seq).await?;
+        let (event_id, position) = self
+            .run_command(
+                &req.tenant,
+                &req.subject_id,
+                req.event_id,
+                req.occurred_at,
+                req.source,
+                Payload::ConsentGranted(consent),
+            )
+            .await?;
         Ok(Response::new(GrantConsentResponse {
             record_ids: purposes.iter().map(|p| format!("{event_id}/{p}")).collect(),
             seq: position.seq,
@@ -229,19 +247,19 @@ impl ConsentService for ConsentApi {
         require(&request, &[Role::Backend, Role::Operator])?;
         let req = request.into_inner();
         self.tenant(&req.tenant)?;
-        let envelope = self.command_envelope(
-            &req.tenant,
-            &req.subject_id,
-            req.event_id,
-            req.occurred_at,
-            req.source,
-            Payload::ConsentWithdrawn(ConsentWithdrawn {
-                purposes: req.purposes,
-                method: req.method,
-            }),
-        );
-        let position = self.ctx.record(self.domain.as_ref(), envelope).await?;
-        self.caught_up(position.seq).await?;
+        let (_, position) = self
+            .run_command(
+                &req.tenant,
+                &req.subject_id,
+                req.event_id,
+                req.occurred_at,
+                req.source,
+                Payload::ConsentWithdrawn(ConsentWithdrawn {
+                    purposes: req.purposes,
+                    method: req.method,
+                }),
+            )
+            .await?;
         Ok(Response::new(WithdrawConsentResponse {
             seq: position.seq,
             duplicate: position.duplicate,
