@@ -81,27 +81,10 @@ impl ConsentApi {
         source: String,
         payload: Payload,
     ) -> Result<(String, privacy_event_store::Position), Status> {
-        let envelope =
-            self.command_envelope(tenant, subject_id, event_id, occurred_at, source, payload);
-        let event_id = envelope.event_id.clone();
-        let position = self.ctx.record(self.domain.as_ref(), envelope).await?;
-        self.caught_up(position.seq).await?;
-        Ok((event_id, position))
-    }
-
-    fn command_envelope(
-        &self,
-        tenant: &str,
-        subject_id: &str,
-        event_id: String,
-        occurred_at: Option<prost_types::Timestamp>,
-        source: String,
-        payload: Payload,
-    ) -> Envelope {
         let event_type = privacy_proto::EventType::of_payload(&payload)
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default();
-        Envelope {
+        let envelope = Envelope {
             event_id: if event_id.is_empty() {
                 uuid::Uuid::now_v7().to_string()
             } else {
@@ -119,7 +102,11 @@ impl ConsentApi {
             },
             payload: Some(payload),
             ..Default::default()
-        }
+        };
+        let event_id = envelope.event_id.clone();
+        let position = self.ctx.record(self.domain.as_ref(), envelope).await?;
+        self.caught_up(position.seq).await?;
+        Ok((event_id, position))
     }
 }
 
