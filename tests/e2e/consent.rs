@@ -538,3 +538,60 @@ async fn each_example_tenant_gets_its_jurisdictions_consent_rules() {
     );
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_own_consent_never_allows_processing_whatever_the_arrival_order() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    publish_policy_v1(&svc.url()).await;
+    svc.stop().await;
+    // Published while the service is down: both wait in the stream and are pulled together, by
+    // two consumers (subject.* and consent.*) whose relative order is not defined. The grant is
+    // refused when the registration was seen first (even if not yet folded into the view);
+    // otherwise it is stored and the check denies it as a child's own consent.
+    let client = privacy_client::PrivacyClient::connect(&nats.url(), "signup")
+        .await
+        .unwrap();
+    client
+        .publish(
+            TENANT,
+            "kid-9",
+            SubjectRegistered {
+                birth_date: "2017-03-03".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let grant = ConsentGranted {
+        purposes: vec!["marketing".into()],
+        policy_version: "v1".into(),
+        method: ConsentMethod::UntickedCheckbox as i32,
+        expressed_by: ExpressedBy::Subject as i32,
+        ..Default::default()
+    };
+    client.publish(TENANT, "kid-9", grant).await.unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let [accepted, _, rejected, _] = svc.service.stats.snapshot();
+        if accepted + rejected >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both events not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut backend = consent_client(&svc.url(), BACKEND_TOKEN).await;
+    let mut c = check(&mut backend, "kid-9", "marketing", SystemTime::now()).await;
+    while c.reason.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c = check(&mut backend, "kid-9", "marketing", SystemTime::now()).await;
+    }
+    assert!(!c.allowed, "{c:?}");
+    assert!(
+        ["never_given", "child_without_guardian"].contains(&c.reason.as_str()),
+        "{c:?}"
+    );
+    svc.stop().await;
+}

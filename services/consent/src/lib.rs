@@ -16,7 +16,8 @@ pub mod jurisdiction;
 pub mod receipt;
 pub mod view;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use privacy_event_store::Projection;
 use privacy_proto::v1::envelope::Payload;
@@ -58,7 +59,13 @@ fn domain(ctx: &ServiceContext) -> Arc<dyn DomainService> {
 #[derive(Clone)]
 pub struct ConsentDomain {
     pub reader: ConsentReader,
+    /// Birth dates from registrations accepted but perhaps not yet folded into the view (a
+    /// registration and a grant may arrive in the same ingest batch).
+    recent_births: Arc<Mutex<HashMap<(String, String), String>>>,
 }
+
+/// Most registrations remembered until the view has them.
+const RECENT_BIRTHS: usize = 50_000;
 
 fn forbidden(field: &str, reason: String) -> Rejection {
     Rejection::new(RejectionCode::Forbidden, field, reason)
@@ -104,15 +111,26 @@ impl ConsentDomain {
                     .view(CONSENT_VIEW)
                     .expect("the consent view is registered by SPEC"),
             },
+            recent_births: Arc::default(),
         }
     }
 
     /// When the subject is a child under the tenant's rules, as instants.
     pub fn child_status(&self, tenant: &Tenant, subject: &str) -> ChildStatus {
-        let Ok(Some(info)) = self.reader.child(&tenant.id, subject) else {
-            return ChildStatus::default();
+        let recent = self
+            .recent_births
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.id.clone(), subject.to_owned()))
+            .cloned();
+        let birth_date = match recent {
+            Some(b) => b,
+            None => match self.reader.child(&tenant.id, subject) {
+                Ok(Some(info)) => info.birth_date,
+                _ => return ChildStatus::default(),
+            },
         };
-        let Ok(birth) = info.birth_date.parse::<jiff::civil::Date>() else {
+        let Ok(birth) = birth_date.parse::<jiff::civil::Date>() else {
             return ChildStatus::default();
         };
         let Some(age) = child_age(tenant, birth) else {
@@ -258,6 +276,17 @@ impl ConsentDomain {
 impl DomainService for ConsentDomain {
     fn check(&self, tenant: &Tenant, envelope: &Envelope) -> Result<(), Rejection> {
         match &envelope.payload {
+            Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
+                let mut births = self.recent_births.lock().unwrap_or_else(|p| p.into_inner());
+                if births.len() >= RECENT_BIRTHS {
+                    births.clear();
+                }
+                births.insert(
+                    (tenant.id.clone(), envelope.subject_id.clone()),
+                    r.birth_date.clone(),
+                );
+                Ok(())
+            }
             Some(Payload::ConsentGranted(g)) => self.check_grant(tenant, envelope, g),
             Some(Payload::ConsentWithdrawn(w)) => {
                 for purpose in &w.purposes {
