@@ -367,7 +367,6 @@ impl DomainService for ConsentDomain {
                 let adult = birth.checked_add(jiff::Span::new().years(i64::from(age)));
                 if adult.is_ok_and(|a| today < a) {
                     let body = ChildFlagged {
-                        birth_date: r.birth_date.clone(),
                         child_age: u32::from(age),
                         jurisdiction: tenant.jurisdiction.clone(),
                         reason: format!(
