@@ -8,6 +8,7 @@ mod crash;
 mod dlq;
 mod ingest;
 mod outbox;
+mod rebuild;
 mod tamper;
 mod tidy;
 mod transient;

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use privacy_bus::{BusConfig, Ingest, IngestHandler, IngestStats, Prepared};
+use futures::future::BoxFuture;
+use privacy_bus::{BusConfig, Ingest, IngestHandler, IngestStats, Prepared, Transient};
 use privacy_e2e::*;
 use privacy_event_store::{EventStore, NewEvent, StoreConfig};
+use privacy_proto::Limits;
 use privacy_proto::v1::Envelope;
-use privacy_proto::{EventType, Limits};
 use privacy_testkit::NatsServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -21,21 +22,28 @@ struct Flaky {
 }
 
 impl IngestHandler for Flaky {
-    fn prepare(&self, envelope: Envelope, _: EventType) -> Result<Prepared, String> {
-        Ok(Prepared::Store(vec![NewEvent {
-            event_id: envelope.event_id.clone(),
-            stream: format!("{}/{}", envelope.tenant, envelope.subject_id),
-            event_type: envelope.event_type.clone(),
-            data: envelope.encode_to_vec(),
-            publish: false,
-        }]))
+    fn prepare<'a>(
+        &'a self,
+        envelope: Envelope,
+        _: Option<&'a str>,
+        _: SystemTime,
+    ) -> BoxFuture<'a, Result<Prepared, Transient>> {
+        Box::pin(async move {
+            Ok(Prepared::Store(vec![NewEvent {
+                event_id: envelope.event_id.clone(),
+                stream: format!("{}/{}", envelope.tenant, envelope.subject_id),
+                event_type: envelope.event_type.clone(),
+                data: envelope.encode_to_vec(),
+                publish: false,
+            }]))
+        })
     }
 
-    fn before_append(&self) -> Result<(), String> {
+    fn before_append(&self) -> Result<(), Transient> {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
-            return Err("vault unavailable".into());
+            return Err(Transient("vault unavailable".into()));
         }
         Ok(())
     }

@@ -11,12 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use privacy_event_store::{EventStore, ExpectedVersion, NewEvent};
 use privacy_proto::v1::Envelope;
 use privacy_proto::validate::check_size;
-use privacy_proto::{
-    Encoding, EventType, Limits, Rejection, RejectionCode, decode_envelope, validate_envelope,
-};
+use privacy_proto::{Encoding, Limits, Rejection, RejectionCode, decode_envelope};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -25,7 +24,7 @@ use crate::{BusConfig, BusError, dlq};
 /// Batches decoded and submitted ahead of the oldest one still committing.
 const PIPELINE: usize = 3;
 
-/// What a service makes of a contract-valid user event.
+/// What a service makes of a decoded user event.
 pub enum Prepared {
     /// Store these, atomically: the user event first, then any domain events it implies.
     Store(Vec<NewEvent>),
@@ -33,16 +32,27 @@ pub enum Prepared {
     Reject(Rejection),
 }
 
-/// The service-specific part of ingest.
+/// A failure that is not the message's fault (storage, the vault, views still catching up):
+/// the message is nak'ed and redelivered.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Transient(#[from] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// The service-specific part of ingest: the service kit's one door into the log.
 pub trait IngestHandler: Send + Sync + 'static {
-    /// Checks a decoded, contract-valid event against the service's own rules (known tenant,
-    /// known purpose…) and turns it into the event to store (stream name, sealed personal data).
-    /// `Err` is a transient failure: the message is nak'ed and retried.
-    fn prepare(&self, envelope: Envelope, event_type: EventType) -> Result<Prepared, String>;
+    /// Checks a decoded event (the contract, with `subject_type` the event type the NATS subject
+    /// names; then the service's own rules) and turns it into the events to store (stream
+    /// named, personal data sealed).
+    fn prepare<'a>(
+        &'a self,
+        envelope: Envelope,
+        subject_type: Option<&'a str>,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<Prepared, Transient>>;
 
     /// Runs once per batch after `prepare` and before the append (e.g. make new data keys
     /// durable). `Err` naks the batch.
-    fn before_append(&self) -> Result<(), String> {
+    fn before_append(&self) -> Result<(), Transient> {
         Ok(())
     }
 }
@@ -189,7 +199,7 @@ impl Ingest {
         let mut msgs = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
         for msg in batch {
-            match self.classify(&msg, now) {
+            match self.classify(&msg, now).await {
                 Fate::Store(e) => {
                     msgs.push(msg);
                     events.extend(e);
@@ -240,43 +250,42 @@ impl Ingest {
         }
     }
 
-    fn classify(&self, msg: &jetstream::Message, now: SystemTime) -> Fate {
+    async fn classify(&self, msg: &jetstream::Message, now: SystemTime) -> Fate {
         let subject_type = self.config.event_type_of(msg.subject.as_str());
         let parent = privacy_telemetry::extract_nats(msg.headers.as_ref());
         let span = tracing::debug_span!("ingest", subject = %msg.subject);
         privacy_telemetry::set_parent(&span, parent);
-        let _enter = span.enter();
-        if let Err(r) = check_size(msg.payload.len(), &self.limits) {
-            return Fate::Reject(r);
-        }
-        let content_type = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Content-Type"))
-            .map(|v| v.as_str());
-        let envelope =
-            match decode_envelope(&msg.payload, Encoding::from_content_type(content_type)) {
-                Ok(env) => env,
+        async {
+            if let Err(r) = check_size(msg.payload.len(), &self.limits) {
+                return Fate::Reject(r);
+            }
+            let content_type = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Content-Type"))
+                .map(|v| v.as_str());
+            let envelope =
+                match decode_envelope(&msg.payload, Encoding::from_content_type(content_type)) {
+                    Ok(env) => env,
+                    Err(e) => {
+                        return Fate::Reject(Rejection::new(
+                            RejectionCode::Malformed,
+                            "message",
+                            e.to_string(),
+                        ));
+                    }
+                };
+            match self.handler.prepare(envelope, subject_type, now).await {
+                Ok(Prepared::Store(e)) => Fate::Store(e),
+                Ok(Prepared::Reject(r)) => Fate::Reject(r),
                 Err(e) => {
-                    return Fate::Reject(Rejection::new(
-                        RejectionCode::Malformed,
-                        "message",
-                        e.to_string(),
-                    ));
+                    tracing::warn!(error = %e, "transient failure preparing an event");
+                    Fate::Retry
                 }
-            };
-        let event_type = match validate_envelope(&envelope, subject_type, now, &self.limits) {
-            Ok(t) => t,
-            Err(r) => return Fate::Reject(r),
-        };
-        match self.handler.prepare(envelope, event_type) {
-            Ok(Prepared::Store(e)) => Fate::Store(e),
-            Ok(Prepared::Reject(r)) => Fate::Reject(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "transient failure preparing an event");
-                Fate::Retry
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn dead_letter(&self, msg: &jetstream::Message, rejection: &Rejection) {

@@ -16,7 +16,7 @@ mod outbox;
 
 pub use config::{BusConfig, connect, ensure_streams};
 pub use dlq::{HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD, HEADER_ORIGINAL_SUBJECT};
-pub use ingest::{Ingest, IngestHandler, IngestStats, Prepared};
+pub use ingest::{Ingest, IngestHandler, IngestStats, Prepared, Transient};
 pub use outbox::OutboxRelay;
 
 /// What can go wrong talking to NATS.

@@ -25,10 +25,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message;
 
+pub use privacy_proto::UserEvent;
 pub use privacy_proto::v1;
 use privacy_proto::v1::Envelope;
-use privacy_proto::v1::envelope::Payload;
-use privacy_proto::{EventType, Limits, Rejection, validate_envelope};
+use privacy_proto::{Limits, Rejection, validate_envelope};
 
 /// What can go wrong publishing.
 #[derive(Debug, thiserror::Error)]
@@ -46,34 +46,6 @@ pub enum ClientError {
         reason: String,
     },
 }
-
-/// A user event payload that can be published.
-pub trait UserEvent {
-    fn into_payload(self) -> Payload;
-}
-
-macro_rules! user_events {
-    ($($ty:ident),*) => {$(
-        impl UserEvent for v1::$ty {
-            fn into_payload(self) -> Payload {
-                Payload::$ty(self)
-            }
-        }
-    )*};
-}
-
-user_events!(
-    SubjectRegistered,
-    SubjectUpdated,
-    SubjectDeactivated,
-    ConsentGranted,
-    ConsentWithdrawn,
-    ConsentSignal,
-    DataCollected,
-    DataDisclosed,
-    DataErased,
-    RequestReceived
-);
 
 /// JetStream's acknowledgement of a published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,20 +104,16 @@ impl PrivacyClient {
     }
 
     /// Builds the envelope for an event that happens now, with a fresh UUIDv7 id.
-    pub fn envelope(&self, tenant: &str, subject_id: &str, event: impl UserEvent) -> Envelope {
-        let payload = event.into_payload();
-        let event_type = EventType::of_payload(&payload)
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default();
+    pub fn envelope<E: UserEvent>(&self, tenant: &str, subject_id: &str, event: E) -> Envelope {
         Envelope {
             event_id: uuid::Uuid::now_v7().to_string(),
-            event_type,
+            event_type: E::TYPE.as_str().to_owned(),
             schema_version: 1,
             tenant: tenant.to_owned(),
             subject_id: subject_id.to_owned(),
             occurred_at: Some(prost_types::Timestamp::from(SystemTime::now())),
             source: self.source.clone(),
-            payload: Some(payload),
+            payload: Some(event.into_payload()),
             ..Default::default()
         }
     }

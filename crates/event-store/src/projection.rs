@@ -1,15 +1,25 @@
 //! Projections: named, versioned views folded from the log. Each lives in its own sled tree
 //! whose checkpoint is written in the same atomic batch as the view's changes, so a view never
-//! runs ahead of or behind its checkpoint. Views are disposable: rebuilding drops the data and
-//! replays the log, and a changed version triggers that at start-up (DESIGN §5.5).
+//! runs ahead of or behind its checkpoint. Views are disposable and never read half-built
+//! (DESIGN §5.5): a rebuild folds the whole log into a *shadow* tree while the live view keeps
+//! answering and folding, then catches the shadow up under the fold lock and swaps it in
+//! atomically. A changed version (or a rebuild a crash interrupted) marks the view stale at
+//! open; [`Projector::catch_up`] rebuilds a stale view the same way before folding into it.
 //!
+//! Folding is blocking sled work: the async entry points run it on tokio's blocking pool so a
+//! long rebuild never starves the async workers that serve gRPC and ack NATS messages.
+//!
+//! Layout. The `views` tree maps a projection's name to its live *generation*; generation 0 is
+//! the tree `view:<name>`, generation g > 0 is `view:<name>@<g>`. Any other generation's tree
+//! is a leftover (an interrupted rebuild, or the old view after a swap) and is dropped at open.
 //! In a view tree, data keys start with `d` and the checkpoint lives at `m`:
 //! `version u32 | checkpoint u64 | rebuilding u8`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 use crate::StoreError;
 use crate::record::RecordedEvent;
@@ -19,6 +29,8 @@ use crate::store::{EventStore, storage};
 const APPLY_BATCH: usize = 16_384;
 const META_KEY: &[u8] = b"m";
 const DATA: u8 = b'd';
+/// The tree that records each projection's live generation.
+const DIRECTORY: &str = "views";
 
 /// A fold of the log into a view. `apply` must be deterministic (no clocks, no randomness): a
 /// rebuild has to produce the same bytes.
@@ -109,16 +121,23 @@ impl ViewWriter<'_> {
 /// A view entry: key (without the data mark) and value.
 pub type ViewEntry = (Vec<u8>, Vec<u8>);
 
-/// A read handle on a view, for queries.
+/// A read handle on a view, for queries. It always reads the live generation: a rebuild's swap
+/// is seen by every handle at once, and no handle ever sees a shadow being filled.
 #[derive(Clone)]
 pub struct View {
-    tree: sled::Tree,
+    live: Arc<RwLock<sled::Tree>>,
 }
 
 impl View {
+    /// The live tree, read-locked for the duration of one read so a finishing rebuild cannot
+    /// drop it underneath.
+    fn tree(&self) -> std::sync::RwLockReadGuard<'_, sled::Tree> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .tree
+            .tree()
             .get(data_key(key))
             .map_err(storage)?
             .map(|v| v.to_vec()))
@@ -126,8 +145,8 @@ impl View {
 
     /// Every entry whose key starts with `prefix`, in key order (keys without the `d` mark).
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<ViewEntry>, StoreError> {
-        self.tree
-            .scan_prefix(data_key(prefix))
+        let tree = self.tree();
+        tree.scan_prefix(data_key(prefix))
             .map(|kv| {
                 let (k, v) = kv.map_err(storage)?;
                 Ok((k[1..].to_vec(), v.to_vec()))
@@ -141,7 +160,7 @@ impl View {
 pub struct ProjectionStatus {
     pub name: String,
     pub version: u32,
-    /// Last sequence number folded in.
+    /// Last sequence number folded in (0 while a stale view waits for its rebuild).
     pub checkpoint: u64,
     /// BLAKE3 over every data key and value: equal digests mean byte-identical views.
     pub digest: [u8; 32],
@@ -172,66 +191,119 @@ impl Meta {
     }
 }
 
+/// One registered projection and its live generation.
 struct Slot {
     projection: Arc<dyn Projection>,
-    tree: sled::Tree,
-    /// Held while folding or rebuilding, so the two never interleave.
-    lock: Mutex<()>,
+    /// The live tree; replaced (under the write lock) only by a finished rebuild.
+    live: Arc<RwLock<sled::Tree>>,
+    generation: Mutex<u64>,
+    /// Held while folding into the live tree, and for a rebuild's last catch-up and swap.
+    fold: Mutex<()>,
+    /// One rebuild of this projection at a time.
+    rebuild: Mutex<()>,
+    /// The live view must be rebuilt before it is folded into or read (version change).
+    stale: AtomicBool,
+    /// Last sequence number the live view has folded (0 while stale).
+    checkpoint: watch::Sender<u64>,
+}
+
+impl Slot {
+    fn live_tree(&self) -> sled::Tree {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn tree_name(&self, generation: u64) -> String {
+        tree_name(self.projection.name(), generation)
+    }
+}
+
+fn tree_name(projection: &str, generation: u64) -> String {
+    if generation == 0 {
+        format!("view:{projection}")
+    } else {
+        format!("view:{projection}@{generation}")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs a service's projections over its store.
 #[derive(Clone)]
 pub struct Projector {
     store: EventStore,
+    directory: sled::Tree,
     entries: Arc<Vec<Slot>>,
 }
 
 impl Projector {
-    /// Opens every projection's view; one whose stored version differs from the code's, or
-    /// whose last rebuild was interrupted, is cleared so that it replays from the start.
+    /// Opens every projection's live view and drops leftover generations. A view whose stored
+    /// version differs from the code's, or whose last in-place rebuild was interrupted, is
+    /// marked stale: it is rebuilt (in a shadow) by the next [`Projector::catch_up`].
     pub fn open(
         store: &EventStore,
         projections: Vec<Arc<dyn Projection>>,
     ) -> Result<Projector, StoreError> {
+        let db = &store.shared.db;
+        let directory = db.open_tree(DIRECTORY).map_err(storage)?;
+        let existing: Vec<String> = db
+            .tree_names()
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect();
         let mut entries = Vec::with_capacity(projections.len());
         for projection in projections {
-            let tree = store
-                .shared
-                .db
-                .open_tree(format!("view:{}", projection.name()))
-                .map_err(storage)?;
-            let entry = Slot {
-                projection,
-                tree,
-                lock: Mutex::new(()),
-            };
-            let meta = read_meta(&entry.tree)?;
-            let current = entry.projection.version();
-            match meta {
-                Some(m) if m.version == current && !m.rebuilding => {}
+            let name = projection.name();
+            let generation = directory
+                .get(name.as_bytes())
+                .map_err(storage)?
+                .map_or(0, |v| crate::store::be_u64(&v));
+            let live_name = tree_name(name, generation);
+            let ours = |n: &str| n == tree_name(name, 0) || n.starts_with(&format!("view:{name}@"));
+            for leftover in existing.iter().filter(|n| ours(n) && **n != live_name) {
+                tracing::info!(projection = name, tree = %leftover, "dropping a leftover view generation");
+                db.drop_tree(leftover.as_bytes()).map_err(storage)?;
+            }
+            let tree = db.open_tree(&live_name).map_err(storage)?;
+            let current = projection.version();
+            let (stale, checkpoint) = match read_meta(&tree)? {
+                Some(m) if m.version == current && !m.rebuilding => (false, m.checkpoint),
                 Some(m) => {
                     tracing::info!(
-                        projection = entry.projection.name(),
+                        projection = name,
                         stored_version = m.version,
                         version = current,
                         interrupted = m.rebuilding,
-                        "projection will be rebuilt"
+                        "projection will be rebuilt before it is read"
                     );
-                    clear(&entry)?;
+                    (true, 0)
                 }
-                None => write_meta(
-                    &entry.tree,
-                    Meta {
-                        version: current,
-                        checkpoint: 0,
-                        rebuilding: false,
-                    },
-                )?,
-            }
-            entries.push(entry);
+                None => {
+                    write_meta(
+                        &tree,
+                        Meta {
+                            version: current,
+                            checkpoint: 0,
+                            rebuilding: false,
+                        },
+                    )?;
+                    (false, 0)
+                }
+            };
+            entries.push(Slot {
+                projection,
+                live: Arc::new(RwLock::new(tree)),
+                generation: Mutex::new(generation),
+                fold: Mutex::new(()),
+                rebuild: Mutex::new(()),
+                stale: AtomicBool::new(stale),
+                checkpoint: watch::Sender::new(checkpoint),
+            });
         }
         Ok(Projector {
             store: store.clone(),
+            directory,
             entries: Arc::new(entries),
         })
     }
@@ -244,7 +316,7 @@ impl Projector {
     /// A read handle on a view.
     pub fn view(&self, name: &str) -> Option<View> {
         self.entry(name).map(|e| View {
-            tree: e.tree.clone(),
+            live: e.live.clone(),
         })
     }
 
@@ -252,12 +324,37 @@ impl Projector {
         self.entries.iter().find(|e| e.projection.name() == name)
     }
 
-    /// Folds every committed event not yet applied; returns how many were applied.
+    /// The lowest checkpoint over every view: everything up to it is folded everywhere.
+    pub fn checkpoint(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| *e.checkpoint.borrow())
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Folds every committed event not yet applied (rebuilding stale views first); returns how
+    /// many were applied. Runs on the blocking pool.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.catch_up_blocking())
+            .await
+            .map_err(|e| StoreError::Invalid(format!("projection task failed: {e}")))?
+    }
+
+    /// [`Projector::catch_up`] on the calling thread.
+    pub fn catch_up_blocking(&self) -> Result<u64, StoreError> {
         let mut total = 0;
-        for entry in self.entries.iter() {
-            let _guard = entry.lock.lock().await;
-            total += self.fold_to_head(entry, &mut |_, _| {})?;
+        for slot in self.entries.iter() {
+            if slot.stale.load(Ordering::Acquire) {
+                total += self.rebuild_slot(slot, &mut |_, _| {})?.checkpoint;
+                continue;
+            }
+            let _fold = lock(&slot.fold);
+            let tree = slot.live_tree();
+            let (applied, checkpoint) = fold_to_head(&self.store, slot, &tree, &mut |_, _| {})?;
+            slot.checkpoint.send_replace(checkpoint);
+            total += applied;
         }
         Ok(total)
     }
@@ -265,22 +362,16 @@ impl Projector {
     /// Waits until every view has folded `seq`, so a command's caller can read its own write.
     /// Returns false when `timeout` passed first.
     pub async fn wait_for(&self, seq: u64, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let caught_up = self.entries.iter().all(|e| {
-                read_meta(&e.tree)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|m| m.checkpoint >= seq)
-            });
-            if caught_up {
-                return true;
+        let all = async {
+            for slot in self.entries.iter() {
+                let mut rx = slot.checkpoint.subscribe();
+                if rx.wait_for(|c| *c >= seq).await.is_err() {
+                    return false;
+                }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+            true
+        };
+        tokio::time::timeout(timeout, all).await.unwrap_or(false)
     }
 
     /// Keeps every view up to date until `shutdown` resolves.
@@ -302,67 +393,123 @@ impl Projector {
         }
     }
 
-    /// Drops a view and replays the log into it, calling `progress(applied, target)` per batch.
+    /// Replays the log into a fresh copy of a view and swaps it in atomically, calling
+    /// `progress(applied, target)` per batch. The live view keeps answering meanwhile.
     pub async fn rebuild(
         &self,
         name: &str,
-        mut progress: impl FnMut(u64, u64),
+        mut progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<ProjectionStatus, StoreError> {
-        let entry = self
-            .entry(name)
-            .ok_or_else(|| StoreError::Invalid(format!("no projection named {name:?}")))?;
-        let _guard = entry.lock.lock().await;
-        clear(entry)?;
-        self.fold_to_head(entry, &mut progress)?;
-        status_of(entry)
+        if self.entry(name).is_none() {
+            return Err(StoreError::Invalid(format!("no projection named {name:?}")));
+        }
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let slot = this.entry(&name).expect("checked above");
+            this.rebuild_slot(slot, &mut progress)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("projection task failed: {e}")))?
     }
 
     /// Every projection's status.
     pub fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
-        self.entries.iter().map(status_of).collect()
+        self.entries
+            .iter()
+            .map(|slot| status_of(slot, &slot.live.read().unwrap_or_else(|p| p.into_inner())))
+            .collect()
     }
 
-    fn fold_to_head(
+    /// Folds the log into a new generation, then swaps it in under the fold lock.
+    fn rebuild_slot(
         &self,
-        entry: &Slot,
+        slot: &Slot,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<u64, StoreError> {
-        let head = self.store.head().seq;
-        let mut meta = read_meta(&entry.tree)?.unwrap_or(Meta {
-            version: entry.projection.version(),
-            checkpoint: 0,
-            rebuilding: false,
-        });
-        let mut applied = 0;
-        while meta.checkpoint < head {
-            let want = ((head - meta.checkpoint) as usize).min(APPLY_BATCH);
-            let events = self.store.read(meta.checkpoint + 1, want)?;
-            let Some(last) = events.last() else { break };
-            let last_seq = last.seq;
-            let mut writer = ViewWriter {
-                tree: &entry.tree,
-                overlay: BTreeMap::new(),
-                tree_last: std::collections::HashMap::new(),
-            };
-            for event in &events {
-                entry.projection.apply(event, &mut writer)?;
+    ) -> Result<ProjectionStatus, StoreError> {
+        let _one = lock(&slot.rebuild);
+        let db = &self.store.shared.db;
+        let generation = *lock(&slot.generation) + 1;
+        let shadow_name = slot.tree_name(generation);
+        db.drop_tree(shadow_name.as_bytes()).map_err(storage)?;
+        let shadow = db.open_tree(&shadow_name).map_err(storage)?;
+        write_meta(
+            &shadow,
+            Meta {
+                version: slot.projection.version(),
+                checkpoint: 0,
+                rebuilding: false,
+            },
+        )?;
+        // Most of the work happens while the live view still folds and answers.
+        loop {
+            let (_, checkpoint) = fold_to_head(&self.store, slot, &shadow, progress)?;
+            if self.store.head().seq.saturating_sub(checkpoint) <= APPLY_BATCH as u64 {
+                break;
             }
-            meta.checkpoint = last_seq;
-            meta.rebuilding = false;
-            let mut batch = sled::Batch::default();
-            for (k, v) in writer.overlay {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
-            batch.insert(META_KEY, meta.encode());
-            entry.tree.apply_batch(batch).map_err(storage)?;
-            applied += events.len() as u64;
-            progress(meta.checkpoint, head);
         }
-        Ok(applied)
+        let _fold = lock(&slot.fold);
+        let (_, checkpoint) = fold_to_head(&self.store, slot, &shadow, progress)?;
+        self.directory
+            .insert(slot.projection.name().as_bytes(), &generation.to_be_bytes())
+            .map_err(storage)?;
+        let old = {
+            let mut live = slot.live.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *live, shadow.clone())
+        };
+        let old_generation = std::mem::replace(&mut *lock(&slot.generation), generation);
+        slot.stale.store(false, Ordering::Release);
+        slot.checkpoint.send_replace(checkpoint);
+        drop(old);
+        db.drop_tree(slot.tree_name(old_generation).as_bytes())
+            .map_err(storage)?;
+        status_of(slot, &shadow)
     }
+}
+
+/// Folds every committed event after `tree`'s checkpoint into it; returns how many events were
+/// applied and the new checkpoint.
+fn fold_to_head(
+    store: &EventStore,
+    slot: &Slot,
+    tree: &sled::Tree,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, u64), StoreError> {
+    let head = store.head().seq;
+    let mut meta = read_meta(tree)?.unwrap_or(Meta {
+        version: slot.projection.version(),
+        checkpoint: 0,
+        rebuilding: false,
+    });
+    let mut applied = 0;
+    while meta.checkpoint < head {
+        let want = ((head - meta.checkpoint) as usize).min(APPLY_BATCH);
+        let events = store.read(meta.checkpoint + 1, want)?;
+        let Some(last) = events.last() else { break };
+        let last_seq = last.seq;
+        let mut writer = ViewWriter {
+            tree,
+            overlay: BTreeMap::new(),
+            tree_last: std::collections::HashMap::new(),
+        };
+        for event in &events {
+            slot.projection.apply(event, &mut writer)?;
+        }
+        meta.checkpoint = last_seq;
+        meta.rebuilding = false;
+        let mut batch = sled::Batch::default();
+        for (k, v) in writer.overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(META_KEY, meta.encode());
+        tree.apply_batch(batch).map_err(storage)?;
+        applied += events.len() as u64;
+        progress(meta.checkpoint, head);
+    }
+    Ok((applied, meta.checkpoint))
 }
 
 fn read_meta(tree: &sled::Tree) -> Result<Option<Meta>, StoreError> {
@@ -377,37 +524,12 @@ fn write_meta(tree: &sled::Tree, meta: Meta) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes a view's data, keeping a `rebuilding` mark until the replay has caught up, so that a
-/// crash halfway is seen and redone at the next start.
-fn clear(entry: &Slot) -> Result<(), StoreError> {
-    write_meta(
-        &entry.tree,
-        Meta {
-            version: entry.projection.version(),
-            checkpoint: 0,
-            rebuilding: true,
-        },
-    )?;
-    loop {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for kv in entry.tree.range(vec![DATA]..vec![DATA + 1]).take(10_000) {
-            let (k, _) = kv.map_err(storage)?;
-            batch.remove(k);
-            n += 1;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        entry.tree.apply_batch(batch).map_err(storage)?;
-    }
-}
-
-fn status_of(entry: &Slot) -> Result<ProjectionStatus, StoreError> {
-    let meta = read_meta(&entry.tree)?;
+fn status_of(slot: &Slot, tree: &sled::Tree) -> Result<ProjectionStatus, StoreError> {
+    let stale = slot.stale.load(Ordering::Acquire);
+    let meta = read_meta(tree)?;
     let mut hasher = blake3::Hasher::new();
     let mut entries = 0;
-    for kv in entry.tree.range(vec![DATA]..vec![DATA + 1]) {
+    for kv in tree.range(vec![DATA]..vec![DATA + 1]) {
         let (k, v) = kv.map_err(storage)?;
         hasher.update(&(k.len() as u32).to_be_bytes());
         hasher.update(&k);
@@ -416,9 +538,13 @@ fn status_of(entry: &Slot) -> Result<ProjectionStatus, StoreError> {
         entries += 1;
     }
     Ok(ProjectionStatus {
-        name: entry.projection.name().to_owned(),
-        version: entry.projection.version(),
-        checkpoint: meta.map_or(0, |m| m.checkpoint),
+        name: slot.projection.name().to_owned(),
+        version: slot.projection.version(),
+        checkpoint: if stale {
+            0
+        } else {
+            meta.map_or(0, |m| m.checkpoint)
+        },
         digest: hasher.finalize().into(),
         entries,
     })

@@ -195,7 +195,7 @@ fn segment_key(first_seq: u64) -> Vec<u8> {
     key(K_SEGMENT, &first_seq.to_be_bytes())
 }
 
-fn be_u64(bytes: &[u8]) -> u64 {
+pub(crate) fn be_u64(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[..8]);
     u64::from_be_bytes(b)

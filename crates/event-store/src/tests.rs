@@ -268,20 +268,67 @@ async fn projections_rebuild_to_the_same_bytes_and_rebuild_on_a_version_change()
         view.get(b"s0").unwrap(),
         Some(429u64.to_be_bytes().to_vec())
     );
-    let mut last_progress = 0;
+    let last_progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = last_progress.clone();
     let rebuilt = projector
-        .rebuild("count_per_stream", |applied, _| last_progress = applied)
+        .rebuild("count_per_stream", move |applied, _| {
+            seen.store(applied, std::sync::atomic::Ordering::Relaxed)
+        })
         .await
         .unwrap();
-    assert_eq!(last_progress, 3000);
+    assert_eq!(
+        last_progress.load(std::sync::atomic::Ordering::Relaxed),
+        3000
+    );
     assert_eq!(rebuilt, live);
     drop(projector);
-    // A new version clears the view at start-up and replays it.
+    // A new version marks the view stale at start-up (checkpoint 0, so nothing waiting on it
+    // proceeds), and the next catch-up rebuilds it in a shadow and swaps it in.
     let projector = Projector::open(&store, vec![Arc::new(CountV2)]).unwrap();
-    assert_eq!(projector.status().unwrap()[0].entries, 0);
+    assert_eq!(projector.status().unwrap()[0].checkpoint, 0);
+    assert_eq!(projector.checkpoint(), 0);
     projector.catch_up().await.unwrap();
     let v2 = projector.status().unwrap().remove(0);
     assert_eq!((v2.version, v2.digest), (2, live.digest));
+    assert_eq!(projector.checkpoint(), 3000);
+    drop(projector);
+    // The swapped-in generation is the one found at the next open; no leftover remains.
+    let projector = Projector::open(&store, vec![Arc::new(CountV2)]).unwrap();
+    assert_eq!(projector.status().unwrap().remove(0), v2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_never_shows_readers_a_half_built_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
+    let events: Vec<NewEvent> = (0..40_000)
+        .map(|i| ev(&format!("e{i}"), &format!("s{}", i % 5)))
+        .collect();
+    for chunk in events.chunks(4000) {
+        store
+            .append(chunk.to_vec(), ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    projector.catch_up().await.unwrap();
+    let view = projector.view("count_per_stream").unwrap();
+    let want = Some(8000u64.to_be_bytes().to_vec());
+    assert_eq!(view.get(b"s0").unwrap(), want);
+    let rebuild = tokio::spawn({
+        let projector = projector.clone();
+        async move { projector.rebuild("count_per_stream", |_, _| {}).await }
+    });
+    // Read until the rebuild is done: every read sees the complete count, never a partial one.
+    let mut reads = 0u64;
+    while !rebuild.is_finished() {
+        assert_eq!(view.get(b"s0").unwrap(), want, "after {reads} reads");
+        reads += 1;
+        tokio::task::yield_now().await;
+    }
+    rebuild.await.unwrap().unwrap();
+    assert_eq!(view.get(b"s0").unwrap(), want);
+    assert!(reads > 0);
 }
 
 proptest! {

@@ -79,8 +79,68 @@ pub fn envelope_to_json(envelope: &Envelope) -> Vec<u8> {
     serde_json::to_vec(&dynamic).expect("a dynamic message serialises to JSON")
 }
 
+/// The envelope without its payload: what an index over every event (the subject timeline)
+/// needs. Decoding it skips the payload's bytes. Its tags are those of `privacy.v1.Envelope`; a
+/// test checks them against the descriptor, so the two cannot drift apart.
+#[derive(Clone, PartialEq, Message)]
+pub struct EnvelopeHead {
+    #[prost(string, tag = "1")]
+    pub event_id: String,
+    #[prost(string, tag = "2")]
+    pub event_type: String,
+    #[prost(string, tag = "4")]
+    pub tenant: String,
+    #[prost(string, tag = "5")]
+    pub subject_id: String,
+    #[prost(message, optional, tag = "6")]
+    pub occurred_at: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "8")]
+    pub source: String,
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_envelope_head_has_the_envelopes_tags() {
+        let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let envelope = pool.get_message_by_name("privacy.v1.Envelope").unwrap();
+        for (name, tag) in [
+            ("event_id", 1),
+            ("event_type", 2),
+            ("tenant", 4),
+            ("subject_id", 5),
+            ("occurred_at", 6),
+            ("source", 8),
+        ] {
+            assert_eq!(
+                envelope.get_field_by_name(name).unwrap().number(),
+                tag,
+                "{name}"
+            );
+        }
+        let full = Envelope {
+            event_id: "e".into(),
+            event_type: "consent.granted".into(),
+            tenant: "t".into(),
+            subject_id: "s".into(),
+            source: "crm".into(),
+            ..Default::default()
+        };
+        let head = EnvelopeHead::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(
+            (
+                head.event_id.as_str(),
+                head.event_type.as_str(),
+                head.tenant.as_str()
+            ),
+            ("e", "consent.granted", "t")
+        );
+        assert_eq!(
+            (head.subject_id.as_str(), head.source.as_str()),
+            ("s", "crm")
+        );
+    }
     use super::*;
     use crate::v1::{ConsentGranted, envelope::Payload};
 

@@ -2,14 +2,14 @@
 //! descriptor set (for reflection and the proto3 JSON mapping), the catalogue of user event
 //! types, and the contract checks every ingest path applies before anything is stored.
 //!
-//! Layout: [`v1`] is generated from `proto/`; [`event_type`] names every user event and maps it
-//! to its payload and NATS subject; [`decode`] turns message bytes (protobuf or JSON) into an
+//! Layout: [`v1`] is generated from `proto/`; [`catalogue`] names every user and domain event: payload,
+//! consumers, personal fields and required fields, written once; [`decode`] turns message bytes (protobuf or JSON) into an
 //! [`v1::Envelope`]; [`validate`] checks an envelope and names the offending field.
 
 #![forbid(unsafe_code)]
 
+pub mod catalogue;
 pub mod decode;
-pub mod event_type;
 pub mod validate;
 
 /// Generated protobuf types and gRPC stubs of package `privacy.v1`.
@@ -28,6 +28,6 @@ pub mod bench {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/privacy_descriptor.bin"));
 
-pub use decode::{DecodeError, Encoding, decode_envelope};
-pub use event_type::EventType;
+pub use catalogue::{DomainBody, EventType, UserEvent};
+pub use decode::{DecodeError, Encoding, EnvelopeHead, decode_envelope};
 pub use validate::{Limits, Rejection, RejectionCode, validate_envelope};

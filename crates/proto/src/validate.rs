@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::event_type::EventType;
+use crate::catalogue::EventType;
 use crate::v1::envelope::Payload;
-use crate::v1::{
-    ConsentMethod, Envelope, LegalBasis, PersonalValue, RecipientRole, RequestType, personal_value,
-};
+use crate::v1::{Envelope, PersonalValue, personal_value};
 
 /// Why an event was refused; travels as `Privacy-Error-Code` on the DLQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +26,8 @@ pub enum RejectionCode {
     UnknownTenant,
     /// A domain rule forbids it (e.g. a pre-ticked consent where the jurisdiction refuses it).
     Forbidden,
+    /// It would create something that exists already (e.g. a policy version published twice).
+    AlreadyExists,
 }
 
 impl RejectionCode {
@@ -40,6 +40,7 @@ impl RejectionCode {
             RejectionCode::InvalidField => "invalid_field",
             RejectionCode::UnknownTenant => "unknown_tenant",
             RejectionCode::Forbidden => "forbidden",
+            RejectionCode::AlreadyExists => "already_exists",
         }
     }
 }
@@ -69,13 +70,13 @@ impl Rejection {
         }
     }
 
-    fn missing(field: impl Into<String>) -> Self {
+    pub(crate) fn missing(field: impl Into<String>) -> Self {
         let field = field.into();
         let reason = format!("{field} is required");
         Rejection::new(RejectionCode::MissingField, field, reason)
     }
 
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Rejection::new(RejectionCode::InvalidField, field, reason)
     }
 }
@@ -186,7 +187,7 @@ pub fn validate_envelope(
     } else {
         check_subject_id(&env.subject_id, limits)?;
     }
-    check_payload(payload, event_type.payload_field(), limits)?;
+    crate::catalogue::check_payload(payload, limits)?;
     Ok(event_type)
 }
 
@@ -211,7 +212,7 @@ fn check_event_id(id: &str, limits: &Limits) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_id(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
+pub(crate) fn check_id(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::missing(field));
     }
@@ -233,7 +234,8 @@ fn check_id(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> 
     Ok(())
 }
 
-fn check_subject_id(value: &str, limits: &Limits) -> Result<(), Rejection> {
+/// A subject id: a pseudonymous id, never an e-mail address or a phone number.
+pub fn check_subject_id(value: &str, limits: &Limits) -> Result<(), Rejection> {
     if value.contains('@') {
         return Err(Rejection::invalid(
             "subject_id",
@@ -250,7 +252,7 @@ fn check_subject_id(value: &str, limits: &Limits) -> Result<(), Rejection> {
     check_id("subject_id", value, limits)
 }
 
-fn check_text(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
+pub(crate) fn check_text(field: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
     if value.len() > limits.max_text_len {
         return Err(Rejection::invalid(
             field,
@@ -284,7 +286,7 @@ fn check_occurred_at(env: &Envelope, now: SystemTime, limits: &Limits) -> Result
     Ok(())
 }
 
-fn check_personal(
+pub(crate) fn check_personal(
     field: &str,
     map: &BTreeMap<String, PersonalValue>,
     limits: &Limits,
@@ -306,92 +308,8 @@ fn check_personal(
     Ok(())
 }
 
-fn check_payload(payload: &Payload, root: &str, limits: &Limits) -> Result<(), Rejection> {
-    let f = |name: &str| format!("{root}.{name}");
-    match payload {
-        Payload::SubjectRegistered(p) => {
-            if !p.birth_date.is_empty() && !is_iso_date(&p.birth_date) {
-                return Err(Rejection::invalid(
-                    f("birth_date"),
-                    "birth_date must be a date YYYY-MM-DD",
-                ));
-            }
-            check_text(&f("age_band"), &p.age_band, limits)?;
-            check_personal(&f("personal"), &p.personal, limits)
-        }
-        Payload::SubjectUpdated(p) => check_personal(&f("personal"), &p.personal, limits),
-        Payload::SubjectDeactivated(p) => check_text(&f("reason"), &p.reason, limits),
-        Payload::ConsentGranted(p) => {
-            if p.purposes.is_empty() {
-                return Err(Rejection::missing(f("purposes")));
-            }
-            for purpose in &p.purposes {
-                check_id(&f("purposes"), purpose, limits)?;
-            }
-            check_id(&f("policy_version"), &p.policy_version, limits)?;
-            check_enum::<ConsentMethod>(&f("method"), p.method)?;
-            check_enum::<crate::v1::ExpressedBy>(&f("expressed_by"), p.expressed_by)?;
-            check_text(&f("attestation_ref"), &p.attestation_ref, limits)?;
-            check_personal(&f("evidence"), &p.evidence, limits)
-        }
-        Payload::ConsentWithdrawn(p) => {
-            for purpose in &p.purposes {
-                check_id(&f("purposes"), purpose, limits)?;
-            }
-            check_text(&f("method"), &p.method, limits)
-        }
-        Payload::ConsentSignal(p) => check_id(&f("signal"), &p.signal, limits),
-        Payload::DataCollected(p) => {
-            check_id(&f("category"), &p.category, limits)?;
-            check_id(&f("system"), &p.system, limits)?;
-            if !p.purpose.is_empty() {
-                check_id(&f("purpose"), &p.purpose, limits)?;
-            }
-            check_text(&f("location"), &p.location, limits)
-        }
-        Payload::DataDisclosed(p) => {
-            check_text(&f("recipient"), &p.recipient, limits)?;
-            if p.recipient.is_empty() {
-                return Err(Rejection::missing(f("recipient")));
-            }
-            check_enum::<RecipientRole>(&f("recipient_role"), p.recipient_role)?;
-            if p.country.len() != 2 || !p.country.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(Rejection::invalid(
-                    f("country"),
-                    "country must be an ISO 3166-1 alpha-2 code such as DE",
-                ));
-            }
-            if p.categories.is_empty() {
-                return Err(Rejection::missing(f("categories")));
-            }
-            for c in &p.categories {
-                check_id(&f("categories"), c, limits)?;
-            }
-            check_enum::<LegalBasis>(&f("legal_basis"), p.legal_basis)?;
-            if p.legal_basis == LegalBasis::StateBodyRequest as i32 && p.request_ref.is_empty() {
-                return Err(Rejection::missing(f("request_ref")));
-            }
-            check_id(&f("system"), &p.system, limits)
-        }
-        Payload::DataErased(p) => {
-            check_id(&f("system"), &p.system, limits)?;
-            check_id(&f("category"), &p.category, limits)?;
-            check_text(&f("kept_reason"), &p.kept_reason, limits)
-        }
-        Payload::RequestReceived(p) => {
-            check_enum::<RequestType>(&f("request_type"), p.request_type)?;
-            check_text(&f("channel"), &p.channel, limits)?;
-            check_personal(&f("personal"), &p.personal, limits)
-        }
-        Payload::DomainEvent(_) => Err(Rejection::invalid(
-            root,
-            "domain events are not accepted as user events",
-        )),
-    }
-}
-
 /// A protobuf enum value must be known and not the `UNSPECIFIED` zero.
-fn check_enum<E: TryFrom<i32>>(field: &str, value: i32) -> Result<(), Rejection> {
+pub(crate) fn check_enum<E: TryFrom<i32>>(field: &str, value: i32) -> Result<(), Rejection> {
     if value == 0 {
         return Err(Rejection::missing(field));
     }
@@ -404,7 +322,7 @@ fn check_enum<E: TryFrom<i32>>(field: &str, value: i32) -> Result<(), Rejection>
     Ok(())
 }
 
-fn is_iso_date(s: &str) -> bool {
+pub(crate) fn is_iso_date(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 10
         && b[4] == b'-'
@@ -417,7 +335,7 @@ fn is_iso_date(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{ConsentGranted, DataDisclosed};
+    use crate::v1::{ConsentGranted, ConsentMethod, DataDisclosed};
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)

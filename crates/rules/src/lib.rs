@@ -19,8 +19,6 @@ mod engine;
 mod render;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::LazyLock;
 
 use jiff::civil::Date;
@@ -28,13 +26,14 @@ use serde::Deserialize;
 
 pub use calendar::{Calendar, Coverage};
 pub use engine::{Bound, Combined, Deadline, DueOptions, combine, deadline, due, promise};
+pub use privacy_vocab::{Jurisdiction, UnknownJurisdiction};
 pub use render::render_pack;
 
 /// What can go wrong asking for rules or deadlines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RulesError {
-    #[error("unknown jurisdiction {0:?} (known: VN, RU, AU, EU, US-CA)")]
-    UnknownJurisdiction(String),
+    #[error(transparent)]
+    UnknownJurisdiction(#[from] UnknownJurisdiction),
     #[error("no {jurisdiction} regime is in force on {date}")]
     NoRegime { jurisdiction: String, date: Date },
     #[error("{jurisdiction} has no rule for {request} / {stage}")]
@@ -58,52 +57,6 @@ pub enum RulesError {
     NoExtension,
     #[error("date arithmetic: {0}")]
     Date(String),
-}
-
-/// A jurisdiction with a rule pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Jurisdiction {
-    Vn,
-    Ru,
-    Au,
-    Eu,
-    UsCa,
-}
-
-impl Jurisdiction {
-    pub const ALL: [Jurisdiction; 5] = [
-        Jurisdiction::Vn,
-        Jurisdiction::Ru,
-        Jurisdiction::Au,
-        Jurisdiction::Eu,
-        Jurisdiction::UsCa,
-    ];
-
-    pub const fn code(self) -> &'static str {
-        match self {
-            Jurisdiction::Vn => "VN",
-            Jurisdiction::Ru => "RU",
-            Jurisdiction::Au => "AU",
-            Jurisdiction::Eu => "EU",
-            Jurisdiction::UsCa => "US-CA",
-        }
-    }
-}
-
-impl fmt::Display for Jurisdiction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl FromStr for Jurisdiction {
-    type Err = RulesError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Jurisdiction::ALL
-            .into_iter()
-            .find(|j| j.code().eq_ignore_ascii_case(s))
-            .ok_or_else(|| RulesError::UnknownJurisdiction(s.to_owned()))
-    }
 }
 
 /// How sure the research is (RULES.md): never shown as certain when it is not.

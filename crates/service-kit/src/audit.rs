@@ -8,6 +8,7 @@ use futures::Stream;
 use privacy_event_store::{EventStore, Projector, RecordedEvent, StoreError};
 use privacy_proto::v1::audit_service_server::AuditService;
 use privacy_proto::v1::*;
+use privacy_vocab::time::timestamp;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,14 +26,6 @@ pub struct Audit {
     pub projector: Projector,
     /// Stops server streams at shutdown.
     pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-/// Converts microseconds since the epoch into a protobuf timestamp.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
 }
 
 /// Maps a store error to the gRPC status an operator can act on.
@@ -206,7 +199,7 @@ impl AuditService for Audit {
                 let progress_tx = tx.clone();
                 let progress_name = name.clone();
                 let result = projector
-                    .rebuild(&name, |applied, target| {
+                    .rebuild(&name, move |applied, target| {
                         let _ = progress_tx.try_send(Ok(RebuildProgress {
                             name: progress_name.clone(),
                             applied,

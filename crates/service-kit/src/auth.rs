@@ -118,13 +118,39 @@ impl Tokens {
 #[derive(Clone)]
 pub struct AuthInterceptor {
     tokens: std::sync::Arc<Tokens>,
+    ready: Readiness,
 }
 
 impl AuthInterceptor {
-    pub fn new(tokens: Tokens) -> Self {
+    /// Checks bearer tokens; once authenticated, a call is refused with UNAVAILABLE until
+    /// `ready` says the service's views have caught up with its log.
+    pub fn new(tokens: Tokens, ready: Readiness) -> Self {
         AuthInterceptor {
             tokens: std::sync::Arc::new(tokens),
+            ready,
         }
+    }
+}
+
+/// Whether a service's views have caught up with its log since start-up; until then no RPC
+/// behind the interceptor answers from them (DESIGN §5.5).
+#[derive(Clone, Default)]
+pub struct Readiness(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Readiness {
+    /// Ready from the start (tools and tests that have no views to wait for).
+    pub fn ready() -> Readiness {
+        let r = Readiness::default();
+        r.set();
+        r
+    }
+
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -150,6 +176,11 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .tokens
             .role_of(token.trim())
             .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        if !self.ready.is_ready() {
+            return Err(Status::unavailable(
+                "starting: the views are catching up with the log; retry shortly",
+            ));
+        }
         request.extensions_mut().insert(role);
         Ok(request)
     }
@@ -184,7 +215,7 @@ mod tests {
             req.metadata_mut()
                 .insert("authorization", a.parse().unwrap());
         }
-        let req = AuthInterceptor::new(tokens.clone()).call(req)?;
+        let req = AuthInterceptor::new(tokens.clone(), Readiness::ready()).call(req)?;
         require(&req, &[Role::Operator])
     }
 

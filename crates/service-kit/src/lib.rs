@@ -1,28 +1,38 @@
 //! The shared runtime of the four services. A service crate is a [`ServiceSpec`] (name, port,
-//! consumed subjects, projections) and a `main` that calls [`main`]; everything else lives here:
+//! what it publishes, projections, domain) and a `main` that calls [`main`]; everything else
+//! lives here:
 //!
+//! - [`spec`]: [`ServiceSpec`] and the [`DomainService`] hook (check, derive, routes);
+//! - [`door`]: [`ServiceContext`], the one door into the log for NATS events, gRPC commands and
+//!   domain events;
 //! - [`config`]: `PRIVACY_*` configuration with local defaults;
 //! - [`tenants`]: the tenant registry from `PRIVACY_TENANTS_DIR`;
-//! - [`auth`]: bearer tokens → roles, enforced per RPC;
+//! - [`auth`]: bearer tokens → roles, enforced per RPC, and the start-up readiness gate;
 //! - [`audit`]: the `AuditService` every service serves over its own store;
 //! - [`personal`]: sealing and opening personal data with the key vault;
+//! - [`projection`]: helpers for a service's projections (decode a stored envelope);
 //! - [`timeline`]: the per-subject timeline projection;
-//! - [`runtime`]: start-up, the ingest loops and outbox relay, graceful shutdown, health check.
+//! - [`start`]: start-up in order (views, then bus, then SERVING) and graceful shutdown;
+//! - [`cli`]: the binary's `serve` / `healthcheck` entry point.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod door;
 pub mod personal;
-pub mod runtime;
+pub mod projection;
+pub mod spec;
+pub mod start;
 pub mod tenants;
 pub mod timeline;
 
-pub use auth::{Role, Tokens};
+pub use auth::{Readiness, Role, Tokens};
+pub use cli::main;
 pub use config::ServiceConfig;
-pub use runtime::{
-    DomainService, NoDomain, PrepareError, RunningService, ServiceContext, ServiceSpec, StartError,
-    main, rejection_status, start,
-};
+pub use door::{Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, rejection_status};
+pub use spec::{Derived, DomainService, NoDomain, ServiceSpec};
+pub use start::{RunningService, StartError, start};
 pub use tenants::{Tenant, TenantRegistry};

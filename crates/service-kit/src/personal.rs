@@ -1,49 +1,47 @@
 //! Personal data inside envelopes: sealed with the subject's key on the way in, opened (or shown
-//! as erased) on the way out. Only the `personal` and `evidence` maps carry personal data; the
-//! field's path (`personal.email`) is bound into the ciphertext so a value cannot be moved.
+//! as erased) on the way out. Which maps carry personal data is said once, in the event
+//! catalogue; the field's path (`personal.email`) is bound into the ciphertext so a value cannot
+//! be moved.
 
 use std::collections::BTreeMap;
 
 use privacy_event_store::{Opened, SealedField, StoreError, Vault};
-use privacy_proto::v1::envelope::Payload;
+use privacy_proto::catalogue::personal_maps;
 use privacy_proto::v1::{Envelope, Erased, PersonalValue, Sealed, personal_value::Value};
 
-/// The personal-data maps of a payload, with their field names.
-fn personal_maps(
-    payload: &mut Payload,
-) -> Vec<(&'static str, &mut BTreeMap<String, PersonalValue>)> {
-    match payload {
-        Payload::SubjectRegistered(p) => vec![("personal", &mut p.personal)],
-        Payload::SubjectUpdated(p) => vec![("personal", &mut p.personal)],
-        Payload::ConsentGranted(p) => vec![("evidence", &mut p.evidence)],
-        Payload::RequestReceived(p) => vec![("personal", &mut p.personal)],
-        _ => Vec::new(),
-    }
-}
-
-/// Seals every clear personal value of `env` under its subject's key. Returns whether anything
-/// was sealed (then the vault must be synced before the event is stored).
-pub fn seal_envelope(vault: &Vault, env: &mut Envelope) -> Result<bool, StoreError> {
-    let (tenant, subject) = (env.tenant.clone(), env.subject_id.clone());
-    let Some(payload) = env.payload.as_mut() else {
-        return Ok(false);
-    };
-    let mut sealed_any = false;
-    for (map_name, map) in personal_maps(payload) {
-        for (name, value) in map.iter_mut() {
-            if let Some(Value::Clear(text)) = &value.value {
-                let path = format!("{map_name}.{name}");
-                let s = vault.seal(&tenant, &subject, &path, text.as_bytes())?;
-                value.value = Some(Value::Sealed(Sealed {
-                    key_generation: s.key_generation,
-                    nonce: s.nonce,
-                    ciphertext: s.ciphertext,
-                }));
-                sealed_any = true;
-            }
+/// Seals every clear value of one personal-data map under the subject's key; the field's path
+/// (`<map>.<name>`) is bound into the ciphertext.
+pub fn seal_map(
+    vault: &Vault,
+    tenant: &str,
+    subject: &str,
+    map_name: &str,
+    map: &mut BTreeMap<String, PersonalValue>,
+) -> Result<(), StoreError> {
+    for (name, value) in map.iter_mut() {
+        if let Some(Value::Clear(text)) = &value.value {
+            let path = format!("{map_name}.{name}");
+            let s = vault.seal(tenant, subject, &path, text.as_bytes())?;
+            value.value = Some(Value::Sealed(Sealed {
+                key_generation: s.key_generation,
+                nonce: s.nonce,
+                ciphertext: s.ciphertext,
+            }));
         }
     }
-    Ok(sealed_any)
+    Ok(())
+}
+
+/// Seals every clear personal value of a user event's payload (the maps the event catalogue
+/// names) under its subject's key.
+pub fn seal_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError> {
+    let (tenant, subject) = (env.tenant.clone(), env.subject_id.clone());
+    if let Some(payload) = env.payload.as_mut() {
+        for (map_name, map) in personal_maps(payload) {
+            seal_map(vault, &tenant, &subject, map_name, map)?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens every sealed value of `env` for display: clear text, or `erased` once the subject's key
@@ -67,7 +65,7 @@ pub fn open_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError
                         Value::Clear(String::from_utf8_lossy(&bytes).into_owned())
                     }
                     Opened::Erased { shredded_at_micros } => Value::Erased(Erased {
-                        shredded_at: Some(crate::audit::timestamp(shredded_at_micros)),
+                        shredded_at: Some(privacy_vocab::time::timestamp(shredded_at_micros)),
                     }),
                 });
             }
@@ -80,6 +78,7 @@ pub fn open_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError
 mod tests {
     use super::*;
     use privacy_proto::v1::SubjectRegistered;
+    use privacy_proto::v1::envelope::Payload;
 
     #[test]
     fn sealed_values_open_until_the_subject_is_shredded() {
@@ -100,7 +99,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert!(seal_envelope(&vault, &mut env).unwrap());
+        seal_envelope(&vault, &mut env).unwrap();
         let stored = env.clone();
         let text = format!("{stored:?}");
         assert!(!text.contains("ann@example.com"));

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use jiff::tz::TimeZone;
+use privacy_vocab::{Jurisdiction, LegalBasis, check_tenant_id, time};
 use serde::Deserialize;
-
-/// Jurisdiction codes a tenant may name.
-pub const JURISDICTIONS: &[&str] = &["VN", "RU", "AU", "EU", "US-CA"];
 
 /// A purpose of processing in a tenant's catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -45,6 +44,27 @@ impl Tenant {
     pub fn purpose(&self, id: &str) -> Option<&Purpose> {
         self.purposes.iter().find(|p| p.id == id)
     }
+
+    /// The legal basis the tenant declares for a purpose (`None`: not in its catalog).
+    pub fn basis_of(&self, purpose: &str) -> Option<LegalBasis> {
+        self.purpose(purpose)
+            .and_then(|p| LegalBasis::parse(&p.legal_basis))
+    }
+
+    /// The tenant's time zone (checked when the registry loaded).
+    pub fn zone(&self) -> TimeZone {
+        TimeZone::get(&self.time_zone).unwrap_or(TimeZone::UTC)
+    }
+
+    /// The tenant-local date of an instant (microseconds since the epoch).
+    pub fn local_date(&self, micros: i64) -> Option<jiff::civil::Date> {
+        time::local_date(micros, &self.zone())
+    }
+
+    /// The instant a tenant-local date begins.
+    pub fn start_of(&self, date: jiff::civil::Date) -> Option<i64> {
+        time::start_of(date, &self.zone())
+    }
 }
 
 /// A tenant file is missing, unreadable or wrong.
@@ -55,15 +75,6 @@ pub enum TenantError {
     #[error("tenant file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
-
-const LEGAL_BASES: &[&str] = &[
-    "consent",
-    "contract",
-    "legal_obligation",
-    "legitimate_interest",
-    "vital_interest",
-    "public_task",
-];
 
 /// Every configured tenant, by id.
 #[derive(Debug, Clone, Default)]
@@ -132,22 +143,15 @@ impl TenantRegistry {
 /// Parses and checks one tenant file.
 pub fn parse(text: &str) -> Result<Tenant, String> {
     let tenant: Tenant = toml::from_str(text).map_err(|e| e.to_string())?;
-    if tenant.id.is_empty()
-        || !tenant
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    check_tenant_id(&tenant.id).map_err(|e| format!("id: {e}"))?;
+    if !Jurisdiction::ALL
+        .iter()
+        .any(|j| j.code() == tenant.jurisdiction)
     {
-        return Err(format!(
-            "id {:?} must be non-empty letters, digits, - _ .",
-            tenant.id
-        ));
-    }
-    if !JURISDICTIONS.contains(&tenant.jurisdiction.as_str()) {
         return Err(format!(
             "jurisdiction {:?} is not one of {}",
             tenant.jurisdiction,
-            JURISDICTIONS.join(", ")
+            Jurisdiction::ALL.map(Jurisdiction::code).join(", ")
         ));
     }
     jiff::tz::TimeZone::get(&tenant.time_zone)
@@ -157,12 +161,12 @@ pub fn parse(text: &str) -> Result<Tenant, String> {
         if !seen.insert(p.id.as_str()) {
             return Err(format!("purpose {:?} is listed twice", p.id));
         }
-        if !LEGAL_BASES.contains(&p.legal_basis.as_str()) {
+        if LegalBasis::parse(&p.legal_basis).is_none() {
             return Err(format!(
                 "purpose {:?}: legal_basis {:?} is not one of {}",
                 p.id,
                 p.legal_basis,
-                LEGAL_BASES.join(", ")
+                LegalBasis::names()
             ));
         }
     }

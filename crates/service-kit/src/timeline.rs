@@ -6,28 +6,16 @@
 //! `tenant 0x00 subject 0x00 chunk(u32 BE)` → `count(u16 BE)` + length-prefixed `TimelineEntry`s.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
+use privacy_proto::EnvelopeHead;
 use privacy_proto::v1::TimelineEntry;
 use prost::Message;
+
+use crate::projection::decode_stored;
 
 /// Name of the timeline projection.
 pub const SUBJECT_TIMELINE: &str = "subject_timeline";
 /// Entries per stored chunk.
 pub const CHUNK: u32 = 64;
-
-/// The envelope fields the timeline needs; decoding only these skips the payload.
-#[derive(Clone, PartialEq, Message)]
-struct EnvelopeHead {
-    #[prost(string, tag = "2")]
-    event_type: String,
-    #[prost(string, tag = "4")]
-    tenant: String,
-    #[prost(string, tag = "5")]
-    subject_id: String,
-    #[prost(message, optional, tag = "6")]
-    occurred_at: Option<prost_types::Timestamp>,
-    #[prost(string, tag = "8")]
-    source: String,
-}
 
 /// Folds every event that names a subject into that subject's timeline.
 pub struct SubjectTimeline;
@@ -51,10 +39,7 @@ impl Projection for SubjectTimeline {
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
-        let env = EnvelopeHead::decode(event.data.as_slice()).map_err(|e| StoreError::Corrupt {
-            seq: event.seq,
-            reason: format!("stored data is not an envelope: {e}"),
-        })?;
+        let env: EnvelopeHead = decode_stored(event)?;
         if env.subject_id.is_empty() {
             return Ok(());
         }

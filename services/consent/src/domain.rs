@@ -1,546 +1,358 @@
-//! The consent domain, pure: policy versions, per-purpose consent changes, and the decision
-//! "may we process this subject's data for this purpose at instant T?". No I/O and no clock —
-//! every function takes the instant it reasons about (DESIGN §5.7).
-//!
-//! Times are microseconds since the Unix epoch. A change takes effect at its `at` (the event's
-//! `occurred_at`); two changes at the same instant are ordered by their log sequence number.
+//! [`ConsentDomain`]: the consent rules the service kit's door applies to every event, whether a
+//! backend published it on NATS or a gRPC command built it — catalog and basis, the policy in
+//! force, the jurisdiction's form rules, representatives and children, new policy versions —
+//! and the events a stored event implies (a GPC signal's withdrawal, a child's flag).
 
-use std::fmt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-/// Why processing is allowed without consent, or that consent is the basis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Basis {
-    Consent,
-    Contract,
-    LegalObligation,
-    LegitimateInterest,
-    VitalInterest,
-    PublicTask,
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::{
+    ChildFlagged, ConsentGranted, ConsentMethod, ConsentWithdrawn, Envelope, ExpressedBy,
+    PolicyPublished,
+};
+use privacy_proto::{Rejection, RejectionCode};
+use privacy_service_kit::{Derived, DomainService, ServiceContext, Tenant};
+use privacy_vocab::time::micros_or_zero;
+use prost::Message;
+
+use crate::decision::{ChildStatus, LegalBasis, policy_in_force};
+use crate::view::{CONSENT_VIEW, ConsentReader};
+use crate::{OPT_OUT_PURPOSES, POLICY_PUBLISHED, jurisdiction};
+
+/// The consent rules, over the consent view.
+#[derive(Clone)]
+pub struct ConsentDomain {
+    pub reader: ConsentReader,
+    /// Birth dates from registrations accepted but perhaps not yet folded into the view (a
+    /// registration and a grant may arrive in the same ingest batch).
+    recent_births: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
-impl Basis {
-    /// Parses a tenant file's `legal_basis`.
-    pub fn parse(s: &str) -> Option<Basis> {
-        Some(match s {
-            "consent" => Basis::Consent,
-            "contract" => Basis::Contract,
-            "legal_obligation" => Basis::LegalObligation,
-            "legitimate_interest" => Basis::LegitimateInterest,
-            "vital_interest" => Basis::VitalInterest,
-            "public_task" => Basis::PublicTask,
-            _ => return None,
-        })
-    }
+/// Most registrations remembered until the view has them.
+const RECENT_BIRTHS: usize = 50_000;
+/// Longest policy version.
+const MAX_VERSION_LEN: usize = 64;
 
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Basis::Consent => "consent",
-            Basis::Contract => "contract",
-            Basis::LegalObligation => "legal_obligation",
-            Basis::LegitimateInterest => "legitimate_interest",
-            Basis::VitalInterest => "vital_interest",
-            Basis::PublicTask => "public_task",
-        }
-    }
+fn forbidden(field: &str, reason: String) -> Rejection {
+    Rejection::new(RejectionCode::Forbidden, field, reason)
 }
 
-/// A published notice (privacy policy) version of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyVersion {
-    pub version: String,
-    /// Hash of the notice text the subject was shown.
-    pub notice_hash: String,
-    /// Purposes the change affects; empty means every purpose.
-    pub purposes: Vec<String>,
-    /// A material change requires re-consent for the affected purposes.
-    pub material: bool,
-    pub published_at: i64,
-    pub effective_at: i64,
+fn invalid(field: &str, reason: String) -> Rejection {
+    Rejection::new(RejectionCode::InvalidField, field, reason)
 }
 
-impl PolicyVersion {
-    fn affects(&self, purpose: &str) -> bool {
-        self.purposes.is_empty() || self.purposes.iter().any(|p| p == purpose)
-    }
+/// The age below which a guardian must consent: the stricter of the law's and the tenant's.
+pub fn child_age(tenant: &Tenant, on: jiff::civil::Date) -> Option<u8> {
+    let law = jurisdiction::rules_for().child_age(&tenant.jurisdiction, on);
+    let own = tenant
+        .extra
+        .get("children")
+        .and_then(|c| c.get("min_age"))
+        .and_then(|v| v.as_integer())
+        .and_then(|v| u8::try_from(v).ok());
+    law.max(own)
 }
 
-/// The policy version in force at `at`: the one with the latest `effective_at <= at`.
-pub fn policy_in_force(policies: &[PolicyVersion], at: i64) -> Option<&PolicyVersion> {
-    policies
-        .iter()
-        .filter(|p| p.effective_at <= at)
-        .max_by_key(|p| (p.effective_at, p.published_at))
-}
-
-/// One change of one subject's consent for one purpose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsentChange {
-    pub seq: u64,
-    pub at: i64,
-    pub kind: ChangeKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeKind {
-    Granted {
-        record_id: String,
-        policy_version: String,
-        valid_until: Option<i64>,
-        /// Given by a guardian (or a representative) rather than the subject.
-        by_guardian: bool,
-    },
-    Withdrawn,
-}
-
-/// Why processing is not allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    NeverGiven,
-    Withdrawn,
-    Expired,
-    ReconsentRequired,
-    ChildWithoutGuardian,
-    UnknownPurpose,
-}
-
-impl Reason {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::NeverGiven => "never_given",
-            Reason::Withdrawn => "withdrawn",
-            Reason::Expired => "expired",
-            Reason::ReconsentRequired => "reconsent_required",
-            Reason::ChildWithoutGuardian => "child_without_guardian",
-            Reason::UnknownPurpose => "unknown_purpose",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The answer to a consent check, with what decided it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub basis: Option<Basis>,
-    pub reason: Option<Reason>,
-    /// The consent record that decided it (the last grant), if any.
-    pub record_id: Option<String>,
-    /// The policy version that grant was given under.
-    pub policy_version: Option<String>,
-    /// For `reconsent_required`: the material policy version that requires it.
-    pub superseded_by: Option<String>,
-}
-
-impl Decision {
-    fn allowed(basis: Basis) -> Decision {
-        Decision {
-            allowed: true,
-            basis: Some(basis),
-            reason: None,
-            record_id: None,
-            policy_version: None,
-            superseded_by: None,
-        }
-    }
-
-    fn denied(reason: Reason) -> Decision {
-        Decision {
-            allowed: false,
-            basis: Some(Basis::Consent),
-            reason: Some(reason),
-            record_id: None,
-            policy_version: None,
-            superseded_by: None,
-        }
-    }
-}
-
-/// What is known about the subject as a child, for the child rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChildStatus {
-    /// The subject is below the jurisdiction's (or the tenant's stricter) age threshold, from
-    /// this instant on.
-    pub child_since: Option<i64>,
-    /// ... until this instant (the birthday that crosses the threshold), if known.
-    pub adult_from: Option<i64>,
-}
-
-impl ChildStatus {
-    fn is_child_at(&self, at: i64) -> bool {
-        self.child_since.is_some_and(|s| s <= at) && self.adult_from.is_none_or(|a| at < a)
-    }
-}
-
-/// May the subject's data be processed for a purpose with `basis` at `as_of`, given that
-/// purpose's consent `history` (any order) and the tenant's `policies`?
-pub fn decide(
-    basis: Option<Basis>,
-    history: &[ConsentChange],
-    policies: &[PolicyVersion],
-    child: ChildStatus,
-    purpose: &str,
-    as_of: i64,
-) -> Decision {
-    let Some(basis) = basis else {
-        return Decision {
-            basis: None,
-            ..Decision::denied(Reason::UnknownPurpose)
-        };
-    };
-    if basis != Basis::Consent {
-        return Decision::allowed(basis);
-    }
-    let last = history
-        .iter()
-        .filter(|c| c.at <= as_of)
-        .max_by_key(|c| (c.at, c.seq));
-    let Some(last) = last else {
-        return Decision::denied(Reason::NeverGiven);
-    };
-    let ChangeKind::Granted {
-        record_id,
-        policy_version,
-        valid_until,
-        by_guardian,
-    } = &last.kind
-    else {
-        return Decision::denied(Reason::Withdrawn);
-    };
-    let with_record = |reason: Option<Reason>| Decision {
-        allowed: reason.is_none(),
-        basis: Some(Basis::Consent),
-        reason,
-        record_id: Some(record_id.clone()),
-        policy_version: Some(policy_version.clone()),
-        superseded_by: None,
-    };
-    if valid_until.is_some_and(|until| until <= as_of) {
-        return with_record(Some(Reason::Expired));
-    }
-    if child.is_child_at(as_of) && !by_guardian {
-        return with_record(Some(Reason::ChildWithoutGuardian));
-    }
-    let superseding = policies
-        .iter()
-        .filter(|p| {
-            p.material
-                && p.affects(purpose)
-                && p.version != *policy_version
-                && p.effective_at > last.at
-                && p.effective_at <= as_of
-        })
-        .min_by_key(|p| p.effective_at);
-    if let Some(p) = superseding {
-        return Decision {
-            superseded_by: Some(p.version.clone()),
-            ..with_record(Some(Reason::ReconsentRequired))
-        };
-    }
-    with_record(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DAY: i64 = 86_400_000_000;
-    const T0: i64 = 1_780_000_000_000_000;
-
-    fn policy(
-        version: &str,
-        effective_at: i64,
-        material: bool,
-        purposes: &[&str],
-    ) -> PolicyVersion {
-        PolicyVersion {
-            version: version.into(),
-            notice_hash: format!("hash-{version}"),
-            purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
-            material,
-            published_at: effective_at - DAY,
-            effective_at,
-        }
-    }
-
-    fn grant(seq: u64, at: i64, version: &str, until: Option<i64>) -> ConsentChange {
-        ConsentChange {
-            seq,
-            at,
-            kind: ChangeKind::Granted {
-                record_id: format!("r{seq}"),
-                policy_version: version.into(),
-                valid_until: until,
-                by_guardian: false,
+impl ConsentDomain {
+    pub fn new(ctx: &ServiceContext) -> ConsentDomain {
+        ConsentDomain {
+            reader: ConsentReader {
+                view: ctx
+                    .projector
+                    .view(CONSENT_VIEW)
+                    .expect("the consent view is registered by SPEC"),
             },
+            recent_births: Arc::default(),
         }
     }
 
-    fn withdraw(seq: u64, at: i64) -> ConsentChange {
-        ConsentChange {
-            seq,
-            at,
-            kind: ChangeKind::Withdrawn,
-        }
-    }
-
-    fn reason(d: &Decision) -> Option<&'static str> {
-        d.reason.map(Reason::as_str)
-    }
-
-    #[test]
-    fn decisions_follow_the_history_as_of_any_instant() {
-        let policies = vec![
-            policy("v1", T0, false, &[]),
-            policy("v2", T0 + 10 * DAY, true, &["marketing"]),
-        ];
-        let history = vec![
-            grant(1, T0 + DAY, "v1", None),
-            withdraw(2, T0 + 3 * DAY),
-            grant(3, T0 + 5 * DAY, "v1", Some(T0 + 20 * DAY)),
-        ];
-        let at = |t| {
-            decide(
-                Some(Basis::Consent),
-                &history,
-                &policies,
-                ChildStatus::default(),
-                "marketing",
-                t,
-            )
+    /// When the subject is a child under the tenant's rules, as instants.
+    pub fn child_status(&self, tenant: &Tenant, subject: &str) -> ChildStatus {
+        let recent = self
+            .recent_births
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.id.clone(), subject.to_owned()))
+            .cloned();
+        let birth_date = match recent {
+            Some(b) => b,
+            None => match self.reader.child(&tenant.id, subject) {
+                Ok(Some(info)) => info.birth_date,
+                _ => return ChildStatus::default(),
+            },
         };
-        assert_eq!(reason(&at(T0)), Some("never_given"));
-        assert!(at(T0 + DAY).allowed, "effective at the grant instant");
-        assert_eq!(at(T0 + 2 * DAY).record_id.as_deref(), Some("r1"));
-        assert_eq!(reason(&at(T0 + 3 * DAY)), Some("withdrawn"));
-        assert!(at(T0 + 6 * DAY).allowed);
-        let later = at(T0 + 10 * DAY);
-        assert_eq!(reason(&later), Some("reconsent_required"));
-        assert_eq!(later.superseded_by.as_deref(), Some("v2"));
-        // The material change concerns marketing only.
-        let analytics = decide(
-            Some(Basis::Consent),
-            &history,
-            &policies,
-            ChildStatus::default(),
-            "analytics",
-            T0 + 10 * DAY,
-        );
-        assert!(analytics.allowed);
-        assert_eq!(reason(&at(T0 + 21 * DAY)), Some("expired"));
-    }
-
-    #[test]
-    fn a_grant_under_the_new_version_or_after_it_took_effect_is_not_superseded() {
-        let policies = vec![
-            policy("v1", T0, false, &[]),
-            policy("v2", T0 + 10 * DAY, true, &[]),
-        ];
-        let regrant = vec![
-            grant(1, T0 + DAY, "v1", None),
-            grant(2, T0 + 11 * DAY, "v2", None),
-        ];
-        let d = decide(
-            Some(Basis::Consent),
-            &regrant,
-            &policies,
-            ChildStatus::default(),
-            "x",
-            T0 + 12 * DAY,
-        );
-        assert!(d.allowed);
-        assert_eq!(d.policy_version.as_deref(), Some("v2"));
-    }
-
-    #[test]
-    fn contract_purposes_need_no_consent_and_unknown_ones_are_refused() {
-        let d = decide(
-            Some(Basis::Contract),
-            &[],
-            &[],
-            ChildStatus::default(),
-            "provide_service",
-            T0,
-        );
-        assert!(d.allowed);
-        assert_eq!(d.basis, Some(Basis::Contract));
-        let d = decide(None, &[], &[], ChildStatus::default(), "nope", T0);
-        assert_eq!(reason(&d), Some("unknown_purpose"));
-    }
-
-    #[test]
-    fn a_child_needs_a_guardians_consent_until_the_threshold_birthday() {
-        let child = ChildStatus {
-            child_since: Some(T0),
-            adult_from: Some(T0 + 100 * DAY),
+        let Ok(birth) = birth_date.parse::<jiff::civil::Date>() else {
+            return ChildStatus::default();
         };
-        let own = vec![grant(1, T0 + DAY, "v1", None)];
-        let d = decide(
-            Some(Basis::Consent),
-            &own,
-            &[],
-            child,
-            "marketing",
-            T0 + 2 * DAY,
-        );
-        assert_eq!(reason(&d), Some("child_without_guardian"));
-        assert!(
-            decide(
-                Some(Basis::Consent),
-                &own,
-                &[],
-                child,
-                "marketing",
-                T0 + 100 * DAY
-            )
-            .allowed
-        );
-        let mut by_guardian = own.clone();
-        if let ChangeKind::Granted { by_guardian: g, .. } = &mut by_guardian[0].kind {
-            *g = true;
+        let Some(age) = child_age(tenant, birth) else {
+            return ChildStatus::default();
+        };
+        let adult = birth
+            .checked_add(jiff::Span::new().years(i64::from(age)))
+            .ok()
+            .and_then(|d| tenant.start_of(d));
+        ChildStatus {
+            child_since: tenant.start_of(birth),
+            adult_from: adult,
         }
-        assert!(
-            decide(
-                Some(Basis::Consent),
-                &by_guardian,
-                &[],
-                child,
-                "marketing",
-                T0 + 2 * DAY
-            )
-            .allowed
-        );
     }
 
-    #[test]
-    fn same_instant_changes_are_ordered_by_sequence() {
-        let history = vec![withdraw(2, T0), grant(1, T0, "v1", None)];
-        let d = decide(
-            Some(Basis::Consent),
-            &history,
-            &[],
-            ChildStatus::default(),
-            "m",
-            T0,
-        );
-        assert_eq!(reason(&d), Some("withdrawn"));
-    }
-
-    /// An independent, event-driven restatement of the rules: walk policy effects and consent
-    /// changes in time order (policy effects first at equal instants) and keep flags.
-    fn naive(
-        history: &[ConsentChange],
-        policies: &[PolicyVersion],
-        purpose: &str,
-        as_of: i64,
-    ) -> Option<&'static str> {
-        enum Step<'a> {
-            Policy(&'a PolicyVersion),
-            Change(&'a ConsentChange),
-        }
-        let mut steps: Vec<(i64, u8, u64, Step)> = Vec::new();
-        for p in policies {
-            steps.push((p.effective_at, 0, 0, Step::Policy(p)));
-        }
-        for c in history {
-            steps.push((c.at, 1, c.seq, Step::Change(c)));
-        }
-        steps.sort_by_key(|(at, kind, seq, _)| (*at, *kind, *seq));
-        let mut granted: Option<(String, Option<i64>)> = None;
-        let mut ever = false;
-        let mut reconsent = false;
-        for (at, _, _, step) in steps {
-            if at > as_of {
-                break;
+    fn check_grant(
+        &self,
+        tenant: &Tenant,
+        env: &Envelope,
+        g: &ConsentGranted,
+    ) -> Result<(), Rejection> {
+        let at = micros_or_zero(env.occurred_at.as_ref());
+        let day = tenant.local_date(at).unwrap_or_default();
+        for purpose in &g.purposes {
+            match tenant.basis_of(purpose) {
+                None => {
+                    return Err(invalid(
+                        "consent_granted.purposes",
+                        format!(
+                            "purpose {purpose:?} is not in tenant {}'s catalog",
+                            tenant.id
+                        ),
+                    ));
+                }
+                Some(LegalBasis::Consent) => {}
+                Some(other) => {
+                    return Err(forbidden(
+                        "consent_granted.purposes",
+                        format!("purpose {purpose:?} is based on {other}; it needs no consent"),
+                    ));
+                }
             }
-            match step {
-                Step::Policy(p) => {
-                    if let Some((version, _)) = &granted
-                        && p.material
-                        && p.affects(purpose)
-                        && p.version != *version
-                    {
-                        reconsent = true;
+        }
+        let policies = self
+            .reader
+            .policies(&tenant.id)
+            .map_err(|e| invalid("consent_granted.policy_version", e.to_string()))?;
+        match policy_in_force(&policies, at) {
+            Some(p) if p.version == g.policy_version => {}
+            Some(p) => {
+                return Err(forbidden(
+                    "consent_granted.policy_version",
+                    format!(
+                        "policy version {:?} is not the one in force when consent was given ({:?} is)",
+                        g.policy_version, p.version
+                    ),
+                ));
+            }
+            None => {
+                return Err(forbidden(
+                    "consent_granted.policy_version",
+                    format!(
+                        "no policy version of tenant {} is in force when consent was given",
+                        tenant.id
+                    ),
+                ));
+            }
+        }
+        let form = jurisdiction::rules_for().consent_form(&tenant.jurisdiction, day);
+        let passive = [
+            ConsentMethod::PreTickedCheckbox as i32,
+            ConsentMethod::Silent as i32,
+        ];
+        if form.pre_ticked_forbidden && passive.contains(&g.method) {
+            return Err(forbidden(
+                "consent_granted.method",
+                format!(
+                    "{} does not accept a pre-ticked or silent consent",
+                    tenant.jurisdiction
+                ),
+            ));
+        }
+        if form.bundling_forbidden && g.bundled {
+            return Err(forbidden(
+                "consent_granted.bundled",
+                format!(
+                    "{} requires consent separate from other terms on {day}",
+                    tenant.jurisdiction
+                ),
+            ));
+        }
+        if g.expressed_by == ExpressedBy::Representative as i32 && g.attestation_ref.is_empty() {
+            return Err(Rejection::new(
+                RejectionCode::MissingField,
+                "consent_granted.attestation_ref",
+                "a representative's consent needs an attestation reference",
+            ));
+        }
+        if g.valid_until
+            .as_ref()
+            .is_some_and(|u| privacy_vocab::time::micros(u) <= at)
+        {
+            return Err(invalid(
+                "consent_granted.valid_until",
+                "valid_until must be after occurred_at".into(),
+            ));
+        }
+        let child = self.child_status(tenant, &env.subject_id);
+        if child.child_since.is_some_and(|s| s <= at)
+            && child.adult_from.is_none_or(|a| at < a)
+            && g.expressed_by != ExpressedBy::Guardian as i32
+        {
+            return Err(forbidden(
+                "consent_granted.expressed_by",
+                format!(
+                    "the subject is under {} ({}): a guardian must give consent",
+                    child_age(tenant, day).unwrap_or_default(),
+                    tenant.jurisdiction
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new policy version: a version id, the notice's hash, purposes of the catalog, and a
+    /// version not published before.
+    fn check_policy(&self, tenant: &Tenant, body: &[u8]) -> Result<(), Rejection> {
+        let policy = PolicyPublished::decode(body)
+            .map_err(|e| invalid("policy_published", format!("does not decode: {e}")))?;
+        if policy.version.is_empty() || policy.version.len() > MAX_VERSION_LEN {
+            return Err(invalid(
+                "version",
+                format!("1 to {MAX_VERSION_LEN} characters"),
+            ));
+        }
+        if policy.notice_hash.is_empty() {
+            return Err(Rejection::new(
+                RejectionCode::MissingField,
+                "notice_hash",
+                "notice_hash is required",
+            ));
+        }
+        if policy.effective_at.is_none() {
+            return Err(Rejection::new(
+                RejectionCode::MissingField,
+                "effective_at",
+                "effective_at is required",
+            ));
+        }
+        for p in &policy.purposes {
+            if tenant.purpose(p).is_none() {
+                return Err(invalid(
+                    "purposes",
+                    format!("{p:?} is not in tenant {}'s catalog", tenant.id),
+                ));
+            }
+        }
+        let existing = self
+            .reader
+            .policies(&tenant.id)
+            .map_err(|e| invalid("version", e.to_string()))?;
+        if existing.iter().any(|p| p.version == policy.version) {
+            return Err(Rejection::new(
+                RejectionCode::AlreadyExists,
+                "version",
+                format!("{:?} is already published", policy.version),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A Global Privacy Control signal withdraws the sale/marketing purposes where the
+    /// jurisdiction honours it; the purposes are resolved now and stored as a fact.
+    fn gpc_withdrawal(&self, tenant: &Tenant, envelope: &Envelope) -> Option<Derived> {
+        let day = tenant.local_date(micros_or_zero(envelope.occurred_at.as_ref()))?;
+        if !jurisdiction::rules_for().honours_gpc(&tenant.jurisdiction, day) {
+            return None;
+        }
+        let purposes: Vec<String> = tenant
+            .purposes
+            .iter()
+            .filter(|p| p.legal_basis == "consent" && OPT_OUT_PURPOSES.contains(&p.id.as_str()))
+            .map(|p| p.id.clone())
+            .collect();
+        (!purposes.is_empty()).then(|| {
+            Derived::user(
+                "gpc",
+                ConsentWithdrawn {
+                    purposes,
+                    method: "global privacy control".into(),
+                },
+            )
+        })
+    }
+
+    /// A child registered without a guardian's consent is flagged for erasure.
+    fn child_flag(&self, tenant: &Tenant, envelope: &Envelope, birth: &str) -> Option<Derived> {
+        let birth = birth.parse::<jiff::civil::Date>().ok()?;
+        let today = tenant.local_date(micros_or_zero(envelope.occurred_at.as_ref()))?;
+        let age = child_age(tenant, today)?;
+        let adult = birth
+            .checked_add(jiff::Span::new().years(i64::from(age)))
+            .ok()?;
+        (today < adult).then(|| {
+            Derived::domain(
+                "child_flagged",
+                ChildFlagged {
+                    child_age: u32::from(age),
+                    jurisdiction: tenant.jurisdiction.clone(),
+                    reason: format!(
+                        "registered under {age} without a guardian's consent; route the data to erasure"
+                    ),
+                },
+            )
+        })
+    }
+}
+
+impl DomainService for ConsentDomain {
+    fn check(&self, tenant: &Tenant, envelope: &Envelope) -> Result<(), Rejection> {
+        match &envelope.payload {
+            Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
+                let mut births = self.recent_births.lock().unwrap_or_else(|p| p.into_inner());
+                if births.len() >= RECENT_BIRTHS {
+                    births.clear();
+                }
+                births.insert(
+                    (tenant.id.clone(), envelope.subject_id.clone()),
+                    r.birth_date.clone(),
+                );
+                Ok(())
+            }
+            Some(Payload::ConsentGranted(g)) => self.check_grant(tenant, envelope, g),
+            Some(Payload::ConsentWithdrawn(w)) => {
+                for purpose in &w.purposes {
+                    if tenant.purpose(purpose).is_none() {
+                        return Err(invalid(
+                            "consent_withdrawn.purposes",
+                            format!(
+                                "purpose {purpose:?} is not in tenant {}'s catalog",
+                                tenant.id
+                            ),
+                        ));
                     }
                 }
-                Step::Change(c) => {
-                    ever = true;
-                    reconsent = false;
-                    granted = match &c.kind {
-                        ChangeKind::Granted {
-                            policy_version,
-                            valid_until,
-                            ..
-                        } => Some((policy_version.clone(), *valid_until)),
-                        ChangeKind::Withdrawn => None,
-                    };
-                }
+                Ok(())
             }
-        }
-        match granted {
-            None if ever => Some("withdrawn"),
-            None => Some("never_given"),
-            Some((_, Some(until))) if until <= as_of => Some("expired"),
-            Some(_) if reconsent => Some("reconsent_required"),
-            Some(_) => None,
+            Some(Payload::DomainEvent(d)) if envelope.event_type == POLICY_PUBLISHED => {
+                self.check_policy(tenant, &d.body)
+            }
+            _ => Ok(()),
         }
     }
 
-    use proptest::prelude::*;
-
-    fn arb_change() -> impl Strategy<Value = (i64, bool, u8, Option<i64>)> {
-        (0i64..40, any::<bool>(), 0u8..3, prop::option::of(1i64..20))
+    fn derive(&self, tenant: &Tenant, envelope: &Envelope) -> Vec<Derived> {
+        let derived = match &envelope.payload {
+            Some(Payload::ConsentSignal(sig))
+                if sig.signal.eq_ignore_ascii_case("gpc") && sig.value =>
+            {
+                self.gpc_withdrawal(tenant, envelope)
+            }
+            Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
+                self.child_flag(tenant, envelope, &r.birth_date)
+            }
+            _ => None,
+        };
+        derived.into_iter().collect()
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
-
-        #[test]
-        fn decide_agrees_with_a_naive_fold(
-            changes in prop::collection::vec(arb_change(), 0..12),
-            policies in prop::collection::vec((0i64..40, any::<bool>(), 0u8..3, any::<bool>()), 0..5),
-            as_of in 0i64..45,
-        ) {
-            let versions = ["v1", "v2", "v3"];
-            let history: Vec<ConsentChange> = changes
-                .iter()
-                .enumerate()
-                .map(|(i, (at, is_grant, v, until))| ConsentChange {
-                    seq: i as u64 + 1,
-                    at: T0 + at * DAY,
-                    kind: if *is_grant {
-                        ChangeKind::Granted {
-                            record_id: format!("r{i}"),
-                            policy_version: versions[*v as usize].into(),
-                            valid_until: until.map(|u| T0 + (at + u) * DAY),
-                            by_guardian: false,
-                        }
-                    } else {
-                        ChangeKind::Withdrawn
-                    },
-                })
-                .collect();
-            let policies: Vec<PolicyVersion> = policies
-                .iter()
-                .map(|(at, material, v, all)| PolicyVersion {
-                    version: versions[*v as usize].into(),
-                    notice_hash: String::new(),
-                    purposes: if *all { vec![] } else { vec!["analytics".into()] },
-                    material: *material,
-                    published_at: T0 + at * DAY - 1,
-                    effective_at: T0 + at * DAY,
-                })
-                .collect();
-            for purpose in ["marketing", "analytics"] {
-                let t = T0 + as_of * DAY;
-                let d = decide(Some(Basis::Consent), &history, &policies, ChildStatus::default(), purpose, t);
-                prop_assert_eq!(reason(&d), naive(&history, &policies, purpose, t), "{} at day {}", purpose, as_of);
-                prop_assert_eq!(d.allowed, d.reason.is_none());
-            }
-        }
+    fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {
+        crate::grpc::add_routes(ctx, self.clone(), routes);
     }
 }

@@ -1,27 +1,23 @@
-//! `ConsentService` over gRPC. Commands build the same user events a backend would publish on
-//! NATS and go through the same checks ([`ServiceContext::record`]); they answer once the event
-//! is durable and the consent view has folded it, so a following `CheckConsent` sees it.
+//! `ConsentService` over gRPC. Commands go through the kit's one door: grants and withdrawals
+//! as the same user events a backend would publish on NATS ([`ServiceContext::command`]), policy
+//! versions as the `policy.published` domain event ([`ServiceContext::emit`]). Both answer once
+//! the event is durable and the views have folded it, so a following `CheckConsent` sees it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use privacy_event_store::{ExpectedVersion, NewEvent};
 use privacy_proto::v1::consent_service_server::{ConsentService, ConsentServiceServer};
-use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
-use privacy_service_kit::audit::{status_of, timestamp};
+use privacy_service_kit::audit::status_of;
 use privacy_service_kit::auth::{Role, require};
-use privacy_service_kit::{ServiceContext, Tenant};
+use privacy_service_kit::{Command, Emit, ServiceContext, StreamKey};
+use privacy_vocab::time::{micros, now_micros, timestamp};
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{decide, policy_in_force};
-use crate::view::{POLICY_PUBLISHED, micros, to_change};
-use crate::{ConsentDomain, basis_of, zone_of};
-
-/// How long a command waits for the consent view to fold its event.
-const READ_YOUR_WRITES: Duration = Duration::from_secs(5);
+use crate::ConsentDomain;
+use crate::decision::{decide, policy_in_force};
+use crate::view::to_change;
 
 /// Registers `ConsentService` behind the role interceptor.
 pub fn add_routes(
@@ -46,70 +42,6 @@ pub struct ConsentApi {
     domain: Arc<ConsentDomain>,
 }
 
-fn now_micros() -> i64 {
-    jiff::Timestamp::now().as_microsecond()
-}
-
-impl ConsentApi {
-    fn tenant(&self, id: &str) -> Result<&Tenant, Status> {
-        if id.is_empty() {
-            return Err(Status::invalid_argument("tenant is required"));
-        }
-        self.ctx.tenants.get(id).ok_or_else(|| {
-            Status::not_found(format!("tenant: {id:?} is not in the tenant registry"))
-        })
-    }
-
-    async fn caught_up(&self, seq: u64) -> Result<(), Status> {
-        if self.ctx.projector.wait_for(seq, READ_YOUR_WRITES).await {
-            Ok(())
-        } else {
-            Err(Status::unavailable(
-                "the event is stored but the consent view has not caught up; retry the read",
-            ))
-        }
-    }
-
-    /// Records a command as the user event a backend would publish (same checks as NATS
-    /// ingest) and waits until the consent view folded it. Returns the event id and position.
-    async fn run_command(
-        &self,
-        tenant: &str,
-        subject_id: &str,
-        event_id: String,
-        occurred_at: Option<prost_types::Timestamp>,
-        source: String,
-        payload: Payload,
-    ) -> Result<(String, privacy_event_store::Position), Status> {
-        let event_type = privacy_proto::EventType::of_payload(&payload)
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default();
-        let envelope = Envelope {
-            event_id: if event_id.is_empty() {
-                uuid::Uuid::now_v7().to_string()
-            } else {
-                event_id
-            },
-            event_type,
-            schema_version: 1,
-            tenant: tenant.to_owned(),
-            subject_id: subject_id.to_owned(),
-            occurred_at: occurred_at.or_else(|| Some(SystemTime::now().into())),
-            source: if source.is_empty() {
-                "grpc".into()
-            } else {
-                source
-            },
-            payload: Some(payload),
-            ..Default::default()
-        };
-        let event_id = envelope.event_id.clone();
-        let position = self.ctx.record(self.domain.as_ref(), envelope).await?;
-        self.caught_up(position.seq).await?;
-        Ok((event_id, position))
-    }
-}
-
 #[tonic::async_trait]
 impl ConsentService for ConsentApi {
     async fn publish_policy(
@@ -118,84 +50,41 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<PublishPolicyResponse>, Status> {
         require(&request, &[Role::Operator])?;
         let req = request.into_inner();
-        let tenant = self.tenant(&req.tenant)?;
-        if req.version.is_empty() || req.version.len() > 64 {
-            return Err(Status::invalid_argument("version: 1 to 64 characters"));
-        }
-        if req.notice_hash.is_empty() {
-            return Err(Status::invalid_argument("notice_hash is required"));
-        }
-        for p in &req.purposes {
-            if tenant.purpose(p).is_none() {
-                return Err(Status::invalid_argument(format!(
-                    "purposes: {p:?} is not in tenant {}'s catalog",
-                    tenant.id
-                )));
-            }
-        }
-        let existing = self.domain.reader.policies(&tenant.id).map_err(status_of)?;
-        if existing.iter().any(|p| p.version == req.version) {
-            return Err(Status::already_exists(format!(
-                "version: {:?} is already published",
-                req.version
-            )));
-        }
+        let tenant = self.ctx.tenant(&req.tenant)?;
         let effective_at = match req.effective_at {
             Some(t) => t,
             None => {
-                let zone = zone_of(tenant);
-                let tomorrow = jiff::Timestamp::now()
-                    .to_zoned_datetime(zone.clone())
-                    .date()
+                // By default the policy takes effect at the next local midnight.
+                let today = tenant
+                    .local_date(now_micros())
+                    .ok_or_else(|| Status::internal("the clock is out of range"))?;
+                let tomorrow = today
                     .tomorrow()
-                    .and_then(|d| d.to_zoned_datetime(zone))
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                timestamp(tomorrow.timestamp().as_microsecond())
+                    .ok()
+                    .and_then(|d| tenant.start_of(d))
+                    .ok_or_else(|| Status::internal("the clock is out of range"))?;
+                timestamp(tomorrow)
             }
         };
-        let body = PolicyPublished {
-            version: req.version.clone(),
-            notice_hash: req.notice_hash,
-            purposes: req.purposes,
-            material: req.material,
-            effective_at: Some(effective_at),
-        };
-        let envelope = Envelope {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            event_type: POLICY_PUBLISHED.into(),
-            schema_version: 1,
-            tenant: tenant.id.clone(),
-            occurred_at: Some(timestamp(now_micros())),
-            source: "consent".into(),
-            payload: Some(Payload::DomainEvent(DomainEvent {
-                body: body.encode_to_vec(),
-            })),
-            ..Default::default()
-        };
-        let stream = format!("{}/-policies", tenant.id);
-        // Two operators publishing at once: the second one's expectation fails (ABORTED).
-        let expected =
-            ExpectedVersion::Exact(self.ctx.store.stream_version(&stream).map_err(status_of)?);
-        let positions = self
+        let recorded = self
             .ctx
-            .store
-            .append(
-                vec![NewEvent {
-                    event_id: envelope.event_id.clone(),
-                    stream,
-                    event_type: POLICY_PUBLISHED.into(),
-                    data: envelope.encode_to_vec(),
-                    publish: true,
-                }],
-                expected,
-            )
-            .await
-            .map_err(status_of)?;
-        self.caught_up(positions[0].seq).await?;
+            .emit(Emit {
+                tenant: tenant.id.clone(),
+                subject_id: String::new(),
+                body: PolicyPublished {
+                    version: req.version.clone(),
+                    notice_hash: req.notice_hash,
+                    purposes: req.purposes,
+                    material: req.material,
+                    effective_at: Some(effective_at),
+                },
+                stream: StreamKey::Tenant("policies"),
+            })
+            .await?;
         Ok(Response::new(PublishPolicyResponse {
             version: req.version,
             effective_at: Some(effective_at),
-            seq: positions[0].seq,
+            seq: recorded.position.seq,
         }))
     }
 
@@ -205,21 +94,23 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<GrantConsentResponse>, Status> {
         require(&request, &[Role::Backend, Role::Operator])?;
         let req = request.into_inner();
-        self.tenant(&req.tenant)?;
         let consent = req
             .consent
-            .ok_or_else(|| Status::invalid_argument("consent is required"))?;
+            .ok_or_else(|| Status::invalid_argument("consent: consent is required"))?;
         let purposes = consent.purposes.clone();
-        let (event_id, position) = self
-            .run_command(
-                &req.tenant,
-                &req.subject_id,
-                req.event_id,
-                req.occurred_at,
-                req.source,
-                Payload::ConsentGranted(consent),
-            )
+        let recorded = self
+            .ctx
+            .command(Command {
+                tenant: req.tenant,
+                subject_id: req.subject_id,
+                event_id: req.event_id,
+                occurred_at: req.occurred_at,
+                source: req.source,
+                correlation_id: String::new(),
+                event: consent,
+            })
             .await?;
+        let (event_id, position) = (recorded.event_id, recorded.position);
         Ok(Response::new(GrantConsentResponse {
             record_ids: purposes.iter().map(|p| format!("{event_id}/{p}")).collect(),
             seq: position.seq,
@@ -233,20 +124,22 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<WithdrawConsentResponse>, Status> {
         require(&request, &[Role::Backend, Role::Operator])?;
         let req = request.into_inner();
-        self.tenant(&req.tenant)?;
-        let (_, position) = self
-            .run_command(
-                &req.tenant,
-                &req.subject_id,
-                req.event_id,
-                req.occurred_at,
-                req.source,
-                Payload::ConsentWithdrawn(ConsentWithdrawn {
+        let position = self
+            .ctx
+            .command(Command {
+                tenant: req.tenant,
+                subject_id: req.subject_id,
+                event_id: req.event_id,
+                occurred_at: req.occurred_at,
+                source: req.source,
+                correlation_id: String::new(),
+                event: ConsentWithdrawn {
                     purposes: req.purposes,
                     method: req.method,
-                }),
-            )
-            .await?;
+                },
+            })
+            .await?
+            .position;
         Ok(Response::new(WithdrawConsentResponse {
             seq: position.seq,
             duplicate: position.duplicate,
@@ -259,17 +152,14 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<CheckConsentResponse>, Status> {
         require(&request, &[Role::Backend, Role::Operator, Role::Auditor])?;
         let req = request.into_inner();
-        let tenant = self.tenant(&req.tenant)?;
+        let tenant = self.ctx.tenant(&req.tenant)?;
         if req.subject_id.is_empty() {
             return Err(Status::invalid_argument("subject_id is required"));
         }
         if req.purpose.is_empty() {
             return Err(Status::invalid_argument("purpose is required"));
         }
-        let as_of = req
-            .as_of
-            .as_ref()
-            .map_or_else(now_micros, |t| micros(Some(t)));
+        let as_of = req.as_of.as_ref().map_or_else(now_micros, micros);
         let reader = &self.domain.reader;
         let history: Vec<_> = reader
             .history(&tenant.id, &req.subject_id, &req.purpose)
@@ -280,7 +170,7 @@ impl ConsentService for ConsentApi {
         let policies = reader.policies(&tenant.id).map_err(status_of)?;
         let child = self.domain.child_status(tenant, &req.subject_id);
         let d = decide(
-            basis_of(tenant, &req.purpose),
+            tenant.basis_of(&req.purpose),
             &history,
             &policies,
             child,
@@ -309,7 +199,7 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<GetConsentHistoryResponse>, Status> {
         require(&request, &[Role::Operator, Role::Auditor])?;
         let req = request.into_inner();
-        let tenant = self.tenant(&req.tenant)?;
+        let tenant = self.ctx.tenant(&req.tenant)?;
         if req.subject_id.is_empty() {
             return Err(Status::invalid_argument("subject_id is required"));
         }
@@ -329,7 +219,7 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<ExportConsentReceiptResponse>, Status> {
         require(&request, &[Role::Operator, Role::Auditor])?;
         let req = request.into_inner();
-        let tenant = self.tenant(&req.tenant)?;
+        let tenant = self.ctx.tenant(&req.tenant)?;
         let (event_id, purpose) = req
             .record_id
             .rsplit_once('/')

@@ -12,8 +12,8 @@ use privacy_proto::v1::{
 use privacy_service_kit::Tenant;
 use serde_json::{Value as Json, json};
 
-use crate::domain::PolicyVersion;
-use crate::view::micros;
+use crate::decision::PolicyVersion;
+use privacy_vocab::time::{micros, micros_or_zero};
 
 fn rfc3339(micros: i64) -> String {
     jiff::Timestamp::from_microsecond(micros)
@@ -54,8 +54,8 @@ pub fn receipt(
     let Some(Payload::ConsentGranted(g)) = &envelope.payload else {
         return None;
     };
-    let granted_at = micros(envelope.occurred_at.as_ref());
-    let valid_until = g.valid_until.as_ref().map(|t| micros(Some(t)));
+    let granted_at = micros_or_zero(envelope.occurred_at.as_ref());
+    let valid_until = g.valid_until.as_ref().map(micros);
     let withdrawal = later.iter().find(|e| e.change == "withdrawn");
     let superseded = later.iter().any(|e| e.change == "granted");
     let state = if withdrawal.is_some() {
@@ -75,7 +75,7 @@ pub fn receipt(
                 Some(Value::Clear(text)) => json!(text),
                 Some(Value::Erased(e)) => json!({
                     "erased": true,
-                    "shreddedAt": rfc3339(micros(e.shredded_at.as_ref())),
+                    "shreddedAt": rfc3339(micros_or_zero(e.shredded_at.as_ref())),
                 }),
                 Some(Value::Sealed(_)) | None => json!({"sealed": true}),
             };
@@ -134,7 +134,7 @@ pub fn receipt(
         "expressedBy": expressed_by_name(g.expressed_by),
         "attestationRef": g.attestation_ref,
         "validUntil": valid_until.map(rfc3339),
-        "withdrawal": withdrawal.map(|w| json!({"timestamp": rfc3339(micros(w.at.as_ref()))})),
+        "withdrawal": withdrawal.map(|w| json!({"timestamp": rfc3339(micros_or_zero(w.at.as_ref()))})),
         "withdrawalMethod": "WithdrawConsent, or the consent.withdrawn event; effective immediately",
         "evidence": evidence,
         "source": envelope.source,

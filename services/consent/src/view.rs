@@ -10,12 +10,14 @@ use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{ConsentHistoryEntry, Envelope, ExpressedBy, PolicyPublished};
 use prost::Message;
 
-use crate::domain::{ChangeKind, ConsentChange, PolicyVersion};
+use privacy_service_kit::projection::{decode_body, decode_stored};
+use privacy_vocab::time::{micros, micros_or_zero};
+
+use crate::POLICY_PUBLISHED;
+use crate::decision::{ChangeKind, ConsentChange, PolicyVersion};
 
 /// Name of the consent projection.
 pub const CONSENT_VIEW: &str = "consent";
-/// Event type of the domain event that records a policy version.
-pub const POLICY_PUBLISHED: &str = "policy.published";
 
 /// A policy version as the view keeps it.
 #[derive(Clone, PartialEq, Message)]
@@ -34,11 +36,6 @@ pub struct ChildInfo {
     /// YYYY-MM-DD.
     #[prost(string, tag = "1")]
     pub birth_date: String,
-}
-
-/// Microseconds since the epoch of a protobuf timestamp (0 when absent).
-pub fn micros(ts: Option<&prost_types::Timestamp>) -> i64 {
-    ts.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
 }
 
 fn history_key(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
@@ -101,10 +98,7 @@ impl Projection for ConsentView {
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
-        let env = Envelope::decode(event.data.as_slice()).map_err(|e| StoreError::Corrupt {
-            seq: event.seq,
-            reason: format!("stored data is not an envelope: {e}"),
-        })?;
+        let env: Envelope = decode_stored(event)?;
         let (tenant, subject) = (env.tenant.as_str(), env.subject_id.as_str());
         match &env.payload {
             Some(Payload::ConsentGranted(g)) => {
@@ -148,12 +142,7 @@ impl Projection for ConsentView {
                 view.put(&child_key(tenant, subject), info.encode_to_vec());
             }
             Some(Payload::DomainEvent(d)) if env.event_type == POLICY_PUBLISHED => {
-                let policy = PolicyPublished::decode(d.body.as_slice()).map_err(|e| {
-                    StoreError::Corrupt {
-                        seq: event.seq,
-                        reason: format!("policy.published body does not decode: {e}"),
-                    }
-                })?;
+                let policy: PolicyPublished = decode_body(event, POLICY_PUBLISHED, &d.body)?;
                 let stored = StoredPolicy {
                     policy: Some(policy),
                     published_at: env.occurred_at,
@@ -217,12 +206,12 @@ impl ConsentReader {
             .filter_map(|s| {
                 let p = s.policy?;
                 Some(PolicyVersion {
-                    effective_at: micros(p.effective_at.as_ref()),
+                    effective_at: micros_or_zero(p.effective_at.as_ref()),
                     version: p.version,
                     notice_hash: p.notice_hash,
                     purposes: p.purposes,
                     material: p.material,
-                    published_at: micros(s.published_at.as_ref()),
+                    published_at: micros_or_zero(s.published_at.as_ref()),
                 })
             })
             .collect())
@@ -245,12 +234,12 @@ impl ConsentReader {
 pub fn to_change(e: &ConsentHistoryEntry) -> ConsentChange {
     ConsentChange {
         seq: e.seq,
-        at: micros(e.at.as_ref()),
+        at: micros_or_zero(e.at.as_ref()),
         kind: if e.change == "granted" {
             ChangeKind::Granted {
                 record_id: e.record_id.clone(),
                 policy_version: e.policy_version.clone(),
-                valid_until: e.valid_until.as_ref().map(|t| micros(Some(t))),
+                valid_until: e.valid_until.as_ref().map(micros),
                 by_guardian: e.expressed_by == ExpressedBy::Guardian as i32,
             }
         } else {

@@ -8,11 +8,11 @@
 
 use privacy_service_kit::ServiceSpec;
 
-/// What the disclosure-log service consumes and where it listens.
+/// What the disclosure-log service is to the kit (what it consumes comes from the event catalogue).
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "disclosure-log",
     default_port: 50054,
-    consumes: &["data.disclosed"],
+    publishes: &[],
     projections: ServiceSpec::no_projections,
     domain: ServiceSpec::no_domain,
 };

@@ -8,11 +8,11 @@
 
 use privacy_service_kit::ServiceSpec;
 
-/// What the retention service consumes and where it listens.
+/// What the retention service is to the kit (what it consumes comes from the event catalogue).
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "retention",
     default_port: 50053,
-    consumes: &["data.collected", "data.erased", "subject.deactivated"],
+    publishes: &[],
     projections: ServiceSpec::no_projections,
     domain: ServiceSpec::no_domain,
 };

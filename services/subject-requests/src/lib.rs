@@ -8,11 +8,11 @@
 
 use privacy_service_kit::ServiceSpec;
 
-/// What the subject-requests service consumes and where it listens.
+/// What the subject-requests service is to the kit (what it consumes comes from the event catalogue).
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "subject-requests",
     default_port: 50052,
-    consumes: &["request.*"],
+    publishes: &[],
     projections: ServiceSpec::no_projections,
     domain: ServiceSpec::no_domain,
 };

@@ -1,0 +1,446 @@
+//! The one door into a service's log. NATS user events ([`EnvelopeIngest`]), gRPC commands
+//! ([`ServiceContext::command`]), emitted domain events ([`ServiceContext::emit`]) and the
+//! domain events a stored event implies ([`crate::Derived`]) all pass through
+//! [`ServiceContext`] here, which builds the envelope, validates it against the contract, runs
+//! the domain's check, seals personal data, names the stream, marks what the outbox publishes,
+//! and appends. No service builds an envelope or appends to its store itself (a tidy test in
+//! `tests/e2e/tidy.rs` enforces it).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use privacy_bus::{IngestHandler, Prepared, Transient};
+use privacy_event_store::{
+    EventStore, ExpectedVersion, NewEvent, Position, Projector, StoreError, Vault,
+};
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::{DomainEvent, Envelope, PersonalValue};
+use privacy_proto::{
+    DomainBody, Limits, Rejection, RejectionCode, UserEvent, catalogue, validate_envelope,
+};
+use prost::Message;
+use tonic::Status;
+
+use crate::auth::AuthInterceptor;
+use crate::personal::seal_map;
+use crate::spec::{Body, Derived, DomainService, PendingBody, ServiceSpec};
+use crate::tenants::{Tenant, TenantRegistry};
+
+/// How long a command waits for the views to fold its event before answering.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(5);
+/// How long a refused event waits for lagging views before its refusal is checked again.
+const VIEW_WAIT: Duration = Duration::from_secs(5);
+
+/// Everything a service's domain may use: read access to its store, views and tenants, and the
+/// one door to write.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub spec: ServiceSpec,
+    /// For reads (`get`, `read`, `position_of`); writes go through the door.
+    pub store: EventStore,
+    pub vault: Arc<Vault>,
+    pub projector: Projector,
+    pub tenants: Arc<TenantRegistry>,
+    pub auth: AuthInterceptor,
+    pub limits: Limits,
+    domain: Arc<OnceLock<Arc<dyn DomainService>>>,
+}
+
+/// Why an event did not get through the door.
+#[derive(Debug, thiserror::Error)]
+pub enum DoorError {
+    /// The event breaks the contract or a rule: refuse it.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Sealing personal data or appending failed: try again later.
+    #[error("store or vault: {0}")]
+    Store(#[from] StoreError),
+    /// A domain check refused the event while the views were behind the log, and they did not
+    /// catch up in time: try again later rather than refuse for good.
+    #[error("the views are at {checkpoint}, behind the log's head {head}; retry")]
+    ViewsBehind { checkpoint: u64, head: u64 },
+    /// The service's domain is not wired yet (a start-up bug).
+    #[error("the service's domain is not set")]
+    NoDomain,
+}
+
+impl DoorError {
+    /// The gRPC status an operator can act on.
+    pub fn status(self) -> Status {
+        match self {
+            DoorError::Rejected(r) => rejection_status(r),
+            DoorError::Store(e) => crate::audit::status_of(e),
+            e @ DoorError::ViewsBehind { .. } => Status::unavailable(e.to_string()),
+            e @ DoorError::NoDomain => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// The gRPC status of a refused command: INVALID_ARGUMENT naming the field, NOT_FOUND for an
+/// unknown tenant, ALREADY_EXISTS, or FAILED_PRECONDITION when a rule forbids it.
+pub fn rejection_status(r: Rejection) -> Status {
+    let message = format!("{}: {}", r.field, r.reason);
+    match r.code {
+        RejectionCode::UnknownTenant => Status::not_found(message),
+        RejectionCode::Forbidden => Status::failed_precondition(message),
+        RejectionCode::AlreadyExists => Status::already_exists(message),
+        _ => Status::invalid_argument(message),
+    }
+}
+
+/// A user event given as a gRPC command.
+#[derive(Debug, Clone, Default)]
+pub struct Command<E> {
+    pub tenant: String,
+    pub subject_id: String,
+    /// The caller's idempotency key; a fresh UUIDv7 when empty.
+    pub event_id: String,
+    /// Now when absent.
+    pub occurred_at: Option<prost_types::Timestamp>,
+    /// The calling system; `grpc` when empty.
+    pub source: String,
+    pub correlation_id: String,
+    pub event: E,
+}
+
+/// Which stream an emitted domain event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKey {
+    /// The subject's stream (`<tenant>/<subject>`, or `<tenant>/-` without a subject).
+    Subject,
+    /// A tenant-wide aggregate `<tenant>/-<name>`, appended only if it did not change between
+    /// the domain check and the append (two operators at once: the second gets ABORTED).
+    Tenant(&'static str),
+}
+
+/// A domain event a service emits for an operator's command.
+#[derive(Debug, Clone)]
+pub struct Emit<B> {
+    pub tenant: String,
+    pub subject_id: String,
+    pub body: B,
+    pub stream: StreamKey,
+}
+
+/// Where a command's event landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub event_id: String,
+    pub position: Position,
+}
+
+fn stream_of(tenant: &str, subject: &str, key: StreamKey) -> String {
+    match key {
+        StreamKey::Tenant(name) => format!("{tenant}/-{name}"),
+        StreamKey::Subject if subject.is_empty() => format!("{tenant}/-"),
+        StreamKey::Subject => format!("{tenant}/{subject}"),
+    }
+}
+
+impl ServiceContext {
+    pub(crate) fn new(
+        spec: ServiceSpec,
+        store: EventStore,
+        vault: Arc<Vault>,
+        projector: Projector,
+        tenants: Arc<TenantRegistry>,
+        auth: AuthInterceptor,
+    ) -> ServiceContext {
+        ServiceContext {
+            spec,
+            store,
+            vault,
+            projector,
+            tenants,
+            auth,
+            limits: Limits::default(),
+            domain: Arc::default(),
+        }
+    }
+
+    /// Creates the service's domain and wires it behind the door.
+    pub(crate) fn install_domain(&self) -> Arc<dyn DomainService> {
+        let domain = (self.spec.domain)(self);
+        let _ = self.domain.set(domain.clone());
+        domain
+    }
+
+    fn domain(&self) -> Result<&Arc<dyn DomainService>, DoorError> {
+        self.domain.get().ok_or(DoorError::NoDomain)
+    }
+
+    /// A tenant of the registry, or NOT_FOUND naming the field.
+    pub fn tenant(&self, id: &str) -> Result<&Tenant, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("tenant: tenant is required"));
+        }
+        self.tenants.get(id).ok_or_else(|| {
+            Status::not_found(format!("tenant: {id:?} is not in the tenant registry"))
+        })
+    }
+
+    fn known_tenant(&self, id: &str) -> Result<&Tenant, Rejection> {
+        self.tenants.get(id).ok_or_else(|| {
+            Rejection::new(
+                RejectionCode::UnknownTenant,
+                "tenant",
+                format!("tenant {id:?} is not in the tenant registry"),
+            )
+        })
+    }
+
+    /// Runs the domain's check; a refusal while the views lag the log is checked again once
+    /// they caught up (or becomes [`DoorError::ViewsBehind`]), never refused for good.
+    async fn check(
+        &self,
+        domain: &dyn DomainService,
+        tenant: &Tenant,
+        envelope: &Envelope,
+    ) -> Result<(), DoorError> {
+        let head = self.store.head().seq;
+        match domain.check(tenant, envelope) {
+            Ok(()) => Ok(()),
+            Err(r) if self.projector.checkpoint() >= head => Err(r.into()),
+            Err(_) => {
+                if !self.projector.wait_for(head, VIEW_WAIT).await {
+                    return Err(DoorError::ViewsBehind {
+                        checkpoint: self.projector.checkpoint(),
+                        head,
+                    });
+                }
+                domain.check(tenant, envelope).map_err(DoorError::from)
+            }
+        }
+    }
+
+    fn seal(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> impl FnMut(&'static str, &mut BTreeMap<String, PersonalValue>) -> Result<(), DoorError> + '_
+    {
+        let (tenant, subject) = (tenant.to_owned(), subject.to_owned());
+        move |name, map| Ok(seal_map(&self.vault, &tenant, &subject, name, map)?)
+    }
+
+    /// The door for a decoded user event: contract, tenant, domain check, implied events,
+    /// sealing, stream. Returns the events to append atomically (the user event first).
+    pub async fn admit(
+        &self,
+        mut envelope: Envelope,
+        subject_type: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<NewEvent>, DoorError> {
+        validate_envelope(&envelope, subject_type, now, &self.limits)?;
+        let domain = self.domain()?.clone();
+        let tenant = self.known_tenant(&envelope.tenant)?;
+        self.check(domain.as_ref(), tenant, &envelope).await?;
+        let derived = domain.derive(tenant, &envelope);
+        envelope.recorded_at = None;
+        let stream = stream_of(&envelope.tenant, &envelope.subject_id, StreamKey::Subject);
+        let mut events = Vec::with_capacity(1 + derived.len());
+        for d in derived {
+            events.push(self.derived(&envelope, &stream, d)?);
+        }
+        let mut seal = self.seal(&envelope.tenant, &envelope.subject_id);
+        if let Some(payload) = envelope.payload.as_mut() {
+            for (name, map) in catalogue::personal_maps(payload) {
+                seal(name, map)?;
+            }
+        }
+        events.insert(0, self.new_event(&envelope, stream));
+        Ok(events)
+    }
+
+    fn new_event(&self, envelope: &Envelope, stream: String) -> NewEvent {
+        NewEvent {
+            event_id: envelope.event_id.clone(),
+            stream,
+            publish: self.spec.publishes(&envelope.event_type),
+            event_type: envelope.event_type.clone(),
+            data: envelope.encode_to_vec(),
+        }
+    }
+
+    /// The envelope of a domain event implied by `parent`, sealed.
+    fn derived(&self, parent: &Envelope, stream: &str, d: Derived) -> Result<NewEvent, DoorError> {
+        let mut seal = self.seal(&parent.tenant, &parent.subject_id);
+        let (event_type, payload) = match d.body {
+            Body::User(mut payload) => {
+                let t = privacy_proto::EventType::of_payload(&payload)
+                    .map(|t| t.as_str())
+                    .unwrap_or_default();
+                for (name, map) in catalogue::personal_maps(&mut payload) {
+                    seal(name, map)?;
+                }
+                (t, payload)
+            }
+            Body::Domain(body) => {
+                self.check_publisher(body.as_ref())?;
+                let t = body.event_type();
+                let bytes = body.seal_and_encode(&mut seal)?;
+                (t, Payload::DomainEvent(DomainEvent { body: bytes }))
+            }
+        };
+        let envelope = Envelope {
+            event_id: format!("{}/{}", parent.event_id, d.suffix),
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            tenant: parent.tenant.clone(),
+            subject_id: parent.subject_id.clone(),
+            occurred_at: parent.occurred_at,
+            source: self.spec.name.to_owned(),
+            correlation_id: parent.correlation_id.clone(),
+            causation_id: parent.event_id.clone(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        Ok(self.new_event(&envelope, stream.to_owned()))
+    }
+
+    fn check_publisher(&self, body: &dyn PendingBody) -> Result<(), Rejection> {
+        if body.publisher() != self.spec.name {
+            return Err(Rejection::new(
+                RejectionCode::UnknownEventType,
+                "event_type",
+                format!(
+                    "{} is published by {}, not {}",
+                    body.event_type(),
+                    body.publisher(),
+                    self.spec.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends admitted events and waits until every view folded them.
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<Position, DoorError> {
+        self.vault.sync()?;
+        let positions = self.store.append(events, expected).await?;
+        let position = positions[0];
+        if !self
+            .projector
+            .wait_for(position.seq, READ_YOUR_WRITES)
+            .await
+        {
+            return Err(DoorError::ViewsBehind {
+                checkpoint: self.projector.checkpoint(),
+                head: position.seq,
+            });
+        }
+        Ok(position)
+    }
+
+    /// Records a user event given as a gRPC command, with exactly the checks NATS ingest
+    /// applies; answers once it is durable and the views have folded it.
+    pub async fn command<E: UserEvent>(&self, cmd: Command<E>) -> Result<Recorded, Status> {
+        let envelope = Envelope {
+            event_id: if cmd.event_id.is_empty() {
+                uuid::Uuid::now_v7().to_string()
+            } else {
+                cmd.event_id
+            },
+            event_type: E::TYPE.as_str().to_owned(),
+            schema_version: 1,
+            tenant: cmd.tenant,
+            subject_id: cmd.subject_id,
+            occurred_at: cmd.occurred_at.or_else(|| Some(SystemTime::now().into())),
+            source: if cmd.source.is_empty() {
+                "grpc".into()
+            } else {
+                cmd.source
+            },
+            correlation_id: cmd.correlation_id,
+            payload: Some(cmd.event.into_payload()),
+            ..Default::default()
+        };
+        let event_id = envelope.event_id.clone();
+        let events = self
+            .admit(envelope, None, SystemTime::now())
+            .await
+            .map_err(DoorError::status)?;
+        let position = self
+            .append(events, ExpectedVersion::Any)
+            .await
+            .map_err(DoorError::status)?;
+        Ok(Recorded { event_id, position })
+    }
+
+    /// Records a domain event of the catalogue that an operator's command produces (e.g. a
+    /// policy version): the domain checks it, its personal fields are sealed, and it is
+    /// published if the spec says so.
+    pub async fn emit<B: DomainBody + Send + 'static>(
+        &self,
+        emit: Emit<B>,
+    ) -> Result<Recorded, Status> {
+        let run = async {
+            let domain = self.domain()?.clone();
+            let tenant = self.known_tenant(&emit.tenant)?;
+            self.check_publisher(&emit.body)?;
+            if !emit.subject_id.is_empty() {
+                privacy_proto::validate::check_subject_id(&emit.subject_id, &self.limits)?;
+            }
+            let stream = stream_of(&emit.tenant, &emit.subject_id, emit.stream);
+            let expected = match emit.stream {
+                StreamKey::Tenant(_) => ExpectedVersion::Exact(self.store.stream_version(&stream)?),
+                StreamKey::Subject => ExpectedVersion::Any,
+            };
+            let mut envelope = Envelope {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                event_type: B::EVENT_TYPE.to_owned(),
+                schema_version: 1,
+                tenant: emit.tenant.clone(),
+                subject_id: emit.subject_id.clone(),
+                occurred_at: Some(SystemTime::now().into()),
+                source: self.spec.name.to_owned(),
+                payload: Some(Payload::DomainEvent(DomainEvent {
+                    body: emit.body.encode_to_vec(),
+                })),
+                ..Default::default()
+            };
+            self.check(domain.as_ref(), tenant, &envelope).await?;
+            let mut seal = self.seal(&emit.tenant, &emit.subject_id);
+            let body = Box::new(emit.body).seal_and_encode(&mut seal)?;
+            envelope.payload = Some(Payload::DomainEvent(DomainEvent { body }));
+            let event_id = envelope.event_id.clone();
+            let position = self
+                .append(vec![self.new_event(&envelope, stream)], expected)
+                .await?;
+            Ok::<_, DoorError>(Recorded { event_id, position })
+        };
+        run.await.map_err(DoorError::status)
+    }
+}
+
+/// NATS ingest through the door.
+pub(crate) struct EnvelopeIngest {
+    pub ctx: ServiceContext,
+}
+
+impl IngestHandler for EnvelopeIngest {
+    fn prepare<'a>(
+        &'a self,
+        envelope: Envelope,
+        subject_type: Option<&'a str>,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<Prepared, Transient>> {
+        Box::pin(async move {
+            match self.ctx.admit(envelope, subject_type, now).await {
+                Ok(events) => Ok(Prepared::Store(events)),
+                Err(DoorError::Rejected(r)) => Ok(Prepared::Reject(r)),
+                Err(e) => Err(Transient(Box::new(e))),
+            }
+        })
+    }
+
+    fn before_append(&self) -> Result<(), Transient> {
+        self.ctx.vault.sync().map_err(|e| Transient(Box::new(e)))
+    }
+}

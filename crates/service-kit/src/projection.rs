@@ -1,0 +1,25 @@
+//! Helpers for a service's projections: decode a stored event's envelope (or only its head) with
+//! an error that names the sequence number, so every view reports a bad record the same way.
+
+use privacy_event_store::{RecordedEvent, StoreError};
+use prost::Message;
+
+/// Decodes a stored event as `M` (an `Envelope`, or an `EnvelopeHead` to skip the payload).
+pub fn decode_stored<M: Message + Default>(event: &RecordedEvent) -> Result<M, StoreError> {
+    M::decode(event.data.as_slice()).map_err(|e| StoreError::Corrupt {
+        seq: event.seq,
+        reason: format!("stored data is not an envelope: {e}"),
+    })
+}
+
+/// Decodes a domain event's typed body, naming the event type when it does not decode.
+pub fn decode_body<M: Message + Default>(
+    event: &RecordedEvent,
+    event_type: &str,
+    body: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(body).map_err(|e| StoreError::Corrupt {
+        seq: event.seq,
+        reason: format!("{event_type} body does not decode: {e}"),
+    })
+}

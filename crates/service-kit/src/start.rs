@@ -1,0 +1,378 @@
+//! Starting and stopping a service: open its store, vault and projections, serve gRPC (health,
+//! reflection, AuditService and the domain's service behind bearer-token roles), catch the views
+//! up with the log (health NOT_SERVING and every RPC UNAVAILABLE until then), then connect to
+//! NATS, create the streams, run one ingest loop per consumed subject filter and the outbox
+//! relay, and report SERVING. On shutdown: stop pulling, finish the batch in hand, flush.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use privacy_bus::{Ingest, IngestHandler, IngestStats, OutboxRelay, ensure_streams};
+use privacy_event_store::{EventStore, Projection, Projector, StoreConfig, Vault};
+use privacy_proto::Limits;
+use privacy_proto::v1::audit_service_server::AuditServiceServer;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::audit::Audit;
+use crate::auth::{AuthInterceptor, Readiness};
+use crate::config::{ConfigError, ServiceConfig};
+use crate::door::{EnvelopeIngest, ServiceContext};
+use crate::spec::ServiceSpec;
+use crate::tenants::{TenantError, TenantRegistry};
+use crate::timeline::SubjectTimeline;
+
+/// A service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tenants(#[from] TenantError),
+    #[error("event store at {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: privacy_event_store::StoreError,
+    },
+    #[error("cannot listen on {addr}: {source} (set PRIVACY_GRPC_ADDR)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS file {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+}
+
+/// A started service.
+pub struct RunningService {
+    /// Where gRPC listens (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    pub store: EventStore,
+    pub vault: Arc<Vault>,
+    pub projector: Projector,
+    pub stats: Arc<IngestStats>,
+    /// Set once the views caught up with the log at start-up.
+    pub ready: Readiness,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningService {
+    /// The token that stops the service.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every task has stopped, then makes everything durable.
+    pub async fn wait(mut self) -> Result<(), StartError> {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a service task panicked");
+            }
+        }
+        let path = "flush".to_owned();
+        self.store
+            .flush()
+            .await
+            .map_err(|source| StartError::Store { path, source })?;
+        if let Err(e) = self.vault.sync() {
+            tracing::error!(error = %e, "vault sync at shutdown failed");
+        }
+        let [accepted, duplicates, rejected, naked] = self.stats.snapshot();
+        tracing::info!(accepted, duplicates, rejected, naked, "stopped");
+        Ok(())
+    }
+}
+
+/// Starts a service; it runs until `shutdown` is cancelled (then call [`RunningService::wait`]).
+/// Returns once gRPC listens; the views catch up and the bus starts in the background, and
+/// health says SERVING only after both.
+pub async fn start(
+    spec: ServiceSpec,
+    config: ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningService, StartError> {
+    let tenants = Arc::new(TenantRegistry::load(&config.tenants_dir)?);
+    if tenants.is_empty() {
+        tracing::warn!(dir = %config.tenants_dir.display(), "no tenants configured: every event will be refused");
+    }
+    let base = config.data_dir.join(spec.name);
+    let store_err = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| StartError::Store { path, source }
+    };
+    let events_dir = base.join("events");
+    let store = EventStore::open(
+        &events_dir,
+        StoreConfig {
+            fsync: config.fsync,
+            ..StoreConfig::default()
+        },
+    )
+    .map_err(store_err(&events_dir))?;
+    let vault_dir = base.join("vault");
+    let vault = Arc::new(Vault::open(&vault_dir).map_err(store_err(&vault_dir))?);
+    let mut projections: Vec<Arc<dyn Projection>> = vec![Arc::new(SubjectTimeline)];
+    projections.extend((spec.projections)());
+    let projector = Projector::open(&store, projections).map_err(store_err(&events_dir))?;
+
+    let listen_err = |source| StartError::Listen {
+        addr: config.grpc_addr,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(listen_err)?;
+    let grpc_addr = listener.local_addr().map_err(listen_err)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(privacy_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(StartError::Reflection)?;
+    if config.tokens.is_empty() {
+        tracing::warn!(
+            "no tokens configured (PRIVACY_TOKENS): every RPC but health and reflection is refused"
+        );
+    }
+    let ready = Readiness::default();
+    let auth = AuthInterceptor::new(config.tokens.clone(), ready.clone());
+    let ctx = ServiceContext::new(
+        spec,
+        store.clone(),
+        vault.clone(),
+        projector.clone(),
+        tenants.clone(),
+        auth.clone(),
+    );
+    let domain = ctx.install_domain();
+    let audit = Audit {
+        store: store.clone(),
+        projector: projector.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(
+            AuditServiceServer::new(audit),
+            auth,
+        ));
+    domain.routes(&ctx, &mut routes);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).map_err(|source| StartError::TlsFile {
+                path: p.clone(),
+                source,
+            })
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(StartError::Tls)?;
+    }
+    let router = builder.add_routes(routes.routes());
+
+    let mut tasks = JoinSet::new();
+    let server_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+
+    let stats = Arc::new(IngestStats::default());
+    let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest { ctx });
+    let lifecycle = Lifecycle {
+        spec,
+        bus: config.bus.clone(),
+        store: store.clone(),
+        projector: projector.clone(),
+        handler,
+        stats: stats.clone(),
+        health,
+        ready: ready.clone(),
+        shutdown: shutdown.clone(),
+    };
+    tasks.spawn(lifecycle.run());
+    tracing::info!(
+        service = spec.name,
+        grpc = %grpc_addr,
+        nats = %config.bus.url,
+        data = %base.display(),
+        tenants = tenants.len(),
+        tls = config.tls.is_some(),
+        "started; catching the views up with the log"
+    );
+    Ok(RunningService {
+        grpc_addr,
+        store,
+        vault,
+        projector,
+        stats,
+        ready,
+        shutdown,
+        tasks,
+    })
+}
+
+/// What runs after gRPC listens: views first, then the bus, then SERVING.
+struct Lifecycle {
+    spec: ServiceSpec,
+    bus: privacy_bus::BusConfig,
+    store: EventStore,
+    projector: Projector,
+    handler: Arc<dyn IngestHandler>,
+    stats: Arc<IngestStats>,
+    health: tonic_health::server::HealthReporter,
+    ready: Readiness,
+    shutdown: CancellationToken,
+}
+
+impl Lifecycle {
+    async fn run(self) {
+        // Views catch up (stale ones rebuilt in a shadow) before anything reads them.
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let caught_up = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.projector.catch_up() => r,
+            };
+            match caught_up {
+                Ok(applied) => {
+                    tracing::info!(applied, head = self.store.head().seq, "views caught up");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "catching the views up failed; retrying in {delay:?}")
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        self.ready.set();
+        let projector = self.projector.clone();
+        let projector_shutdown = self.shutdown.clone();
+        let folding = tokio::spawn(async move {
+            projector.run(projector_shutdown.cancelled_owned()).await;
+        });
+        run_bus(
+            self.spec,
+            self.bus,
+            self.store,
+            self.handler,
+            self.stats,
+            self.health,
+            self.shutdown,
+        )
+        .await;
+        let _ = folding.await;
+    }
+}
+
+/// Connects to NATS (retrying), ensures the streams, runs the ingest loops and the outbox relay;
+/// reports SERVING once ingest runs. Every loop restarts after an error until shutdown.
+async fn run_bus(
+    spec: ServiceSpec,
+    config: privacy_bus::BusConfig,
+    store: EventStore,
+    handler: Arc<dyn IngestHandler>,
+    stats: Arc<IngestStats>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let client_name = format!("privacy-{}", spec.name);
+    let client = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        c = privacy_bus::connect(&config, &client_name) => match c {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "NATS connection failed");
+                return;
+            }
+        },
+    };
+    let js = async_nats::jetstream::new(client);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ensure_streams(&js, &config).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "creating streams failed; retrying in {delay:?}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    let ingest = Ingest {
+        js: js.clone(),
+        store: store.clone(),
+        handler,
+        service: spec.name.to_owned(),
+        config: config.clone(),
+        limits: Limits::default(),
+        stats,
+    };
+    let mut loops = JoinSet::new();
+    for tail in spec.consumes() {
+        let filter = format!("{}.in.{tail}", config.prefix);
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        loops.spawn(async move {
+            while !shutdown.is_cancelled() {
+                if let Err(e) = ingest.run(&filter, shutdown.clone()).await {
+                    tracing::warn!(error = %e, filter, "ingest loop failed; restarting");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+    let relay = OutboxRelay::new(js, store, spec.name, config);
+    let relay_shutdown = shutdown.clone();
+    loops.spawn(async move {
+        while !relay_shutdown.is_cancelled() {
+            if let Err(e) = relay.run(relay_shutdown.clone()).await {
+                tracing::warn!(error = %e, "outbox relay failed; restarting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health.set_serving::<AuditServiceServer<Audit>>().await;
+    shutdown.cancelled().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    while loops.join_next().await.is_some() {}
+}

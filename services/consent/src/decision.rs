@@ -1,0 +1,511 @@
+//! The consent domain, pure: policy versions, per-purpose consent changes, and the decision
+//! "may we process this subject's data for this purpose at instant T?". No I/O and no clock —
+//! every function takes the instant it reasons about (DESIGN §5.7).
+//!
+//! Times are microseconds since the Unix epoch. A change takes effect at its `at` (the event's
+//! `occurred_at`); two changes at the same instant are ordered by their log sequence number.
+
+use std::fmt;
+
+pub use privacy_vocab::LegalBasis;
+
+/// A published notice (privacy policy) version of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub version: String,
+    /// Hash of the notice text the subject was shown.
+    pub notice_hash: String,
+    /// Purposes the change affects; empty means every purpose.
+    pub purposes: Vec<String>,
+    /// A material change requires re-consent for the affected purposes.
+    pub material: bool,
+    pub published_at: i64,
+    pub effective_at: i64,
+}
+
+impl PolicyVersion {
+    fn affects(&self, purpose: &str) -> bool {
+        self.purposes.is_empty() || self.purposes.iter().any(|p| p == purpose)
+    }
+}
+
+/// The policy version in force at `at`: the one with the latest `effective_at <= at`.
+pub fn policy_in_force(policies: &[PolicyVersion], at: i64) -> Option<&PolicyVersion> {
+    policies
+        .iter()
+        .filter(|p| p.effective_at <= at)
+        .max_by_key(|p| (p.effective_at, p.published_at))
+}
+
+/// One change of one subject's consent for one purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentChange {
+    pub seq: u64,
+    pub at: i64,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    Granted {
+        record_id: String,
+        policy_version: String,
+        valid_until: Option<i64>,
+        /// Given by a guardian (or a representative) rather than the subject.
+        by_guardian: bool,
+    },
+    Withdrawn,
+}
+
+/// Why processing is not allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    NeverGiven,
+    Withdrawn,
+    Expired,
+    ReconsentRequired,
+    ChildWithoutGuardian,
+    UnknownPurpose,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::NeverGiven => "never_given",
+            Reason::Withdrawn => "withdrawn",
+            Reason::Expired => "expired",
+            Reason::ReconsentRequired => "reconsent_required",
+            Reason::ChildWithoutGuardian => "child_without_guardian",
+            Reason::UnknownPurpose => "unknown_purpose",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The answer to a consent check, with what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub basis: Option<LegalBasis>,
+    pub reason: Option<Reason>,
+    /// The consent record that decided it (the last grant), if any.
+    pub record_id: Option<String>,
+    /// The policy version that grant was given under.
+    pub policy_version: Option<String>,
+    /// For `reconsent_required`: the material policy version that requires it.
+    pub superseded_by: Option<String>,
+}
+
+impl Decision {
+    fn allowed(basis: LegalBasis) -> Decision {
+        Decision {
+            allowed: true,
+            basis: Some(basis),
+            reason: None,
+            record_id: None,
+            policy_version: None,
+            superseded_by: None,
+        }
+    }
+
+    fn denied(reason: Reason) -> Decision {
+        Decision {
+            allowed: false,
+            basis: Some(LegalBasis::Consent),
+            reason: Some(reason),
+            record_id: None,
+            policy_version: None,
+            superseded_by: None,
+        }
+    }
+}
+
+/// What is known about the subject as a child, for the child rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChildStatus {
+    /// The subject is below the jurisdiction's (or the tenant's stricter) age threshold, from
+    /// this instant on.
+    pub child_since: Option<i64>,
+    /// ... until this instant (the birthday that crosses the threshold), if known.
+    pub adult_from: Option<i64>,
+}
+
+impl ChildStatus {
+    fn is_child_at(&self, at: i64) -> bool {
+        self.child_since.is_some_and(|s| s <= at) && self.adult_from.is_none_or(|a| at < a)
+    }
+}
+
+/// May the subject's data be processed for a purpose with `basis` at `as_of`, given that
+/// purpose's consent `history` (any order) and the tenant's `policies`?
+pub fn decide(
+    basis: Option<LegalBasis>,
+    history: &[ConsentChange],
+    policies: &[PolicyVersion],
+    child: ChildStatus,
+    purpose: &str,
+    as_of: i64,
+) -> Decision {
+    let Some(basis) = basis else {
+        return Decision {
+            basis: None,
+            ..Decision::denied(Reason::UnknownPurpose)
+        };
+    };
+    if basis != LegalBasis::Consent {
+        return Decision::allowed(basis);
+    }
+    let last = history
+        .iter()
+        .filter(|c| c.at <= as_of)
+        .max_by_key(|c| (c.at, c.seq));
+    let Some(last) = last else {
+        return Decision::denied(Reason::NeverGiven);
+    };
+    let ChangeKind::Granted {
+        record_id,
+        policy_version,
+        valid_until,
+        by_guardian,
+    } = &last.kind
+    else {
+        return Decision::denied(Reason::Withdrawn);
+    };
+    let with_record = |reason: Option<Reason>| Decision {
+        allowed: reason.is_none(),
+        basis: Some(LegalBasis::Consent),
+        reason,
+        record_id: Some(record_id.clone()),
+        policy_version: Some(policy_version.clone()),
+        superseded_by: None,
+    };
+    if valid_until.is_some_and(|until| until <= as_of) {
+        return with_record(Some(Reason::Expired));
+    }
+    if child.is_child_at(as_of) && !by_guardian {
+        return with_record(Some(Reason::ChildWithoutGuardian));
+    }
+    let superseding = policies
+        .iter()
+        .filter(|p| {
+            p.material
+                && p.affects(purpose)
+                && p.version != *policy_version
+                && p.effective_at > last.at
+                && p.effective_at <= as_of
+        })
+        .min_by_key(|p| p.effective_at);
+    if let Some(p) = superseding {
+        return Decision {
+            superseded_by: Some(p.version.clone()),
+            ..with_record(Some(Reason::ReconsentRequired))
+        };
+    }
+    with_record(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000_000;
+    const T0: i64 = 1_780_000_000_000_000;
+
+    fn policy(
+        version: &str,
+        effective_at: i64,
+        material: bool,
+        purposes: &[&str],
+    ) -> PolicyVersion {
+        PolicyVersion {
+            version: version.into(),
+            notice_hash: format!("hash-{version}"),
+            purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
+            material,
+            published_at: effective_at - DAY,
+            effective_at,
+        }
+    }
+
+    fn grant(seq: u64, at: i64, version: &str, until: Option<i64>) -> ConsentChange {
+        ConsentChange {
+            seq,
+            at,
+            kind: ChangeKind::Granted {
+                record_id: format!("r{seq}"),
+                policy_version: version.into(),
+                valid_until: until,
+                by_guardian: false,
+            },
+        }
+    }
+
+    fn withdraw(seq: u64, at: i64) -> ConsentChange {
+        ConsentChange {
+            seq,
+            at,
+            kind: ChangeKind::Withdrawn,
+        }
+    }
+
+    fn reason(d: &Decision) -> Option<&'static str> {
+        d.reason.map(Reason::as_str)
+    }
+
+    #[test]
+    fn decisions_follow_the_history_as_of_any_instant() {
+        let policies = vec![
+            policy("v1", T0, false, &[]),
+            policy("v2", T0 + 10 * DAY, true, &["marketing"]),
+        ];
+        let history = vec![
+            grant(1, T0 + DAY, "v1", None),
+            withdraw(2, T0 + 3 * DAY),
+            grant(3, T0 + 5 * DAY, "v1", Some(T0 + 20 * DAY)),
+        ];
+        let at = |t| {
+            decide(
+                Some(LegalBasis::Consent),
+                &history,
+                &policies,
+                ChildStatus::default(),
+                "marketing",
+                t,
+            )
+        };
+        assert_eq!(reason(&at(T0)), Some("never_given"));
+        assert!(at(T0 + DAY).allowed, "effective at the grant instant");
+        assert_eq!(at(T0 + 2 * DAY).record_id.as_deref(), Some("r1"));
+        assert_eq!(reason(&at(T0 + 3 * DAY)), Some("withdrawn"));
+        assert!(at(T0 + 6 * DAY).allowed);
+        let later = at(T0 + 10 * DAY);
+        assert_eq!(reason(&later), Some("reconsent_required"));
+        assert_eq!(later.superseded_by.as_deref(), Some("v2"));
+        // The material change concerns marketing only.
+        let analytics = decide(
+            Some(LegalBasis::Consent),
+            &history,
+            &policies,
+            ChildStatus::default(),
+            "analytics",
+            T0 + 10 * DAY,
+        );
+        assert!(analytics.allowed);
+        assert_eq!(reason(&at(T0 + 21 * DAY)), Some("expired"));
+    }
+
+    #[test]
+    fn a_grant_under_the_new_version_or_after_it_took_effect_is_not_superseded() {
+        let policies = vec![
+            policy("v1", T0, false, &[]),
+            policy("v2", T0 + 10 * DAY, true, &[]),
+        ];
+        let regrant = vec![
+            grant(1, T0 + DAY, "v1", None),
+            grant(2, T0 + 11 * DAY, "v2", None),
+        ];
+        let d = decide(
+            Some(LegalBasis::Consent),
+            &regrant,
+            &policies,
+            ChildStatus::default(),
+            "x",
+            T0 + 12 * DAY,
+        );
+        assert!(d.allowed);
+        assert_eq!(d.policy_version.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn contract_purposes_need_no_consent_and_unknown_ones_are_refused() {
+        let d = decide(
+            Some(LegalBasis::Contract),
+            &[],
+            &[],
+            ChildStatus::default(),
+            "provide_service",
+            T0,
+        );
+        assert!(d.allowed);
+        assert_eq!(d.basis, Some(LegalBasis::Contract));
+        let d = decide(None, &[], &[], ChildStatus::default(), "nope", T0);
+        assert_eq!(reason(&d), Some("unknown_purpose"));
+    }
+
+    #[test]
+    fn a_child_needs_a_guardians_consent_until_the_threshold_birthday() {
+        let child = ChildStatus {
+            child_since: Some(T0),
+            adult_from: Some(T0 + 100 * DAY),
+        };
+        let own = vec![grant(1, T0 + DAY, "v1", None)];
+        let d = decide(
+            Some(LegalBasis::Consent),
+            &own,
+            &[],
+            child,
+            "marketing",
+            T0 + 2 * DAY,
+        );
+        assert_eq!(reason(&d), Some("child_without_guardian"));
+        assert!(
+            decide(
+                Some(LegalBasis::Consent),
+                &own,
+                &[],
+                child,
+                "marketing",
+                T0 + 100 * DAY
+            )
+            .allowed
+        );
+        let mut by_guardian = own.clone();
+        if let ChangeKind::Granted { by_guardian: g, .. } = &mut by_guardian[0].kind {
+            *g = true;
+        }
+        assert!(
+            decide(
+                Some(LegalBasis::Consent),
+                &by_guardian,
+                &[],
+                child,
+                "marketing",
+                T0 + 2 * DAY
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn same_instant_changes_are_ordered_by_sequence() {
+        let history = vec![withdraw(2, T0), grant(1, T0, "v1", None)];
+        let d = decide(
+            Some(LegalBasis::Consent),
+            &history,
+            &[],
+            ChildStatus::default(),
+            "m",
+            T0,
+        );
+        assert_eq!(reason(&d), Some("withdrawn"));
+    }
+
+    /// An independent, event-driven restatement of the rules: walk policy effects and consent
+    /// changes in time order (policy effects first at equal instants) and keep flags.
+    fn naive(
+        history: &[ConsentChange],
+        policies: &[PolicyVersion],
+        purpose: &str,
+        as_of: i64,
+    ) -> Option<&'static str> {
+        enum Step<'a> {
+            Policy(&'a PolicyVersion),
+            Change(&'a ConsentChange),
+        }
+        let mut steps: Vec<(i64, u8, u64, Step)> = Vec::new();
+        for p in policies {
+            steps.push((p.effective_at, 0, 0, Step::Policy(p)));
+        }
+        for c in history {
+            steps.push((c.at, 1, c.seq, Step::Change(c)));
+        }
+        steps.sort_by_key(|(at, kind, seq, _)| (*at, *kind, *seq));
+        let mut granted: Option<(String, Option<i64>)> = None;
+        let mut ever = false;
+        let mut reconsent = false;
+        for (at, _, _, step) in steps {
+            if at > as_of {
+                break;
+            }
+            match step {
+                Step::Policy(p) => {
+                    if let Some((version, _)) = &granted
+                        && p.material
+                        && p.affects(purpose)
+                        && p.version != *version
+                    {
+                        reconsent = true;
+                    }
+                }
+                Step::Change(c) => {
+                    ever = true;
+                    reconsent = false;
+                    granted = match &c.kind {
+                        ChangeKind::Granted {
+                            policy_version,
+                            valid_until,
+                            ..
+                        } => Some((policy_version.clone(), *valid_until)),
+                        ChangeKind::Withdrawn => None,
+                    };
+                }
+            }
+        }
+        match granted {
+            None if ever => Some("withdrawn"),
+            None => Some("never_given"),
+            Some((_, Some(until))) if until <= as_of => Some("expired"),
+            Some(_) if reconsent => Some("reconsent_required"),
+            Some(_) => None,
+        }
+    }
+
+    use proptest::prelude::*;
+
+    fn arb_change() -> impl Strategy<Value = (i64, bool, u8, Option<i64>)> {
+        (0i64..40, any::<bool>(), 0u8..3, prop::option::of(1i64..20))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn decide_agrees_with_a_naive_fold(
+            changes in prop::collection::vec(arb_change(), 0..12),
+            policies in prop::collection::vec((0i64..40, any::<bool>(), 0u8..3, any::<bool>()), 0..5),
+            as_of in 0i64..45,
+        ) {
+            let versions = ["v1", "v2", "v3"];
+            let history: Vec<ConsentChange> = changes
+                .iter()
+                .enumerate()
+                .map(|(i, (at, is_grant, v, until))| ConsentChange {
+                    seq: i as u64 + 1,
+                    at: T0 + at * DAY,
+                    kind: if *is_grant {
+                        ChangeKind::Granted {
+                            record_id: format!("r{i}"),
+                            policy_version: versions[*v as usize].into(),
+                            valid_until: until.map(|u| T0 + (at + u) * DAY),
+                            by_guardian: false,
+                        }
+                    } else {
+                        ChangeKind::Withdrawn
+                    },
+                })
+                .collect();
+            let policies: Vec<PolicyVersion> = policies
+                .iter()
+                .map(|(at, material, v, all)| PolicyVersion {
+                    version: versions[*v as usize].into(),
+                    notice_hash: String::new(),
+                    purposes: if *all { vec![] } else { vec!["analytics".into()] },
+                    material: *material,
+                    published_at: T0 + at * DAY - 1,
+                    effective_at: T0 + at * DAY,
+                })
+                .collect();
+            for purpose in ["marketing", "analytics"] {
+                let t = T0 + as_of * DAY;
+                let d = decide(Some(LegalBasis::Consent), &history, &policies, ChildStatus::default(), purpose, t);
+                prop_assert_eq!(reason(&d), naive(&history, &policies, purpose, t), "{} at day {}", purpose, as_of);
+                prop_assert_eq!(d.allowed, d.reason.is_none());
+            }
+        }
+    }
+}
