@@ -127,6 +127,24 @@ pub async fn audit_client(url: &str, token: Option<&'static str>) -> Audit {
     AuditServiceClient::with_interceptor(channel, Bearer(token))
 }
 
+/// A ConsentService client calling with a role's token.
+pub type Consent = privacy_proto::v1::consent_service_client::ConsentServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+
+/// A ConsentService client at `url` calling with `token`.
+pub async fn consent_client(url: &str, token: &'static str) -> Consent {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connects");
+    privacy_proto::v1::consent_service_client::ConsentServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(token)),
+    )
+}
+
 /// Every stored event of a service, in order.
 pub async fn all_events(audit: &mut Audit) -> Vec<StoredEvent> {
     let mut stream = audit

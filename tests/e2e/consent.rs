@@ -7,23 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::jetstream;
 use futures::StreamExt;
 use privacy_e2e::*;
-use privacy_proto::v1::consent_service_client::ConsentServiceClient;
 use privacy_proto::v1::*;
 use privacy_testkit::NatsServer;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Consent = ConsentServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn consent_client(url: &str, token: &'static str) -> Consent {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    ConsentServiceClient::with_interceptor(channel, Bearer(Some(token)))
-}
 
 fn ts(t: SystemTime) -> Option<prost_types::Timestamp> {
     Some(t.into())

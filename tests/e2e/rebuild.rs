@@ -10,26 +10,12 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_e2e::*;
 use privacy_event_store::{Projection, RecordedEvent, StoreError, ViewWriter};
-use privacy_proto::v1::consent_service_client::ConsentServiceClient;
 use privacy_proto::v1::*;
 use privacy_service_kit::{ServiceConfig, ServiceSpec};
 use privacy_testkit::NatsServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-
-type Consent = ConsentServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
->;
-
-async fn consent_client(url: &str, token: &'static str) -> Consent {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    ConsentServiceClient::with_interceptor(channel, Bearer(Some(token)))
-}
 
 fn check_request(subject: &str, at: SystemTime) -> CheckConsentRequest {
     CheckConsentRequest {
