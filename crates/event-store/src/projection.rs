@@ -343,7 +343,7 @@ impl Projector {
     }
 
     /// [`Projector::catch_up`] on the calling thread.
-    pub fn catch_up_blocking(&self) -> Result<u64, StoreError> {
+    fn catch_up_blocking(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         for slot in self.entries.iter() {
             if slot.stale.load(Ordering::Acquire) {

@@ -17,14 +17,12 @@ use privacy_event_store::{
 };
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{DomainEvent, Envelope, PersonalValue};
-use privacy_proto::{
-    DomainBody, Limits, Rejection, RejectionCode, UserEvent, catalogue, validate_envelope,
-};
+use privacy_proto::{DomainBody, Limits, Rejection, RejectionCode, UserEvent, validate_envelope};
 use prost::Message;
 use tonic::Status;
 
 use crate::auth::AuthInterceptor;
-use crate::personal::seal_map;
+use crate::personal::{seal_envelope, seal_map};
 use crate::spec::{Body, Derived, DomainService, PendingBody, ServiceSpec};
 use crate::tenants::{Tenant, TenantRegistry};
 
@@ -176,9 +174,7 @@ impl ServiceContext {
         if id.is_empty() {
             return Err(Status::invalid_argument("tenant: tenant is required"));
         }
-        self.tenants.get(id).ok_or_else(|| {
-            Status::not_found(format!("tenant: {id:?} is not in the tenant registry"))
-        })
+        self.known_tenant(id).map_err(rejection_status)
     }
 
     fn known_tenant(&self, id: &str) -> Result<&Tenant, Rejection> {
@@ -244,12 +240,7 @@ impl ServiceContext {
         for d in derived {
             events.push(self.derived(&envelope, &stream, d)?);
         }
-        let mut seal = self.seal(&envelope.tenant, &envelope.subject_id);
-        if let Some(payload) = envelope.payload.as_mut() {
-            for (name, map) in catalogue::personal_maps(payload) {
-                seal(name, map)?;
-            }
-        }
+        seal_envelope(&self.vault, &mut envelope)?;
         events.insert(0, self.new_event(&envelope, stream));
         Ok(events)
     }
@@ -266,25 +257,22 @@ impl ServiceContext {
 
     /// The envelope of a domain event implied by `parent`, sealed.
     fn derived(&self, parent: &Envelope, stream: &str, d: Derived) -> Result<NewEvent, DoorError> {
-        let mut seal = self.seal(&parent.tenant, &parent.subject_id);
         let (event_type, payload) = match d.body {
-            Body::User(mut payload) => {
+            Body::User(payload) => {
                 let t = privacy_proto::EventType::of_payload(&payload)
                     .map(|t| t.as_str())
                     .unwrap_or_default();
-                for (name, map) in catalogue::personal_maps(&mut payload) {
-                    seal(name, map)?;
-                }
                 (t, payload)
             }
             Body::Domain(body) => {
                 self.check_publisher(body.as_ref())?;
                 let t = body.event_type();
+                let mut seal = self.seal(&parent.tenant, &parent.subject_id);
                 let bytes = body.seal_and_encode(&mut seal)?;
                 (t, Payload::DomainEvent(DomainEvent { body: bytes }))
             }
         };
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             event_id: format!("{}/{}", parent.event_id, d.suffix),
             event_type: event_type.to_owned(),
             schema_version: 1,
@@ -297,6 +285,8 @@ impl ServiceContext {
             payload: Some(payload),
             ..Default::default()
         };
+        // A user payload's personal maps; a domain body was sealed above.
+        seal_envelope(&self.vault, &mut envelope)?;
         Ok(self.new_event(&envelope, stream.to_owned()))
     }
 
