@@ -65,13 +65,13 @@ async fn seed(dir: &std::path::Path, subjects: usize) {
         })),
         ..Default::default()
     };
-    let mut batch = vec![NewEvent {
-        event_id: policy.event_id.clone(),
-        stream: format!("{TENANT}/-policies"),
-        event_type: policy.event_type.clone(),
-        data: policy.encode_to_vec(),
-        publish: false,
-    }];
+    let mut batch = vec![NewEvent::new(
+        TENANT,
+        policy.event_id.clone(),
+        format!("{TENANT}/-policies"),
+        policy.event_type.clone(),
+        policy.encode_to_vec(),
+    )];
     for i in 0..subjects {
         let mut env = envelope(&format!("u-{i}"), granted("marketing"));
         env.occurred_at = Some(prost_types::Timestamp {
@@ -82,13 +82,13 @@ async fn seed(dir: &std::path::Path, subjects: usize) {
             g.purposes = PURPOSES.iter().map(|p| (*p).to_owned()).collect();
             g.evidence.clear();
         }
-        batch.push(NewEvent {
-            event_id: env.event_id.clone(),
-            stream: format!("{TENANT}/u-{i}"),
-            event_type: env.event_type.clone(),
-            data: env.encode_to_vec(),
-            publish: false,
-        });
+        batch.push(NewEvent::new(
+            TENANT,
+            env.event_id.clone(),
+            format!("{TENANT}/u-{i}"),
+            env.event_type.clone(),
+            env.encode_to_vec(),
+        ));
         if batch.len() >= 2000 {
             store
                 .append(std::mem::take(&mut batch), ExpectedVersion::Any)

@@ -212,12 +212,14 @@ async fn store_only(n: usize) -> (f64, f64) {
     let start = Instant::now();
     for b in 0..n / BATCH {
         let events = (0..BATCH)
-            .map(|i| privacy_event_store::NewEvent {
-                event_id: uuid::Uuid::now_v7().to_string(),
-                stream: format!("{TENANT}/u-{}", (b * BATCH + i) % 2000),
-                event_type: "consent.granted".into(),
-                data: payload.clone(),
-                publish: false,
+            .map(|i| {
+                privacy_event_store::NewEvent::new(
+                    TENANT,
+                    uuid::Uuid::now_v7().to_string(),
+                    format!("{TENANT}/u-{}", (b * BATCH + i) % 2000),
+                    "consent.granted",
+                    payload.clone(),
+                )
             })
             .collect();
         store

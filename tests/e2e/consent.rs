@@ -27,6 +27,7 @@ fn grant(subject: &str, purpose: &str, version: &str, at: SystemTime) -> GrantCo
             ..Default::default()
         }),
         occurred_at: ts(at),
+        event_id: uuid::Uuid::now_v7().to_string(),
         ..Default::default()
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod consent;
 mod crash;
 mod dlq;
+mod failstop;
 mod ingest;
 mod outbox;
 mod rebuild;

@@ -11,17 +11,20 @@ use privacy_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 fn domain_event(i: usize, publish: bool) -> NewEvent {
+    let event_type = if publish {
+        "thing.happened"
+    } else {
+        "user.event"
+    };
     NewEvent {
-        event_id: format!("0190f5a4-8a3c-7cc0-9d3e-{i:012}"),
-        stream: format!("acme/s-{}", i % 3),
-        event_type: if publish {
-            "thing.happened"
-        } else {
-            "user.event"
-        }
-        .into(),
-        data: format!("body {i}").into_bytes(),
         publish,
+        ..NewEvent::new(
+            "acme",
+            format!("0190f5a4-8a3c-7cc0-9d3e-{i:012}"),
+            format!("acme/s-{}", i % 3),
+            event_type,
+            format!("body {i}").into_bytes(),
+        )
     }
 }
 

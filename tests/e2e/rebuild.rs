@@ -75,6 +75,7 @@ async fn consent_answers_do_not_change_during_a_rebuild_under_ingest() {
                 subject_id: format!("fixed-{i}"),
                 purposes: vec!["marketing".into()],
                 method: "settings page".into(),
+                event_id: uuid::Uuid::now_v7().to_string(),
                 ..Default::default()
             })
             .await

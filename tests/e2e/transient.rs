@@ -29,13 +29,13 @@ impl IngestHandler for Flaky {
         _: SystemTime,
     ) -> BoxFuture<'a, Result<Prepared, Transient>> {
         Box::pin(async move {
-            Ok(Prepared::Store(vec![NewEvent {
-                event_id: envelope.event_id.clone(),
-                stream: format!("{}/{}", envelope.tenant, envelope.subject_id),
-                event_type: envelope.event_type.clone(),
-                data: envelope.encode_to_vec(),
-                publish: false,
-            }]))
+            Ok(Prepared::Store(vec![NewEvent::new(
+                envelope.tenant.clone(),
+                envelope.event_id.clone(),
+                format!("{}/{}", envelope.tenant, envelope.subject_id),
+                envelope.event_type.clone(),
+                envelope.encode_to_vec(),
+            )]))
         })
     }
 

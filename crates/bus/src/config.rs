@@ -72,6 +72,11 @@ impl BusConfig {
     pub fn in_stream(&self) -> String {
         format!("{}_IN", self.stream_prefix)
     }
+
+    /// The stream holding the services' domain events.
+    pub fn evt_stream(&self) -> String {
+        format!("{}_EVT", self.stream_prefix)
+    }
 }
 
 /// Connects to NATS, retrying the first connection and reconnecting forever after.

@@ -1,10 +1,13 @@
 //! The ingest loop: one durable pull consumer per subject filter, feeding the service's store.
 //!
-//! Per batch: decode (protobuf, or JSON when `Content-Type: application/json`) → contract check
-//! → the service's own check and transformation → one append of every accepted event (deduped
-//! by `event_id`, group-committed and fsynced) → ack. A refused message goes to the DLQ and is
-//! acked only after the DLQ has it; a transient failure naks with back-off and never acks.
+//! Per batch: decode (protobuf, or JSON when `Content-Type: application/json`) → the service's
+//! door (contract, idempotency key, domain check, sealing) → one append of every accepted event
+//! (deduped by (`tenant`, `event_id`), group-committed and fsynced) → ack. A refused message
+//! goes to the DLQ and is acked only after the DLQ has it; a transient failure naks with
+//! back-off and never acks. Two messages of one batch with the same key are one event when
+//! their content agrees (the second is a duplicate) and a `conflicting_duplicate` otherwise.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -30,6 +33,8 @@ pub enum Prepared {
     Store(Vec<NewEvent>),
     /// Refuse it (to the DLQ).
     Reject(Rejection),
+    /// Already stored with the same content: ack it, store nothing.
+    Duplicate,
 }
 
 /// A failure that is not the message's fault (storage, the vault, views still catching up):
@@ -93,6 +98,7 @@ pub struct Ingest {
 enum Fate {
     Store(Vec<NewEvent>),
     Reject(Rejection),
+    Duplicate,
     Retry,
 }
 
@@ -178,12 +184,12 @@ impl Ingest {
                 if committing.len() >= PIPELINE
                     && let Some(oldest) = committing.pop_front()
                 {
-                    let _ = oldest.await;
+                    rethrow(oldest.await);
                 }
             }
         }
         for pending in committing {
-            let _ = pending.await;
+            rethrow(pending.await);
         }
         tracing::info!(consumer = %name, "ingest stopped");
         Ok(())
@@ -198,11 +204,43 @@ impl Ingest {
         let now = SystemTime::now();
         let mut msgs = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
+        // The key and content of each user event of this batch: a repeat is one event.
+        let mut keys: HashMap<(String, String), [u8; 32]> = HashMap::new();
         for msg in batch {
             match self.classify(&msg, now).await {
                 Fate::Store(e) => {
-                    msgs.push(msg);
-                    events.extend(e);
+                    let first = &e[0];
+                    let key = (first.scope.clone(), first.event_id.clone());
+                    match keys.get(&key) {
+                        Some(content) if *content == first.content => {
+                            // Acked with the batch once the first copy is durable.
+                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            msgs.push(msg);
+                        }
+                        Some(_) => {
+                            let rejection = Rejection::new(
+                                RejectionCode::ConflictingDuplicate,
+                                "event_id",
+                                format!(
+                                    "event_id {:?} arrived twice in one batch with different \
+                                     content; a new event needs a new event_id",
+                                    key.1
+                                ),
+                            );
+                            self.dead_letter(&msg, &rejection).await;
+                        }
+                        None => {
+                            keys.insert(key, first.content);
+                            msgs.push(msg);
+                            events.extend(e);
+                        }
+                    }
+                }
+                Fate::Duplicate => {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = msg.ack().await {
+                        tracing::debug!(error = %e, "ack failed");
+                    }
                 }
                 Fate::Retry => nak(&self.stats, &msg).await,
                 Fate::Reject(rejection) => self.dead_letter(&msg, &rejection).await,
@@ -276,8 +314,10 @@ impl Ingest {
                     }
                 };
             match self.handler.prepare(envelope, subject_type, now).await {
+                Ok(Prepared::Store(e)) if e.is_empty() => Fate::Duplicate,
                 Ok(Prepared::Store(e)) => Fate::Store(e),
                 Ok(Prepared::Reject(r)) => Fate::Reject(r),
+                Ok(Prepared::Duplicate) => Fate::Duplicate,
                 Err(e) => {
                     tracing::warn!(error = %e, "transient failure preparing an event");
                     Fate::Retry
@@ -311,6 +351,15 @@ impl Ingest {
                 nak(&self.stats, msg).await;
             }
         }
+    }
+}
+
+/// A commit task that panicked panics this loop too, so its supervisor sees it.
+fn rethrow(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
     }
 }
 

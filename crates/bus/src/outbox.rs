@@ -1,16 +1,23 @@
 //! The outbox relay: stored domain events reach the bus exactly as stored, in order.
 //!
 //! Events are committed to the store first (flagged for publishing); the relay reads them from
-//! its durable cursor, publishes each with `Nats-Msg-Id = event_id`, waits for JetStream's ack,
-//! and only then advances the cursor. One event is in flight at a time, so a failure can never
-//! let a later event overtake an earlier one; a crash between publish and cursor re-publishes,
-//! and the stream's duplicate window absorbs it.
+//! its cursor, publishes each with `Nats-Msg-Id = event_id` and `Privacy-Seq = seq`, waits for
+//! JetStream's ack, and only then moves on. One event is in flight at a time, so a failure can
+//! never let a later event overtake an earlier one.
+//!
+//! Where to resume: the later of the durable cursor (fdatasynced after every
+//! [`CURSOR_EVERY`] published events, at the end of each batch and when shutdown interrupts)
+//! and the last `Privacy-Seq` this service has on the stream (checked against the store by its
+//! `Nats-Msg-Id`). So a restart never re-publishes what the stream already holds, however long
+//! after the duplicate window it comes; only a crash between JetStream's ack and the stream
+//! lookup could, and the lookup happens first thing at start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_event_store::{EventStore, RecordedEvent};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +37,8 @@ pub struct OutboxRelay {
 }
 
 const CURSOR: &str = "outbox.cursor";
+/// The cursor is made durable at least this often (in published events).
+pub const CURSOR_EVERY: usize = 256;
 
 impl OutboxRelay {
     pub fn new(
@@ -53,42 +62,116 @@ impl OutboxRelay {
     }
 
     /// The last sequence number known to be on the bus (or skipped as not published).
+    /// An unreadable cursor is an error, never silently 0 (that would re-publish everything).
     pub fn cursor(&self) -> Result<u64, BusError> {
-        Ok(self
-            .store
-            .meta(CURSOR)?
-            .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8]))))
+        match self.store.meta(CURSOR)? {
+            None => Ok(0),
+            Some(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+                Ok(b) => Ok(u64::from_be_bytes(b)),
+                Err(_) => Err(BusError::Store(privacy_event_store::StoreError::Corrupt {
+                    seq: 0,
+                    reason: format!("the outbox cursor has {} bytes, not 8", v.len()),
+                })),
+            },
+        }
+    }
+
+    /// The last sequence number this service published that the stream holds (0 if none), as
+    /// its `Privacy-Seq` header says, checked against the store by `Nats-Msg-Id`.
+    pub async fn last_on_stream(&self) -> Result<u64, BusError> {
+        let stream_name = self.config.evt_stream();
+        let stream_err = |reason: String| BusError::Stream {
+            stream: stream_name.clone(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        let subjects = self.config.domain_subject(&self.service, ">");
+        let msg = match stream.get_last_raw_message_by_subject(&subjects).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
+            Err(e) => return Err(stream_err(e.to_string())),
+        };
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
+        let Some(seq) = header("Privacy-Seq").and_then(|s| s.parse::<u64>().ok()) else {
+            tracing::warn!(subject = %msg.subject, "the last outbox message has no Privacy-Seq; resuming from the cursor");
+            return Ok(0);
+        };
+        match self.store.get(seq)? {
+            Some(e) if Some(&e.event_id) == header("Nats-Msg-Id").as_ref() => Ok(seq),
+            _ => {
+                tracing::warn!(
+                    seq,
+                    "the stream's last outbox message does not match this store's event {seq}; \
+                     resuming from the cursor"
+                );
+                Ok(0)
+            }
+        }
     }
 
     /// Relays until `shutdown` is cancelled.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BusError> {
         let cursor = self.cursor()?;
-        self.position.fetch_max(cursor, Ordering::AcqRel);
+        let on_stream = self.last_on_stream().await?;
+        if on_stream > cursor {
+            tracing::info!(
+                cursor,
+                on_stream,
+                "the stream is ahead of the outbox cursor; resuming after it"
+            );
+        }
+        let start = cursor.max(on_stream);
+        self.position.fetch_max(start, Ordering::AcqRel);
+        let mut saved = cursor;
         let mut sub = self
             .store
-            .subscribe(cursor + 1)
+            .subscribe(start + 1)
             .only_flagged(privacy_event_store::FLAG_PUBLISH);
         loop {
             let batch = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break,
                 batch = sub.next_batch(4096) => batch?,
             };
             let last = sub.position() - 1;
-            let mut published = false;
+            let mut unsaved = 0;
+            let mut interrupted = false;
             for event in batch.iter().filter(|e| e.is_published()) {
                 if !self.publish_until_acked(event, &shutdown).await {
-                    return Ok(());
+                    interrupted = true;
+                    break;
                 }
-                published = true;
+                self.position.store(event.seq, Ordering::Release);
+                unsaved += 1;
+                if unsaved >= CURSOR_EVERY {
+                    self.save(event.seq, &mut saved).await?;
+                    unsaved = 0;
+                }
+            }
+            if interrupted {
+                break;
             }
             // Moving past events that are not published needs no durable write: after a
             // restart they are read again and skipped again.
-            if published {
-                self.store.set_meta(CURSOR, &last.to_be_bytes()).await?;
+            if unsaved > 0 {
+                self.save(last, &mut saved).await?;
             }
             self.position.store(last, Ordering::Release);
         }
+        self.save(self.position(), &mut saved).await
+    }
+
+    /// Makes the cursor durable at `seq` unless it is there already.
+    async fn save(&self, seq: u64, saved: &mut u64) -> Result<(), BusError> {
+        if seq > *saved {
+            self.store.set_meta(CURSOR, &seq.to_be_bytes()).await?;
+            *saved = seq;
+        }
+        Ok(())
     }
 
     /// Publishes one event, retrying with back-off until JetStream acks it. Returns false when

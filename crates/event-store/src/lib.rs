@@ -20,7 +20,10 @@ mod vault;
 
 pub use projection::{Projection, ProjectionStatus, Projector, View, ViewEntry, ViewWriter};
 pub use record::{FLAG_PUBLISH, GENESIS_HASH, HASH_LEN, RecordedEvent};
-pub use store::{EventStore, ExpectedVersion, Head, NewEvent, Position, StoreConfig, VerifyReport};
+pub use store::{
+    EventStore, ExpectedVersion, Head, Known, MAX_RECORD_BYTES, NewEvent, Position,
+    SEGMENT_TARGET_BYTES, SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
+};
 pub use subscription::Subscription;
 pub use vault::{Opened, SealedField, Vault};
 
@@ -46,6 +49,21 @@ pub enum StoreError {
     /// Sealing or opening a field failed.
     #[error("crypto: {0}")]
     Crypto(String),
+    /// An event is larger than the store accepts ([`MAX_RECORD_BYTES`]).
+    #[error("event {event_id:?} is {bytes} bytes stored, more than the {max} a record may hold")]
+    TooLarge {
+        event_id: String,
+        bytes: usize,
+        max: usize,
+    },
+    /// A different event reuses an idempotency key already taken (in the log at `seq`, or
+    /// earlier in the same append).
+    #[error("event_id {event_id:?} of scope {scope:?} is taken by an event with other content")]
+    ConflictingDuplicate {
+        scope: String,
+        event_id: String,
+        seq: Option<u64>,
+    },
     /// The store's writer has stopped.
     #[error("the event store is closed")]
     Closed,

@@ -337,9 +337,13 @@ impl Projector {
     /// many were applied. Runs on the blocking pool.
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.catch_up_blocking())
-            .await
-            .map_err(|e| StoreError::Invalid(format!("projection task failed: {e}")))?
+        match tokio::task::spawn_blocking(move || this.catch_up_blocking()).await {
+            Ok(r) => r,
+            // A fold that panicked is a bug, not a state to retry: the caller's task panics too,
+            // and its supervisor stops the service loudly.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Invalid(format!("projection task failed: {e}"))),
+        }
     }
 
     /// [`Projector::catch_up`] on the calling thread.
@@ -375,20 +379,21 @@ impl Projector {
     }
 
     /// Keeps every view up to date until `shutdown` resolves.
-    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+    ///
+    /// Returns at shutdown, or with the error when a fold fails: the views would otherwise
+    /// stall silently behind the log, so the caller stops the service (fail-stop) and a restart
+    /// folds again. A fold that panics panics here too.
+    pub async fn run(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StoreError> {
         let mut head = self.store.watch_head();
         tokio::pin!(shutdown);
         loop {
-            if let Err(e) = self.catch_up().await {
-                tracing::error!(error = %e, "projection fold failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                    _ = &mut shutdown => return,
-                }
-            }
+            self.catch_up().await?;
             tokio::select! {
-                changed = head.changed() => if changed.is_err() { return },
-                _ = &mut shutdown => return,
+                changed = head.changed() => if changed.is_err() { return Ok(()) },
+                _ = &mut shutdown => return Ok(()),
             }
         }
     }

@@ -1,15 +1,23 @@
 //! The canonical byte layout of a stored event and its hash-chain link.
 //!
 //! ```text
-//! format u8 = 1 | seq u64 | stream_version u64 | recorded_at_micros i64 | flags u8
-//! | prev_hash [32] | stream, event_id, event_type, data (each u32 length + bytes) | hash [32]
+//! format u8 = 2 | seq u64 | stream_version u64 | recorded_at_micros i64 | flags u8
+//! | prev_hash [32] | scope, stream, event_id, event_type, data (each u32 length + bytes)
+//! | content [32] | hash [32]
 //! ```
 //! Integers are big-endian. `hash = BLAKE3(every byte before it)`, so it covers the previous
-//! hash and the chain breaks at the first record whose bytes changed.
+//! hash and the chain breaks at the first record whose bytes changed. `scope` (the tenant) and
+//! `event_id` are the idempotency key; `content` is the digest of what the caller sent, so a
+//! different event reusing a key is told apart from a redelivery.
+//!
+//! Format 1 (before idempotency scopes) lacks `scope` and `content`; it still decodes, with the
+//! scope taken from the stream's first `/`-separated part and no content digest.
 
 use crate::StoreError;
 
-pub(crate) const FORMAT: u8 = 1;
+pub(crate) const FORMAT: u8 = 2;
+/// Records written before idempotency scopes and content digests.
+const FORMAT_1: u8 = 1;
 /// Length of a chain hash (BLAKE3).
 pub const HASH_LEN: usize = 32;
 /// The `prev_hash` of the first event.
@@ -31,10 +39,14 @@ pub struct RecordedEvent {
     /// Commit time, microseconds since the Unix epoch; never decreases along the log.
     pub recorded_at_micros: i64,
     pub flags: u8,
+    /// The idempotency scope (the tenant).
+    pub scope: String,
     pub stream: String,
     pub event_id: String,
     pub event_type: String,
     pub data: Vec<u8>,
+    /// Digest of the event as the caller sent it (none in format-1 records).
+    pub content: Option<[u8; HASH_LEN]>,
     pub prev_hash: [u8; HASH_LEN],
     pub hash: [u8; HASH_LEN],
 }
@@ -53,10 +65,24 @@ pub(crate) struct Unsealed<'a> {
     pub recorded_at_micros: i64,
     pub flags: u8,
     pub prev_hash: [u8; HASH_LEN],
+    pub scope: &'a str,
     pub stream: &'a str,
     pub event_id: &'a str,
     pub event_type: &'a str,
     pub data: &'a [u8],
+    pub content: [u8; HASH_LEN],
+}
+
+/// The encoded length of a record with these variable parts.
+pub(crate) fn encoded_len(
+    scope: &str,
+    stream: &str,
+    event_id: &str,
+    event_type: &str,
+    data: usize,
+) -> usize {
+    let var = scope.len() + stream.len() + event_id.len() + event_type.len() + data;
+    1 + 8 + 8 + 8 + 1 + HASH_LEN + 4 * 5 + var + HASH_LEN + HASH_LEN
 }
 
 impl Unsealed<'_> {
@@ -70,8 +96,13 @@ impl Unsealed<'_> {
 
     /// The encoded length of the record.
     pub fn len(&self) -> usize {
-        let var = self.stream.len() + self.event_id.len() + self.event_type.len() + self.data.len();
-        1 + 8 + 8 + 8 + 1 + HASH_LEN + 16 + var + HASH_LEN
+        encoded_len(
+            self.scope,
+            self.stream,
+            self.event_id,
+            self.event_type,
+            self.data.len(),
+        )
     }
 
     /// Appends the encoded record to `out` and returns its hash.
@@ -85,6 +116,7 @@ impl Unsealed<'_> {
         out.push(self.flags);
         out.extend_from_slice(&self.prev_hash);
         for part in [
+            self.scope.as_bytes(),
             self.stream.as_bytes(),
             self.event_id.as_bytes(),
             self.event_type.as_bytes(),
@@ -93,6 +125,7 @@ impl Unsealed<'_> {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part);
         }
+        out.extend_from_slice(&self.content);
         let hash: [u8; HASH_LEN] = blake3::hash(&out[start..]).into();
         out.extend_from_slice(&hash);
         hash
@@ -137,7 +170,7 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
     let mut r = Reader { bytes, pos: 0, seq };
     let [format] = r.array::<1>()?;
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_1 {
         return Err(StoreError::Corrupt {
             seq,
             reason: format!("unknown record format {format}"),
@@ -148,11 +181,22 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError
     let recorded_at_micros = i64::from_be_bytes(r.array()?);
     let [flags] = r.array::<1>()?;
     let prev_hash = r.array()?;
+    let scope = if format == FORMAT {
+        Some(r.string()?)
+    } else {
+        None
+    };
     let stream = r.string()?;
     let event_id = r.string()?;
     let event_type = r.string()?;
     let data = r.bytes()?;
+    let content = if format == FORMAT {
+        Some(r.array()?)
+    } else {
+        None
+    };
     let hash = r.array()?;
+    let scope = scope.unwrap_or_else(|| legacy_scope(&stream).to_owned());
     if r.pos != bytes.len() {
         return Err(StoreError::Corrupt {
             seq,
@@ -164,13 +208,20 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError
         stream_version,
         recorded_at_micros,
         flags,
+        scope,
         stream,
         event_id,
         event_type,
         data,
+        content,
         prev_hash,
         hash,
     })
+}
+
+/// The scope of a format-1 record: its stream's first `/`-separated part (the tenant).
+fn legacy_scope(stream: &str) -> &str {
+    stream.split('/').next().unwrap_or_default()
 }
 
 /// Whether the last 32 bytes of `bytes` are the BLAKE3 hash of the bytes before them.
@@ -194,16 +245,22 @@ mod tests {
             recorded_at_micros: 1_700_000_000_000_000,
             flags: FLAG_PUBLISH,
             prev_hash: [9; HASH_LEN],
+            scope: "acme",
             stream: "acme/u-1",
             event_id: "e-1",
             event_type: "consent.granted",
             data: b"payload",
+            content: [7; HASH_LEN],
         }
         .encode();
         let rec = decode(7, &bytes).unwrap();
         assert_eq!(rec.seq, 7);
         assert_eq!(rec.hash, hash);
         assert_eq!(rec.data, b"payload");
+        assert_eq!(
+            (rec.scope.as_str(), rec.content),
+            ("acme", Some([7; HASH_LEN]))
+        );
         assert!(rec.is_published());
         assert!(check_hash(&bytes));
         for i in 0..bytes.len() {
@@ -211,5 +268,25 @@ mod tests {
             flipped[i] ^= 0x01;
             assert!(!check_hash(&flipped), "flip at byte {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_format_1_record_still_decodes_with_its_stream_tenant_as_scope() {
+        let mut bytes = vec![FORMAT_1];
+        bytes.extend_from_slice(&3u64.to_be_bytes());
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        bytes.extend_from_slice(&5i64.to_be_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&[0; HASH_LEN]);
+        for part in [&b"acme/u-1"[..], b"e-1", b"consent.granted", b"x"] {
+            bytes.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(part);
+        }
+        let hash = blake3::hash(&bytes);
+        bytes.extend_from_slice(hash.as_bytes());
+        let rec = decode(3, &bytes).unwrap();
+        assert_eq!((rec.scope.as_str(), rec.content), ("acme", None));
+        assert_eq!(rec.event_id, "e-1");
+        assert!(check_hash(&bytes));
     }
 }

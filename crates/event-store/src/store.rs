@@ -2,12 +2,24 @@
 //! expected versions and idempotency, and group-commits many appends as one atomic sled batch
 //! followed by one `flush` and one `fdatasync` of the database file.
 //!
-//! A group commit is stored as one *segment*: a single sled value holding every record of the
-//! batch, written in the same atomic batch as the new head. One sled write per commit instead of
-//! several per event is what lets the store keep up with the raw floor (see the benchmark). The
-//! lookups (`event_id` → seq, stream → seqs, the segment directory) live in memory and are
+//! A group commit is stored as *segments*: sled values of at most [`SEGMENT_TARGET_BYTES`]
+//! (or one record, at most [`MAX_RECORD_BYTES`]) holding consecutive records, written in the
+//! same atomic batch as the new head. A few sled writes per commit instead of several per event
+//! is what lets the store keep up with the raw floor (see the benchmark). The lookups
+//! (`(scope, event_id)` → seq, stream → seqs, the segment directory) live in memory and are
 //! rebuilt from the segments when the store opens, as Bitcask does with its key directory: the
 //! log is the only thing on disk, so an index can never disagree with it.
+//!
+//! **Power safety.** sled 0.34 writes any page larger than a quarter of its segment size to a
+//! separate file in `blobs/` that it never fsyncs; only the `db` file is made durable here. A
+//! sled leaf holds at most about 17 values before it splits, so the store opens sled with
+//! [`SLED_SEGMENT_BYTES`] segments (blob threshold ≈ 2 MiB) and bounds each value: 20 values of
+//! the largest segment (one record of [`MAX_RECORD_BYTES`]) are 1.9 MiB, below the threshold, so
+//! every committed byte lands in the fsynced `db` file and `blobs/` stays empty (tested).
+//!
+//! **Fail-stop.** A commit that fails leaves sled's memory possibly ahead of the disk, so the
+//! writer refuses every later append and publishes the failure ([`EventStore::watch_failure`]);
+//! the service kit turns that into NOT_SERVING and a non-zero exit. A restart recovers.
 //!
 //! Key layout in the `log` tree (integers big-endian):
 //! `g first_seq` → segment (`u32 count`, then per record `u32 len` + record bytes)
@@ -24,9 +36,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::StoreError;
 use crate::record::{self, GENESIS_HASH, HASH_LEN, RecordedEvent, Unsealed};
 
-/// An event to append. `event_id` is the idempotency key.
+/// The largest record (an event with its names and chain fields) the store accepts.
+pub const MAX_RECORD_BYTES: usize = 96 * 1024;
+/// A commit's records are cut into sled values of about this size.
+pub const SEGMENT_TARGET_BYTES: usize = 64 * 1024;
+/// sled's segment size for a new store (its blob threshold is a quarter of it).
+pub const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// An event to append. (`scope`, `event_id`) is the idempotency key; `content` tells a
+/// redelivery (same digest) from a different event reusing the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
+    /// The idempotency scope: the tenant. Event ids are unique within it.
+    pub scope: String,
     pub event_id: String,
     /// The stream (aggregate) it belongs to, e.g. `acme/u-1`; must not contain NUL.
     pub stream: String,
@@ -34,6 +56,64 @@ pub struct NewEvent {
     pub data: Vec<u8>,
     /// Whether the outbox relay publishes it (a domain event).
     pub publish: bool,
+    /// Digest of the event as the caller sent it (see [`content_digest`]); `data` may differ
+    /// between deliveries (sealing uses fresh nonces), this must not.
+    pub content: [u8; HASH_LEN],
+}
+
+impl NewEvent {
+    /// An unpublished event whose content digest is that of its `data` (right when `data` is
+    /// the same bytes on every delivery, i.e. nothing in it is sealed with a fresh nonce).
+    pub fn new(
+        scope: impl Into<String>,
+        event_id: impl Into<String>,
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        data: Vec<u8>,
+    ) -> NewEvent {
+        NewEvent {
+            scope: scope.into(),
+            event_id: event_id.into(),
+            stream: stream.into(),
+            event_type: event_type.into(),
+            content: content_digest(&data),
+            data,
+            publish: false,
+        }
+    }
+}
+
+impl NewEvent {
+    /// The bytes it takes as a stored record (at most [`MAX_RECORD_BYTES`]).
+    pub fn stored_len(&self) -> usize {
+        record::encoded_len(
+            &self.scope,
+            &self.stream,
+            &self.event_id,
+            &self.event_type,
+            self.data.len(),
+        )
+    }
+}
+
+/// The content digest of some canonical bytes (BLAKE3).
+pub fn content_digest(bytes: &[u8]) -> [u8; HASH_LEN] {
+    blake3::hash(bytes).into()
+}
+
+/// An event already stored under an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub position: Position,
+    /// Its content digest (none for records written before digests were kept).
+    pub content: Option<[u8; HASH_LEN]>,
+}
+
+impl Known {
+    /// Whether an event with `content` is a redelivery of this one (not a different event).
+    pub fn same_content(&self, content: &[u8; HASH_LEN]) -> bool {
+        self.content.is_none_or(|c| &c == content)
+    }
 }
 
 /// The optimistic-concurrency expectation of an append.
@@ -143,10 +223,12 @@ impl Index {
     }
 }
 
-fn id_digest(event_id: &str) -> [u8; 16] {
-    blake3::hash(event_id.as_bytes()).as_bytes()[..16]
-        .try_into()
-        .expect("16 bytes")
+fn id_digest(scope: &str, event_id: &str) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(scope.len() as u64).to_be_bytes());
+    h.update(scope.as_bytes());
+    h.update(event_id.as_bytes());
+    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
 }
 
 pub(crate) struct Shared {
@@ -155,6 +237,10 @@ pub(crate) struct Shared {
     pub(crate) head: watch::Sender<Head>,
     index: RwLock<Index>,
     db_file: PathBuf,
+    /// Set once a commit failed or the writer died; the store then refuses writes.
+    failure: watch::Sender<Option<StoreError>>,
+    /// Makes the next commit fail (fault injection for tests).
+    inject_failure: std::sync::atomic::AtomicBool,
 }
 
 /// An append-only, hash-chained event log. Cheap to clone; one per database directory.
@@ -245,6 +331,7 @@ impl EventStore {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .segment_size(sled_segment_size(dir))
             .open()
             .map_err(storage)?;
         let log = db.open_tree("log").map_err(storage)?;
@@ -278,7 +365,7 @@ impl EventStore {
                         reason: format!("the log jumps from {} to {}", next - 1, rec.seq),
                     });
                 }
-                index.add(id_digest(&rec.event_id), &rec.stream, rec.seq);
+                index.add(id_digest(&rec.scope, &rec.event_id), &rec.stream, rec.seq);
                 next += 1;
             }
         }
@@ -299,12 +386,24 @@ impl EventStore {
             head: head_tx,
             index: RwLock::new(index),
             db_file: dir.join("db"),
+            failure: watch::channel(None).0,
+            inject_failure: Default::default(),
         });
         let (tx, rx) = mpsc::channel(1024);
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("event-store-writer".into())
-            .spawn(move || Writer::new(writer_shared, config).run(rx))
+            .spawn(move || {
+                let failure = writer_shared.failure.clone();
+                let run =
+                    std::panic::AssertUnwindSafe(|| Writer::new(writer_shared, config).run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("the event store's writer panicked; the store refuses writes");
+                    failure.send_replace(Some(StoreError::Storage(
+                        "the writer thread panicked; restart the service to recover".into(),
+                    )));
+                }
+            })
             .map_err(storage)?;
         Ok(EventStore {
             shared,
@@ -349,6 +448,14 @@ impl EventStore {
             if e.event_id.is_empty() {
                 return Err(StoreError::Invalid("event_id must not be empty".into()));
             }
+            let bytes = e.stored_len();
+            if bytes > MAX_RECORD_BYTES {
+                return Err(StoreError::TooLarge {
+                    event_id: e.event_id.clone(),
+                    bytes,
+                    max: MAX_RECORD_BYTES,
+                });
+            }
         }
         if expected != ExpectedVersion::Any && events.iter().any(|e| e.stream != events[0].stream) {
             return Err(StoreError::Invalid(
@@ -369,6 +476,43 @@ impl EventStore {
             .map_err(|_| StoreError::Closed)?;
         }
         Ok(async move { rx.await.map_err(|_| StoreError::Closed)? })
+    }
+
+    /// The event stored under an idempotency key, if any (committed ones only).
+    pub fn lookup(&self, scope: &str, event_id: &str) -> Result<Option<Known>, StoreError> {
+        let candidate = self.index().ids.get(&id_digest(scope, event_id)).copied();
+        let Some(seq) = candidate else {
+            return Ok(None);
+        };
+        Ok(EventStore::read_one(&self.shared, seq)?
+            .filter(|rec| rec.scope == scope && rec.event_id == event_id)
+            .map(|rec| Known {
+                position: Position {
+                    seq,
+                    stream_version: rec.stream_version,
+                    duplicate: true,
+                },
+                content: rec.content,
+            }))
+    }
+
+    /// Why the store stopped accepting writes, if it did.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.shared.failure.borrow().clone()
+    }
+
+    /// A receiver that changes once the store fails (a commit failed or its writer died).
+    pub fn watch_failure(&self) -> watch::Receiver<Option<StoreError>> {
+        self.shared.failure.subscribe()
+    }
+
+    /// Makes the next group commit fail as a disk error would. Exists only for tests of
+    /// fail-stop behaviour.
+    #[cfg(any(test, feature = "tamper"))]
+    pub fn inject_commit_failure(&self) {
+        self.shared
+            .inject_failure
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The committed head.
@@ -531,17 +675,6 @@ impl EventStore {
             .map_or(0, |s| s.len() as u64))
     }
 
-    /// The sequence number an event id was stored at.
-    pub fn position_of(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let Some(seq) = self.index().ids.get(&id_digest(event_id)).copied() else {
-            return Ok(None);
-        };
-        Ok(self
-            .get(seq)?
-            .filter(|e| e.event_id == event_id)
-            .map(|e| e.seq))
-    }
-
     /// Recomputes the chain over `from..=to` (0 = head) and names the first bad record. The
     /// first record in the range is linked to its predecessor's stored hash.
     pub fn verify(&self, from: u64, to: u64) -> Result<VerifyReport, StoreError> {
@@ -641,14 +774,19 @@ impl EventStore {
             .map(|v| v.to_vec()))
     }
 
-    /// Writes a metadata value durably.
+    /// Writes a metadata value durably (flushed and fdatasynced, like a commit).
     pub async fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.shared
-            .log
-            .insert(key(K_META, name.as_bytes()), value)
-            .map_err(storage)?;
-        self.shared.db.flush_async().await.map_err(storage)?;
-        Ok(())
+        let shared = self.shared.clone();
+        let (key, value) = (key(K_META, name.as_bytes()), value.to_vec());
+        tokio::task::spawn_blocking(move || {
+            shared.log.insert(key, value).map_err(storage)?;
+            shared.db.flush().map_err(storage)?;
+            File::open(&shared.db_file)
+                .and_then(|f| f.sync_data())
+                .map_err(storage)
+        })
+        .await
+        .map_err(storage)?
     }
 
     /// Waits until every earlier write is durable (used at shutdown).
@@ -698,21 +836,74 @@ struct Writer {
     failed: Option<StoreError>,
 }
 
-/// What one request staged into the segment.
+/// sled's segment size: [`SLED_SEGMENT_BYTES`] for a new store; an existing store keeps the
+/// one it was created with (sled refuses a change), with a warning when it is smaller.
+fn sled_segment_size(dir: &Path) -> usize {
+    let existing = std::fs::read_to_string(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+    match existing {
+        Some(size) if size < SLED_SEGMENT_BYTES => {
+            tracing::warn!(
+                dir = %dir.display(),
+                segment_size = size,
+                "this store was created with small sled segments: large commits may land in \
+                 blobs/ files that are not fsynced; replay it into a new data directory to be \
+                 power-safe"
+            );
+            size
+        }
+        Some(size) => size,
+        None => SLED_SEGMENT_BYTES,
+    }
+}
+
+/// What one request staged into the commit.
 enum Staged {
     Appended(Vec<Position>),
     Failed(StoreError),
 }
 
+/// One sled value of a commit: consecutive records from `first`.
+struct Chunk {
+    first: u64,
+    count: u32,
+    body: Vec<u8>,
+}
+
 /// Records staged by one group commit.
 #[derive(Default)]
 struct Segment {
-    body: Vec<u8>,
-    count: u32,
+    chunks: Vec<Chunk>,
     /// (id digest, stream, seq) to add to the index once durable.
     added: Vec<([u8; 16], String, u64)>,
-    ids: HashMap<[u8; 16], Position>,
+    ids: HashMap<[u8; 16], Known>,
     versions: HashMap<String, u64>,
+}
+
+impl Segment {
+    /// The body to append a record of `len` bytes at `seq` to, cutting a new chunk when the
+    /// current one would pass [`SEGMENT_TARGET_BYTES`].
+    fn body_for(&mut self, seq: u64, len: usize) -> &mut Vec<u8> {
+        let full = self
+            .chunks
+            .last()
+            .is_none_or(|c| c.count > 0 && c.body.len() + 4 + len > SEGMENT_TARGET_BYTES);
+        if full {
+            self.chunks.push(Chunk {
+                first: seq,
+                count: 0,
+                body: Vec::with_capacity((4 + len).max(SEGMENT_TARGET_BYTES)),
+            });
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk");
+        chunk.count += 1;
+        &mut chunk.body
+    }
 }
 
 impl Writer {
@@ -765,26 +956,30 @@ impl Writer {
                 Err(e) => Staged::Failed(e),
             })
             .collect();
-        let result = if segment.count == 0 {
+        let result = if segment.chunks.is_empty() {
             Ok(())
         } else {
-            let mut value = Vec::with_capacity(4 + segment.body.len());
-            value.extend_from_slice(&segment.count.to_be_bytes());
-            value.extend_from_slice(&segment.body);
+            let mut batch = sled::Batch::default();
+            for chunk in &segment.chunks {
+                let mut value = Vec::with_capacity(4 + chunk.body.len());
+                value.extend_from_slice(&chunk.count.to_be_bytes());
+                value.extend_from_slice(&chunk.body);
+                batch.insert(segment_key(chunk.first), value);
+            }
             let mut h = self.head.seq.to_be_bytes().to_vec();
             h.extend_from_slice(&self.head.hash);
-            let mut batch = sled::Batch::default();
-            batch.insert(segment_key(start_head.seq + 1), value);
             batch.insert(vec![K_HEAD], h);
             self.durable_apply(batch)
         };
         match result {
             Ok(()) => {
-                if segment.count > 0 {
+                if !segment.chunks.is_empty() {
                     {
                         let mut index =
                             self.shared.index.write().unwrap_or_else(|p| p.into_inner());
-                        index.segments.push(start_head.seq + 1);
+                        index
+                            .segments
+                            .extend(segment.chunks.iter().map(|c| c.first));
                         for (id, stream, seq) in &segment.added {
                             index.add(*id, stream, *seq);
                         }
@@ -802,9 +997,11 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; the store refuses writes until restarted");
                 self.head = start_head;
-                self.failed = Some(StoreError::Storage(format!(
+                let failed = StoreError::Storage(format!(
                     "an earlier commit failed ({e}); restart the service to recover"
-                )));
+                ));
+                self.failed = Some(failed.clone());
+                self.shared.failure.send_replace(Some(failed));
                 for req in requests {
                     let _ = req.reply.send(Err(e.clone()));
                 }
@@ -813,6 +1010,13 @@ impl Writer {
     }
 
     fn durable_apply(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+        if self
+            .shared
+            .inject_failure
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Storage("injected commit failure".into()));
+        }
         self.shared.log.apply_batch(batch).map_err(storage)?;
         self.shared.db.flush().map_err(storage)?;
         if self.config.fsync {
@@ -826,22 +1030,39 @@ impl Writer {
         Ok(())
     }
 
-    /// Stages one request into the segment, or refuses it whole.
+    /// Stages one request into the commit, or refuses it whole.
     fn stage(
         &mut self,
         req: &AppendRequest,
         now: i64,
         segment: &mut Segment,
     ) -> Result<Vec<Position>, StoreError> {
-        let digests: Vec<[u8; 16]> = req.events.iter().map(|e| id_digest(&e.event_id)).collect();
-        let known: Vec<Option<Position>> = req
+        let digests: Vec<[u8; 16]> = req
+            .events
+            .iter()
+            .map(|e| id_digest(&e.scope, &e.event_id))
+            .collect();
+        let known: Vec<Option<Known>> = req
             .events
             .iter()
             .zip(&digests)
-            .map(|(e, d)| self.lookup_id(&e.event_id, *d, segment))
+            .map(|(e, d)| self.lookup_id(e, *d, segment))
             .collect::<Result<_, _>>()?;
+        // Within one request, a key may repeat only with the same content.
+        let mut first_of: HashMap<[u8; 16], &[u8; HASH_LEN]> = HashMap::new();
+        for (e, d) in req.events.iter().zip(&digests) {
+            if let Some(content) = first_of.insert(*d, &e.content)
+                && content != &e.content
+            {
+                return Err(StoreError::ConflictingDuplicate {
+                    scope: e.scope.clone(),
+                    event_id: e.event_id.clone(),
+                    seq: None,
+                });
+            }
+        }
         if known.iter().all(Option::is_some) {
-            return Ok(known.into_iter().flatten().collect());
+            return Ok(known.into_iter().flatten().map(|k| k.position).collect());
         }
         if req.expected != ExpectedVersion::Any {
             let stream = &req.events[0].stream;
@@ -861,10 +1082,10 @@ impl Writer {
         }
         let mut positions = Vec::with_capacity(req.events.len());
         for ((e, known), digest) in req.events.iter().zip(known).zip(digests) {
-            if let Some(p) = known.or_else(|| segment.ids.get(&digest).copied()) {
+            if let Some(k) = known.or_else(|| segment.ids.get(&digest).copied()) {
                 positions.push(Position {
                     duplicate: true,
-                    ..p
+                    ..k.position
                 });
                 continue;
             }
@@ -876,16 +1097,17 @@ impl Writer {
                 recorded_at_micros: now,
                 flags: if e.publish { record::FLAG_PUBLISH } else { 0 },
                 prev_hash: self.head.hash,
+                scope: &e.scope,
                 stream: &e.stream,
                 event_id: &e.event_id,
                 event_type: &e.event_type,
                 data: &e.data,
+                content: e.content,
             };
-            segment
-                .body
-                .extend_from_slice(&(record.len() as u32).to_be_bytes());
-            let hash = record.encode_into(&mut segment.body);
-            segment.count += 1;
+            let len = record.len();
+            let body = segment.body_for(seq, len);
+            body.extend_from_slice(&(len as u32).to_be_bytes());
+            let hash = record.encode_into(body);
             segment.added.push((digest, e.stream.clone(), seq));
             self.head = Head { seq, hash };
             match segment.versions.get_mut(&e.stream) {
@@ -899,39 +1121,63 @@ impl Writer {
                 stream_version: version,
                 duplicate: false,
             };
-            segment.ids.insert(digest, p);
+            segment.ids.insert(
+                digest,
+                Known {
+                    position: p,
+                    content: Some(e.content),
+                },
+            );
             positions.push(p);
         }
         Ok(positions)
     }
 
+    /// The event already stored (or staged) under `e`'s key; the same key with other content
+    /// is refused as a conflicting duplicate.
     fn lookup_id(
         &self,
-        event_id: &str,
+        e: &NewEvent,
         digest: [u8; 16],
         segment: &Segment,
-    ) -> Result<Option<Position>, StoreError> {
-        if let Some(p) = segment.ids.get(&digest) {
-            return Ok(Some(Position {
-                duplicate: true,
-                ..*p
-            }));
+    ) -> Result<Option<Known>, StoreError> {
+        let known = match segment.ids.get(&digest) {
+            Some(k) => Some(*k),
+            None => {
+                let candidate = {
+                    let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+                    index.ids.get(&digest).copied()
+                };
+                let Some(seq) = candidate else {
+                    return Ok(None);
+                };
+                EventStore::read_one(&self.shared, seq)?
+                    .filter(|rec| rec.scope == e.scope && rec.event_id == e.event_id)
+                    .map(|rec| Known {
+                        position: Position {
+                            seq,
+                            stream_version: rec.stream_version,
+                            duplicate: true,
+                        },
+                        content: rec.content,
+                    })
+            }
+        };
+        match known {
+            Some(k) if !k.same_content(&e.content) => Err(StoreError::ConflictingDuplicate {
+                scope: e.scope.clone(),
+                event_id: e.event_id.clone(),
+                seq: Some(k.position.seq),
+            }),
+            Some(k) => Ok(Some(Known {
+                position: Position {
+                    duplicate: true,
+                    ..k.position
+                },
+                ..k
+            })),
+            None => Ok(None),
         }
-        let candidate = {
-            let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-            index.ids.get(&digest).copied()
-        };
-        let Some(seq) = candidate else {
-            return Ok(None);
-        };
-        let store = EventStore::read_one(&self.shared, seq)?;
-        Ok(store
-            .filter(|rec| rec.event_id == event_id)
-            .map(|rec| Position {
-                seq,
-                stream_version: rec.stream_version,
-                duplicate: true,
-            }))
     }
 
     fn current_version(&self, stream: &str, segment: &Segment) -> u64 {

@@ -8,12 +8,24 @@ use proptest::prelude::*;
 use crate::*;
 
 fn ev(id: &str, stream: &str) -> NewEvent {
+    let data = format!("data of {id}").into_bytes();
     NewEvent {
+        scope: "t".into(),
         event_id: id.into(),
         stream: stream.into(),
         event_type: "test.happened".into(),
-        data: format!("data of {id}").into_bytes(),
+        content: content_digest(&data),
+        data,
         publish: false,
+    }
+}
+
+/// An event of `scope` whose content digest is that of `content`.
+fn scoped(scope: &str, id: &str, content: &str) -> NewEvent {
+    NewEvent {
+        scope: scope.into(),
+        content: content_digest(content.as_bytes()),
+        ..ev(id, &format!("{scope}/s"))
     }
 }
 
@@ -86,6 +98,154 @@ async fn a_repeated_event_id_appends_nothing_and_returns_the_original_position()
         ]
     );
     assert_eq!(store.head().seq, 2);
+}
+
+#[tokio::test]
+async fn idempotency_is_per_scope_and_a_reused_key_with_other_content_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let p = store
+        .append(
+            vec![scoped("acme", "e-1", "one"), scoped("globex", "e-1", "two")],
+            ExpectedVersion::Any,
+        )
+        .await
+        .unwrap();
+    assert!(p.iter().all(|p| !p.duplicate), "two tenants, two events");
+    // A redelivery (same content) is a duplicate; other content under the same key is refused
+    // and the whole append stores nothing.
+    let again = store
+        .append(vec![scoped("acme", "e-1", "one")], ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].seq, 1);
+    let err = store
+        .append(
+            vec![scoped("acme", "e-2", "x"), scoped("acme", "e-1", "changed")],
+            ExpectedVersion::Any,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::ConflictingDuplicate {
+            scope: "acme".into(),
+            event_id: "e-1".into(),
+            seq: Some(1)
+        }
+    );
+    let err = store
+        .append(
+            vec![scoped("acme", "e-3", "x"), scoped("acme", "e-3", "y")],
+            ExpectedVersion::Any,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::ConflictingDuplicate { seq: None, .. }),
+        "{err}"
+    );
+    assert_eq!(store.head().seq, 2);
+    let known = store.lookup("globex", "e-1").unwrap().unwrap();
+    assert_eq!(known.position.seq, 2);
+    assert!(known.same_content(&content_digest(b"two")));
+    assert!(!known.same_content(&content_digest(b"one")));
+    assert_eq!(store.lookup("initech", "e-1").unwrap(), None);
+    // The keys survive a reopen (the index is rebuilt from the records).
+    drop(store);
+    let store = open(&dir);
+    assert!(store.lookup("acme", "e-1").unwrap().is_some());
+    let err = store
+        .append(vec![scoped("globex", "e-1", "other")], ExpectedVersion::Any)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::ConflictingDuplicate { seq: Some(2), .. }
+    ));
+}
+
+#[tokio::test]
+async fn full_batches_of_the_largest_events_leave_no_unsynced_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let overhead = ev("x", "s").data.len();
+    let mut n = 0;
+    // Three commits of the largest records, then commits of small ones whose chunks fill
+    // sled leaves: every value and every consolidated leaf stays below sled's blob threshold.
+    for round in 0..5 {
+        let size = if round < 3 {
+            MAX_RECORD_BYTES - 200
+        } else {
+            300
+        };
+        let events: Vec<NewEvent> = (0..if round < 3 { 60 } else { 4000 })
+            .map(|_| {
+                n += 1;
+                let mut e = ev(&format!("e-{n}"), &format!("s{}", n % 7));
+                e.data = vec![(n % 251) as u8; size - overhead];
+                e
+            })
+            .collect();
+        store.append(events, ExpectedVersion::Any).await.unwrap();
+    }
+    let too_big = NewEvent {
+        data: vec![0; MAX_RECORD_BYTES],
+        ..ev("huge", "s")
+    };
+    assert!(matches!(
+        store.append(vec![too_big], ExpectedVersion::Any).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    store.flush().await.unwrap();
+    let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        blobs.is_empty(),
+        "sled wrote blob files it never fsyncs: {blobs:?}"
+    );
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.head().seq, n);
+    let report = store.verify(1, n).unwrap();
+    assert_eq!((report.events_checked, report.first_bad), (n, None));
+}
+
+#[tokio::test]
+async fn a_failed_commit_stops_the_store_loudly_and_a_reopen_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store
+        .append(vec![ev("a", "s")], ExpectedVersion::Any)
+        .await
+        .unwrap();
+    let mut failure = store.watch_failure();
+    assert!(store.failure().is_none());
+    store.inject_commit_failure();
+    assert!(
+        store
+            .append(vec![ev("b", "s")], ExpectedVersion::Any)
+            .await
+            .is_err()
+    );
+    failure.wait_for(Option::is_some).await.unwrap();
+    // Every later write is refused, not silently retried.
+    let err = store
+        .append(vec![ev("c", "s")], ExpectedVersion::Any)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("restart"), "{err}");
+    assert_eq!(store.head().seq, 1);
+    drop(store);
+    let store = open(&dir);
+    assert!(store.failure().is_none());
+    let p = store
+        .append(vec![ev("b", "s")], ExpectedVersion::Any)
+        .await
+        .unwrap();
+    assert_eq!(p[0].seq, 2);
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@ use std::str::FromStr;
 use crate::v1::envelope::Payload;
 use crate::v1::{self, PersonalValue};
 use crate::validate::{
-    Limits, Rejection, check_enum, check_id, check_personal, check_text, is_iso_date,
+    Limits, Rejection, check_enum, check_id, check_list_len, check_personal, check_text,
+    check_timestamp, is_iso_date,
 };
 
 /// The personal-data maps of a payload or domain body, each with its field name; sealing and
@@ -209,10 +210,14 @@ impl Contract for v1::ConsentGranted {
         if self.purposes.is_empty() {
             return Err(Rejection::missing(f.field("purposes")));
         }
+        check_list_len(&f.field("purposes"), self.purposes.len(), limits)?;
         for purpose in &self.purposes {
             check_id(&f.field("purposes"), purpose, limits)?;
         }
         check_id(&f.field("policy_version"), &self.policy_version, limits)?;
+        if let Some(until) = &self.valid_until {
+            check_timestamp(&f.field("valid_until"), until)?;
+        }
         check_enum::<v1::ConsentMethod>(&f.field("method"), self.method)?;
         check_enum::<v1::ExpressedBy>(&f.field("expressed_by"), self.expressed_by)?;
         check_text(&f.field("attestation_ref"), &self.attestation_ref, limits)?;
@@ -222,6 +227,7 @@ impl Contract for v1::ConsentGranted {
 
 impl Contract for v1::ConsentWithdrawn {
     fn check(&self, f: &Root, limits: &Limits) -> Result<(), Rejection> {
+        check_list_len(&f.field("purposes"), self.purposes.len(), limits)?;
         for purpose in &self.purposes {
             check_id(&f.field("purposes"), purpose, limits)?;
         }
@@ -262,6 +268,7 @@ impl Contract for v1::DataDisclosed {
         if self.categories.is_empty() {
             return Err(Rejection::missing(f.field("categories")));
         }
+        check_list_len(&f.field("categories"), self.categories.len(), limits)?;
         for c in &self.categories {
             check_id(&f.field("categories"), c, limits)?;
         }

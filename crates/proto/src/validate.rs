@@ -28,6 +28,8 @@ pub enum RejectionCode {
     Forbidden,
     /// It would create something that exists already (e.g. a policy version published twice).
     AlreadyExists,
+    /// Its `event_id` is already stored for the tenant with other content.
+    ConflictingDuplicate,
 }
 
 impl RejectionCode {
@@ -41,6 +43,7 @@ impl RejectionCode {
             RejectionCode::UnknownTenant => "unknown_tenant",
             RejectionCode::Forbidden => "forbidden",
             RejectionCode::AlreadyExists => "already_exists",
+            RejectionCode::ConflictingDuplicate => "conflicting_duplicate",
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct Limits {
     pub max_id_len: usize,
     /// Longest free-text or personal value.
     pub max_text_len: usize,
+    /// Most items in a repeated field or map (purposes, categories, personal values…).
+    pub max_list_len: usize,
 }
 
 impl Default for Limits {
@@ -101,6 +106,7 @@ impl Default for Limits {
             max_future_skew: Duration::from_secs(300),
             max_id_len: 128,
             max_text_len: 4096,
+            max_list_len: 64,
         }
     }
 }
@@ -262,12 +268,47 @@ pub(crate) fn check_text(field: &str, value: &str, limits: &Limits) -> Result<()
     Ok(())
 }
 
+/// 9999-12-31T23:59:59Z, the last second a timestamp of the contract may name.
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// Checks that a timestamp names an instant from 1970-01-01 to 9999-12-31 (UTC) with valid
+/// nanoseconds, so that every later conversion to microseconds is exact.
+pub fn check_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<(), Rejection> {
+    if !(0..=MAX_TIMESTAMP_SECONDS).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos)
+    {
+        return Err(Rejection::invalid(
+            field,
+            format!(
+                "{field} must be an instant from 1970-01-01 to 9999-12-31 (got {}s {}ns)",
+                ts.seconds, ts.nanos
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the number of items of a repeated field or map.
+pub fn check_list_len(field: &str, len: usize, limits: &Limits) -> Result<(), Rejection> {
+    if len > limits.max_list_len {
+        return Err(Rejection::new(
+            RejectionCode::TooLarge,
+            field,
+            format!(
+                "{field} has {len} items; the limit is {}",
+                limits.max_list_len
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_occurred_at(env: &Envelope, now: SystemTime, limits: &Limits) -> Result<(), Rejection> {
     let ts = env
         .occurred_at
         .as_ref()
         .ok_or_else(|| Rejection::missing("occurred_at"))?;
-    if ts.seconds <= 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+    check_timestamp("occurred_at", ts)?;
+    if ts.seconds == 0 {
         return Err(Rejection::invalid(
             "occurred_at",
             "occurred_at must be a valid instant after 1970-01-01",
@@ -291,6 +332,7 @@ pub(crate) fn check_personal(
     map: &BTreeMap<String, PersonalValue>,
     limits: &Limits,
 ) -> Result<(), Rejection> {
+    check_list_len(field, map.len(), limits)?;
     for (name, value) in map {
         let path = format!("{field}.{name}");
         check_id(&path, name, limits)?;

@@ -33,6 +33,8 @@ pub fn status_of(e: StoreError) -> Status {
     match e {
         StoreError::Conflict { .. } => Status::aborted(e.to_string()),
         StoreError::Invalid(m) => Status::invalid_argument(m),
+        StoreError::TooLarge { .. } => Status::invalid_argument(format!("message: {e}")),
+        StoreError::ConflictingDuplicate { .. } => Status::already_exists(format!("event_id: {e}")),
         StoreError::Storage(_) | StoreError::Closed => Status::unavailable(e.to_string()),
         StoreError::Corrupt { .. } | StoreError::Crypto(_) => Status::data_loss(e.to_string()),
     }

@@ -149,6 +149,11 @@ impl Readiness {
         self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Not ready any more (the service failed and is stopping).
+    pub fn unset(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Acquire)
     }

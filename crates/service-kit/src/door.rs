@@ -5,6 +5,15 @@
 //! the domain's check, seals personal data, names the stream, marks what the outbox publishes,
 //! and appends. No service builds an envelope or appends to its store itself (a tidy test in
 //! `tests/e2e/tidy.rs` enforces it).
+//!
+//! **Idempotency.** An event's key is (`tenant`, `event_id`); its content digest is BLAKE3 of
+//! the envelope as received (protobuf encoding, `recorded_at` cleared, before sealing — so the
+//! same event sent as JSON or protobuf has one digest). The key is looked up *before* the
+//! domain check: a redelivery of a stored event is answered as a duplicate (never refused by a
+//! rule that its own effect now triggers), and the same key with other content is refused as
+//! `conflicting_duplicate`. gRPC commands must carry `event_id` (the client's idempotency key,
+//! reused on retries); their digest covers the fields the client sent, not the defaults the
+//! door fills in, so a retry without `occurred_at` is still the same command.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +22,8 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use privacy_bus::{IngestHandler, Prepared, Transient};
 use privacy_event_store::{
-    EventStore, ExpectedVersion, NewEvent, Position, Projector, StoreError, Vault,
+    EventStore, ExpectedVersion, HASH_LEN, MAX_RECORD_BYTES, NewEvent, Position, Projector,
+    StoreError, Vault, content_digest,
 };
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{DomainEvent, Envelope, PersonalValue};
@@ -36,7 +46,7 @@ const VIEW_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct ServiceContext {
     pub spec: ServiceSpec,
-    /// For reads (`get`, `read`, `position_of`); writes go through the door.
+    /// For reads (`get`, `read`, `lookup`); writes go through the door.
     pub store: EventStore,
     pub vault: Arc<Vault>,
     pub projector: Projector,
@@ -65,6 +75,22 @@ pub enum DoorError {
 }
 
 impl DoorError {
+    /// A store error as the door reports it: a reused key or an oversized event is the
+    /// event's fault (refused), anything else is the store's (retried).
+    fn from_store(e: StoreError) -> DoorError {
+        match e {
+            StoreError::ConflictingDuplicate { event_id, seq, .. } => {
+                DoorError::Rejected(conflicting(&event_id, seq))
+            }
+            StoreError::TooLarge { bytes, max, .. } => DoorError::Rejected(Rejection::new(
+                RejectionCode::TooLarge,
+                "message",
+                format!("the event is {bytes} bytes once stored; the limit is {max}"),
+            )),
+            e => DoorError::Store(e),
+        }
+    }
+
     /// The gRPC status an operator can act on.
     pub fn status(self) -> Status {
         match self {
@@ -83,9 +109,43 @@ pub fn rejection_status(r: Rejection) -> Status {
     match r.code {
         RejectionCode::UnknownTenant => Status::not_found(message),
         RejectionCode::Forbidden => Status::failed_precondition(message),
-        RejectionCode::AlreadyExists => Status::already_exists(message),
+        RejectionCode::AlreadyExists | RejectionCode::ConflictingDuplicate => {
+            Status::already_exists(message)
+        }
         _ => Status::invalid_argument(message),
     }
+}
+
+fn conflicting(event_id: &str, seq: Option<u64>) -> Rejection {
+    let at = seq.map_or_else(String::new, |s| format!(" (event {s})"));
+    Rejection::new(
+        RejectionCode::ConflictingDuplicate,
+        "event_id",
+        format!(
+            "event_id {event_id:?} is already stored{at} with other content; \
+             a new event needs a new event_id"
+        ),
+    )
+}
+
+/// The content digest of an envelope as received (see the module's idempotency notes).
+fn digest_of(envelope: &Envelope) -> [u8; HASH_LEN] {
+    if envelope.recorded_at.is_none() {
+        content_digest(&envelope.encode_to_vec())
+    } else {
+        let mut copy = envelope.clone();
+        copy.recorded_at = None;
+        content_digest(&copy.encode_to_vec())
+    }
+}
+
+/// What the door made of a user event.
+#[derive(Debug)]
+pub enum Admitted {
+    /// New: append these atomically (the user event first).
+    New(Vec<NewEvent>),
+    /// Stored before with the same content: nothing to append.
+    Duplicate(Position),
 }
 
 /// A user event given as a gRPC command.
@@ -93,7 +153,8 @@ pub fn rejection_status(r: Rejection) -> Status {
 pub struct Command<E> {
     pub tenant: String,
     pub subject_id: String,
-    /// The caller's idempotency key; a fresh UUIDv7 when empty.
+    /// The caller's idempotency key (required; a UUID is best). A retry must reuse it: the
+    /// command is then answered with the first one's record, never stored twice.
     pub event_id: String,
     /// Now when absent.
     pub occurred_at: Option<prost_types::Timestamp>,
@@ -221,42 +282,70 @@ impl ServiceContext {
         move |name, map| Ok(seal_map(&self.vault, &tenant, &subject, name, map)?)
     }
 
-    /// The door for a decoded user event: contract, tenant, domain check, implied events,
-    /// sealing, stream. Returns the events to append atomically (the user event first).
+    /// The door for a decoded user event: contract, tenant, the idempotency key, domain check,
+    /// implied events, sealing, stream. `content` is the event's digest when the caller
+    /// computed it (a gRPC command), else that of `envelope`.
     pub async fn admit(
         &self,
         mut envelope: Envelope,
         subject_type: Option<&str>,
         now: SystemTime,
-    ) -> Result<Vec<NewEvent>, DoorError> {
+        content: Option<[u8; HASH_LEN]>,
+    ) -> Result<Admitted, DoorError> {
         validate_envelope(&envelope, subject_type, now, &self.limits)?;
+        let content = content.unwrap_or_else(|| digest_of(&envelope));
         let domain = self.domain()?.clone();
         let tenant = self.known_tenant(&envelope.tenant)?;
+        if let Some(known) = self.store.lookup(&tenant.id, &envelope.event_id)? {
+            if !known.same_content(&content) {
+                return Err(conflicting(&envelope.event_id, Some(known.position.seq)).into());
+            }
+            return Ok(Admitted::Duplicate(known.position));
+        }
         self.check(domain.as_ref(), tenant, &envelope).await?;
         let derived = domain.derive(tenant, &envelope);
         envelope.recorded_at = None;
         let stream = stream_of(&envelope.tenant, &envelope.subject_id, StreamKey::Subject);
         let mut events = Vec::with_capacity(1 + derived.len());
         for d in derived {
-            events.push(self.derived(&envelope, &stream, d)?);
+            events.push(self.derived(&envelope, &content, &stream, d)?);
         }
         seal_envelope(&self.vault, &mut envelope)?;
-        events.insert(0, self.new_event(&envelope, stream));
-        Ok(events)
+        events.insert(0, self.new_event(&envelope, stream, content));
+        if let Some(e) = events.iter().find(|e| e.stored_len() > MAX_RECORD_BYTES) {
+            return Err(DoorError::Rejected(Rejection::new(
+                RejectionCode::TooLarge,
+                "message",
+                format!(
+                    "the event is {} bytes once sealed and stored; the limit is {MAX_RECORD_BYTES}",
+                    e.stored_len()
+                ),
+            )));
+        }
+        Ok(Admitted::New(events))
     }
 
-    fn new_event(&self, envelope: &Envelope, stream: String) -> NewEvent {
+    fn new_event(&self, envelope: &Envelope, stream: String, content: [u8; HASH_LEN]) -> NewEvent {
         NewEvent {
+            scope: envelope.tenant.clone(),
             event_id: envelope.event_id.clone(),
             stream,
             publish: self.spec.publishes(&envelope.event_type),
             event_type: envelope.event_type.clone(),
             data: envelope.encode_to_vec(),
+            content,
         }
     }
 
-    /// The envelope of a domain event implied by `parent`, sealed.
-    fn derived(&self, parent: &Envelope, stream: &str, d: Derived) -> Result<NewEvent, DoorError> {
+    /// The envelope of a domain event implied by `parent`, sealed. Its content digest derives
+    /// from the parent's, so a redelivered parent implies the very same events.
+    fn derived(
+        &self,
+        parent: &Envelope,
+        parent_content: &[u8; HASH_LEN],
+        stream: &str,
+        d: Derived,
+    ) -> Result<NewEvent, DoorError> {
         let (event_type, payload) = match d.body {
             Body::User(payload) => {
                 let t = privacy_proto::EventType::of_payload(&payload)
@@ -285,9 +374,12 @@ impl ServiceContext {
             payload: Some(payload),
             ..Default::default()
         };
+        let mut content = parent_content.to_vec();
+        content.extend_from_slice(envelope.event_id.as_bytes());
+        let content = content_digest(&content);
         // A user payload's personal maps; a domain body was sealed above.
         seal_envelope(&self.vault, &mut envelope)?;
-        Ok(self.new_event(&envelope, stream.to_owned()))
+        Ok(self.new_event(&envelope, stream.to_owned(), content))
     }
 
     fn check_publisher(&self, body: &dyn PendingBody) -> Result<(), Rejection> {
@@ -313,7 +405,11 @@ impl ServiceContext {
         expected: ExpectedVersion,
     ) -> Result<Position, DoorError> {
         self.vault.sync()?;
-        let positions = self.store.append(events, expected).await?;
+        let positions = self
+            .store
+            .append(events, expected)
+            .await
+            .map_err(DoorError::from_store)?;
         let position = positions[0];
         if !self
             .projector
@@ -331,35 +427,45 @@ impl ServiceContext {
     /// Records a user event given as a gRPC command, with exactly the checks NATS ingest
     /// applies; answers once it is durable and the views have folded it.
     pub async fn command<E: UserEvent>(&self, cmd: Command<E>) -> Result<Recorded, Status> {
-        let envelope = Envelope {
-            event_id: if cmd.event_id.is_empty() {
-                uuid::Uuid::now_v7().to_string()
-            } else {
-                cmd.event_id
-            },
+        if cmd.event_id.is_empty() {
+            return Err(rejection_status(Rejection::new(
+                RejectionCode::MissingField,
+                "event_id",
+                "event_id is required: the command's idempotency key (a UUID), reused when \
+                 the call is retried",
+            )));
+        }
+        let mut envelope = Envelope {
+            event_id: cmd.event_id,
             event_type: E::TYPE.as_str().to_owned(),
             schema_version: 1,
             tenant: cmd.tenant,
             subject_id: cmd.subject_id,
-            occurred_at: cmd.occurred_at.or_else(|| Some(SystemTime::now().into())),
-            source: if cmd.source.is_empty() {
-                "grpc".into()
-            } else {
-                cmd.source
-            },
+            occurred_at: cmd.occurred_at,
+            source: cmd.source,
             correlation_id: cmd.correlation_id,
             payload: Some(cmd.event.into_payload()),
             ..Default::default()
         };
+        // The digest of what the client sent, before the defaults below.
+        let content = digest_of(&envelope);
+        envelope.occurred_at = envelope
+            .occurred_at
+            .or_else(|| Some(SystemTime::now().into()));
+        if envelope.source.is_empty() {
+            envelope.source = "grpc".into();
+        }
         let event_id = envelope.event_id.clone();
-        let events = self
-            .admit(envelope, None, SystemTime::now())
-            .await
-            .map_err(DoorError::status)?;
-        let position = self
-            .append(events, ExpectedVersion::Any)
-            .await
-            .map_err(DoorError::status)?;
+        let run = async {
+            match self
+                .admit(envelope, None, SystemTime::now(), Some(content))
+                .await?
+            {
+                Admitted::Duplicate(position) => Ok(position),
+                Admitted::New(events) => self.append(events, ExpectedVersion::Any).await,
+            }
+        };
+        let position = run.await.map_err(DoorError::status)?;
         Ok(Recorded { event_id, position })
     }
 
@@ -396,12 +502,13 @@ impl ServiceContext {
                 ..Default::default()
             };
             self.check(domain.as_ref(), tenant, &envelope).await?;
+            let content = digest_of(&envelope);
             let mut seal = self.seal(&emit.tenant, &emit.subject_id);
             let body = Box::new(emit.body).seal_and_encode(&mut seal)?;
             envelope.payload = Some(Payload::DomainEvent(DomainEvent { body }));
             let event_id = envelope.event_id.clone();
             let position = self
-                .append(vec![self.new_event(&envelope, stream)], expected)
+                .append(vec![self.new_event(&envelope, stream, content)], expected)
                 .await?;
             Ok::<_, DoorError>(Recorded { event_id, position })
         };
@@ -422,8 +529,9 @@ impl IngestHandler for EnvelopeIngest {
         now: SystemTime,
     ) -> BoxFuture<'a, Result<Prepared, Transient>> {
         Box::pin(async move {
-            match self.ctx.admit(envelope, subject_type, now).await {
-                Ok(events) => Ok(Prepared::Store(events)),
+            match self.ctx.admit(envelope, subject_type, now, None).await {
+                Ok(Admitted::New(events)) => Ok(Prepared::Store(events)),
+                Ok(Admitted::Duplicate(_)) => Ok(Prepared::Duplicate),
                 Err(DoorError::Rejected(r)) => Ok(Prepared::Reject(r)),
                 Err(e) => Err(Transient(Box::new(e))),
             }

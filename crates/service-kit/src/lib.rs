@@ -32,7 +32,9 @@ pub mod timeline;
 pub use auth::{Readiness, Role, Tokens};
 pub use cli::main;
 pub use config::ServiceConfig;
-pub use door::{Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, rejection_status};
+pub use door::{
+    Admitted, Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, rejection_status,
+};
 pub use spec::{Derived, DomainService, NoDomain, ServiceSpec};
 pub use start::{RunningService, StartError, start};
 pub use tenants::{Tenant, TenantRegistry};

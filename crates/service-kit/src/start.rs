@@ -3,9 +3,17 @@
 //! up with the log (health NOT_SERVING and every RPC UNAVAILABLE until then), then connect to
 //! NATS, create the streams, run one ingest loop per consumed subject filter and the outbox
 //! relay, and report SERVING. On shutdown: stop pulling, finish the batch in hand, flush.
+//!
+//! **Loud failure** (DESIGN §5.11). Every long-running part (gRPC server, start-up, projector,
+//! each ingest loop, the outbox relay, the store's failure watch) runs under a [`Supervisor`]:
+//! a panic, an error it cannot retry, or an end before shutdown makes health NOT_SERVING,
+//! every RPC UNAVAILABLE, stops the rest, and [`RunningService::wait`] returns
+//! [`StartError::Fatal`], so the binary exits non-zero and its supervisor restarts it. A
+//! failed commit is such an error: the store refuses writes until reopened.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use privacy_bus::{Ingest, IngestHandler, IngestStats, OutboxRelay, ensure_streams};
@@ -53,6 +61,69 @@ pub enum StartError {
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// A part of the running service failed; it stopped (fail-stop).
+    #[error("the service stopped after a fatal failure: {0}")]
+    Fatal(String),
+}
+
+/// Stops the service loudly when one of its parts fails.
+#[derive(Clone)]
+struct Supervisor {
+    reason: Arc<OnceLock<String>>,
+    shutdown: CancellationToken,
+    health: tonic_health::server::HealthReporter,
+    ready: Readiness,
+}
+
+impl Supervisor {
+    /// Health NOT_SERVING, RPCs UNAVAILABLE, everything told to stop; the first reason wins.
+    async fn fail(&self, reason: String) {
+        if self.reason.set(reason.clone()).is_ok() {
+            tracing::error!(
+                reason,
+                "fatal failure: the service stops; restart it to recover"
+            );
+        }
+        self.ready.unset();
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<AuditServiceServer<Audit>>()
+            .await;
+        self.shutdown.cancel();
+    }
+
+    /// Runs `part` on its own task and watches it: a panic, an `Err`, or an end before
+    /// shutdown fails the service.
+    fn supervise(
+        &self,
+        name: String,
+        part: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let sup = self.clone();
+        async move {
+            let reason = match tokio::spawn(part).await {
+                Ok(Ok(())) if sup.shutdown.is_cancelled() => return,
+                Ok(Ok(())) => format!("{name} stopped unexpectedly"),
+                Ok(Err(e)) => format!("{name} failed: {e}"),
+                Err(e) if e.is_panic() => {
+                    format!("{name} panicked: {}", panic_message(e.into_panic()))
+                }
+                Err(e) => format!("{name} was cancelled: {e}"),
+            };
+            sup.fail(reason).await;
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast::<&'static str>()
+            .map_or_else(|_| "(no message)".to_owned(), |s| (*s).to_owned()),
+    }
 }
 
 /// A started service.
@@ -67,6 +138,7 @@ pub struct RunningService {
     pub ready: Readiness,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    fatal: Arc<OnceLock<String>>,
 }
 
 impl RunningService {
@@ -75,24 +147,34 @@ impl RunningService {
         self.shutdown.clone()
     }
 
-    /// Waits until every task has stopped, then makes everything durable.
+    /// Why the service failed, once it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.get().cloned()
+    }
+
+    /// Waits until every task has stopped, then makes everything durable. After a fatal
+    /// failure it returns [`StartError::Fatal`] (the binary exits non-zero).
     pub async fn wait(mut self) -> Result<(), StartError> {
         while let Some(r) = self.tasks.join_next().await {
             if let Err(e) = r {
-                tracing::error!(error = %e, "a service task panicked");
+                tracing::error!(error = %e, "a supervisor task failed");
             }
         }
         let path = "flush".to_owned();
-        self.store
+        let flushed = self
+            .store
             .flush()
             .await
-            .map_err(|source| StartError::Store { path, source })?;
+            .map_err(|source| StartError::Store { path, source });
         if let Err(e) = self.vault.sync() {
             tracing::error!(error = %e, "vault sync at shutdown failed");
         }
         let [accepted, duplicates, rejected, naked] = self.stats.snapshot();
         tracing::info!(accepted, duplicates, rejected, naked, "stopped");
-        Ok(())
+        if let Some(reason) = self.fatal.get() {
+            return Err(StartError::Fatal(reason.clone()));
+        }
+        flushed
     }
 }
 
@@ -191,17 +273,34 @@ pub async fn start(
     }
     let router = builder.add_routes(routes.routes());
 
+    let fatal = Arc::new(OnceLock::new());
+    let sup = Supervisor {
+        reason: fatal.clone(),
+        shutdown: shutdown.clone(),
+        health: health.clone(),
+        ready: ready.clone(),
+    };
     let mut tasks = JoinSet::new();
     let server_shutdown = shutdown.clone();
-    tasks.spawn(async move {
+    tasks.spawn(sup.supervise("the gRPC server".into(), async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = router
+        router
             .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
             .await
-        {
-            tracing::error!(error = %e, "gRPC server stopped");
+            .map_err(|e| e.to_string())
+    }));
+    let watched = store.clone();
+    let store_shutdown = shutdown.clone();
+    tasks.spawn(sup.supervise("the event store".into(), async move {
+        let mut failure = watched.watch_failure();
+        tokio::select! {
+            _ = store_shutdown.cancelled() => Ok(()),
+            failed = failure.wait_for(Option::is_some) => Err(match failed {
+                Ok(e) => e.as_ref().map(ToString::to_string).unwrap_or_default(),
+                Err(_) => "the store's failure watch closed".into(),
+            }),
         }
-    });
+    }));
 
     let stats = Arc::new(IngestStats::default());
     let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest { ctx });
@@ -215,8 +314,9 @@ pub async fn start(
         health,
         ready: ready.clone(),
         shutdown: shutdown.clone(),
+        sup: sup.clone(),
     };
-    tasks.spawn(lifecycle.run());
+    tasks.spawn(sup.supervise("start-up".into(), lifecycle.run()));
     tracing::info!(
         service = spec.name,
         grpc = %grpc_addr,
@@ -235,6 +335,7 @@ pub async fn start(
         ready,
         shutdown,
         tasks,
+        fatal,
     })
 }
 
@@ -249,15 +350,17 @@ struct Lifecycle {
     health: tonic_health::server::HealthReporter,
     ready: Readiness,
     shutdown: CancellationToken,
+    sup: Supervisor,
 }
 
 impl Lifecycle {
-    async fn run(self) {
+    /// Returns at shutdown; the parts it starts are supervised on their own.
+    async fn run(self) -> Result<(), String> {
         // Views catch up (stale ones rebuilt in a shadow) before anything reads them.
         let mut delay = Duration::from_millis(200);
         loop {
             let caught_up = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return Ok(()),
                 r = self.projector.catch_up() => r,
             };
             match caught_up {
@@ -270,17 +373,21 @@ impl Lifecycle {
                 }
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
         self.ready.set();
+        let mut parts = JoinSet::new();
         let projector = self.projector.clone();
         let projector_shutdown = self.shutdown.clone();
-        let folding = tokio::spawn(async move {
-            projector.run(projector_shutdown.cancelled_owned()).await;
-        });
+        parts.spawn(self.sup.supervise("the projector".into(), async move {
+            projector
+                .run(projector_shutdown.cancelled_owned())
+                .await
+                .map_err(|e| e.to_string())
+        }));
         run_bus(
             self.spec,
             self.bus,
@@ -289,14 +396,19 @@ impl Lifecycle {
             self.stats,
             self.health,
             self.shutdown,
+            &self.sup,
+            &mut parts,
         )
         .await;
-        let _ = folding.await;
+        while parts.join_next().await.is_some() {}
+        Ok(())
     }
 }
 
-/// Connects to NATS (retrying), ensures the streams, runs the ingest loops and the outbox relay;
-/// reports SERVING once ingest runs. Every loop restarts after an error until shutdown.
+/// Connects to NATS (retrying), ensures the streams, starts the ingest loops and the outbox
+/// relay (supervised, in `parts`); reports SERVING once ingest runs, NOT_SERVING at shutdown.
+/// Every loop restarts after an error it can retry (NATS, the network) until shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn run_bus(
     spec: ServiceSpec,
     config: privacy_bus::BusConfig,
@@ -305,6 +417,8 @@ async fn run_bus(
     stats: Arc<IngestStats>,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
+    sup: &Supervisor,
+    parts: &mut JoinSet<()>,
 ) {
     let client_name = format!("privacy-{}", spec.name);
     let client = tokio::select! {
@@ -312,7 +426,7 @@ async fn run_bus(
         c = privacy_bus::connect(&config, &client_name) => match c {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "NATS connection failed");
+                sup.fail(format!("NATS connection: {e}")).await;
                 return;
             }
         },
@@ -339,12 +453,12 @@ async fn run_bus(
         limits: Limits::default(),
         stats,
     };
-    let mut loops = JoinSet::new();
     for tail in spec.consumes() {
         let filter = format!("{}.in.{tail}", config.prefix);
         let ingest = ingest.clone();
         let shutdown = shutdown.clone();
-        loops.spawn(async move {
+        let name = format!("the ingest loop of {filter}");
+        parts.spawn(sup.supervise(name, async move {
             while !shutdown.is_cancelled() {
                 if let Err(e) = ingest.run(&filter, shutdown.clone()).await {
                     tracing::warn!(error = %e, filter, "ingest loop failed; restarting");
@@ -354,18 +468,26 @@ async fn run_bus(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-        });
+            Ok(())
+        }));
     }
     let relay = OutboxRelay::new(js, store, spec.name, config);
     let relay_shutdown = shutdown.clone();
-    loops.spawn(async move {
+    parts.spawn(sup.supervise("the outbox relay".into(), async move {
         while !relay_shutdown.is_cancelled() {
             if let Err(e) = relay.run(relay_shutdown.clone()).await {
                 tracing::warn!(error = %e, "outbox relay failed; restarting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = relay_shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
-    });
+        Ok(())
+    }));
+    if shutdown.is_cancelled() {
+        return;
+    }
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
@@ -374,5 +496,4 @@ async fn run_bus(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    while loops.join_next().await.is_some() {}
 }

@@ -122,13 +122,13 @@ mod tests {
                 subject_id: subject.into(),
                 ..Default::default()
             };
-            let e = NewEvent {
-                event_id: format!("id-{i}"),
-                stream: format!("acme/{subject}"),
-                event_type: env.event_type.clone(),
-                data: env.encode_to_vec(),
-                publish: false,
-            };
+            let e = NewEvent::new(
+                "acme",
+                format!("id-{i}"),
+                format!("acme/{subject}"),
+                env.event_type.clone(),
+                env.encode_to_vec(),
+            );
             store.append(vec![e], ExpectedVersion::Any).await.unwrap();
             if i == 70 {
                 projector.catch_up().await.unwrap();

@@ -225,13 +225,19 @@ impl ConsentDomain {
                 "notice_hash is required",
             ));
         }
-        if policy.effective_at.is_none() {
+        let Some(effective_at) = &policy.effective_at else {
             return Err(Rejection::new(
                 RejectionCode::MissingField,
                 "effective_at",
                 "effective_at is required",
             ));
-        }
+        };
+        privacy_proto::validate::check_timestamp("effective_at", effective_at)?;
+        privacy_proto::validate::check_list_len(
+            "purposes",
+            policy.purposes.len(),
+            &Default::default(),
+        )?;
         for p in &policy.purposes {
             if tenant.purpose(p).is_none() {
                 return Err(invalid(

@@ -9,7 +9,7 @@ use privacy_proto::v1::consent_service_server::{ConsentService, ConsentServiceSe
 use privacy_proto::v1::*;
 use privacy_service_kit::audit::status_of;
 use privacy_service_kit::auth::{Role, require};
-use privacy_service_kit::{Command, Emit, ServiceContext, StreamKey};
+use privacy_service_kit::{Command, Emit, ServiceContext, StreamKey, rejection_status};
 use privacy_vocab::time::{micros, now_micros, timestamp};
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
@@ -159,6 +159,9 @@ impl ConsentService for ConsentApi {
         if req.purpose.is_empty() {
             return Err(Status::invalid_argument("purpose is required"));
         }
+        if let Some(as_of) = &req.as_of {
+            privacy_proto::validate::check_timestamp("as_of", as_of).map_err(rejection_status)?;
+        }
         let as_of = req.as_of.as_ref().map_or_else(now_micros, micros);
         let reader = &self.domain.reader;
         let history: Vec<_> = reader
@@ -229,9 +232,11 @@ impl ConsentService for ConsentApi {
         let seq = self
             .ctx
             .store
-            .position_of(event_id)
+            .lookup(&tenant.id, event_id)
             .map_err(status_of)?
-            .ok_or_else(not_found)?;
+            .ok_or_else(not_found)?
+            .position
+            .seq;
         let stored = self
             .ctx
             .store
