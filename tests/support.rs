@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod door_fuzz;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -89,9 +89,63 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
     let first = backend.grant_consent(g.clone()).await.unwrap().into_inner();
     assert!(!first.duplicate);
     assert_eq!(first.record_ids, vec![format!("{}/marketing", g.event_id)]);
-    let repeat = backend.grant_consent(g).await.unwrap().into_inner();
+    let repeat = backend.grant_consent(g.clone()).await.unwrap().into_inner();
     assert!(repeat.duplicate);
     assert_eq!(repeat.seq, first.seq);
+    // A retry of a command that left `occurred_at` to the server is the same command too.
+    let mut untimed = grant("u-untimed", "analytics", "v1", now);
+    untimed.occurred_at = None;
+    let once = backend
+        .grant_consent(untimed.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let retried = backend.grant_consent(untimed).await.unwrap().into_inner();
+    assert!(!once.duplicate && retried.duplicate);
+    assert_eq!(retried.seq, once.seq);
+    // The same key for another event is refused; a command without a key is refused.
+    let mut reused = grant("u-1", "marketing", "v1", now - hour);
+    reused.event_id = g.event_id.clone();
+    reused.subject_id = "u-other".into();
+    let err = backend.grant_consent(reused).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    assert!(err.message().starts_with("event_id:"), "{err}");
+    let mut keyless = grant("u-1", "marketing", "v1", now);
+    keyless.event_id.clear();
+    let err = backend.grant_consent(keyless).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().starts_with("event_id:"), "{err}");
+    // gRPC takes no larger messages than NATS (64 KiB).
+    let mut huge = grant("u-1", "marketing", "v1", now);
+    huge.consent.as_mut().unwrap().attestation_ref = "x".repeat(70 * 1024);
+    let err = backend.grant_consent(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    // Poison timestamps are refused naming the field.
+    let mut forever = grant("u-1", "marketing", "v1", now);
+    forever.consent.as_mut().unwrap().valid_until = Some(prost_types::Timestamp {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    let err = backend.grant_consent(forever).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().starts_with("consent_granted.valid_until:"),
+        "{err}"
+    );
+    let err = backend
+        .check_consent(CheckConsentRequest {
+            tenant: TENANT.into(),
+            subject_id: "u-1".into(),
+            purpose: "marketing".into(),
+            as_of: Some(prost_types::Timestamp {
+                seconds: i64::MIN,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().starts_with("as_of:"), "{err}");
 
     let ok = check(&mut backend, "u-1", "marketing", now).await;
     assert!(ok.allowed, "{ok:?}");

@@ -205,7 +205,11 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     js.send_publish(
         "privacy.in.consent.granted".to_string(),
         PublishMessage::build()
-            .payload(privacy_proto::decode::envelope_to_json(&good_before).into())
+            .payload(
+                privacy_proto::decode::envelope_to_json(&good_before)
+                    .unwrap()
+                    .into(),
+            )
             .header("Content-Type", "application/json"),
     )
     .await

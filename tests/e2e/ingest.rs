@@ -152,7 +152,7 @@ async fn each_service_stores_exactly_its_own_events_once() {
             PublishMessage::build().payload(env.encode_to_vec().into())
         } else {
             PublishMessage::build()
-                .payload(privacy_proto::decode::envelope_to_json(env).into())
+                .payload(privacy_proto::decode::envelope_to_json(env).unwrap().into())
                 .header("Content-Type", "application/json")
         };
         js.send_publish(subject.clone(), msg.message_id(&env.event_id))

@@ -7,6 +7,7 @@ mod consent;
 mod crash;
 mod dlq;
 mod failstop;
+mod fuzz;
 mod ingest;
 mod outbox;
 mod rebuild;

@@ -131,3 +131,96 @@ async fn domain_events_are_published_once_in_order_across_a_nats_outage() {
     }
     assert_eq!(got, expected);
 }
+
+/// Every message on the domain-event stream, as (Nats-Msg-Id, Privacy-Seq).
+async fn on_stream(js: &jetstream::Context) -> Vec<(String, String)> {
+    let stream = js.get_stream("PRIVACY_EVT").await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut got = Vec::new();
+    let mut messages = consumer.messages().await.unwrap();
+    while got.len() < pending {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("a stream message within 10 s")
+            .unwrap()
+            .unwrap();
+        let h = m.headers.as_ref().unwrap();
+        got.push((
+            h.get("Nats-Msg-Id").unwrap().as_str().to_owned(),
+            h.get("Privacy-Seq").unwrap().as_str().to_owned(),
+        ));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_duplicate_window_does_not_publish_again() {
+    let nats = NatsServer::start();
+    let window = Duration::from_millis(300);
+    let config = BusConfig {
+        url: nats.url(),
+        duplicate_window: window,
+        ..BusConfig::default()
+    };
+    let js = jetstream::new(privacy_bus::connect(&config, "outbox-test").await.unwrap());
+    privacy_bus::ensure_streams(&js, &config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
+    for i in 0..30 {
+        store
+            .append(vec![domain_event(i, i % 5 != 4)], ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    let relay = OutboxRelay::new(js.clone(), store.clone(), "consent", config.clone());
+    let shutdown = CancellationToken::new();
+    let task = spawn_relay(&relay, &shutdown);
+    wait_position(&relay, 30).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        relay.cursor().unwrap(),
+        30,
+        "the cursor is saved at shutdown"
+    );
+
+    // The cursor lags the stream (as after a crash between JetStream's ack and the cursor's
+    // write), and the restart comes after the duplicate window: JetStream would no longer drop
+    // a re-publish, so the relay must resume from what the stream holds.
+    store
+        .set_meta("outbox.cursor", &3u64.to_be_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(window * 3).await;
+    assert_eq!(relay.last_on_stream().await.unwrap(), 29);
+    for i in 30..35 {
+        store
+            .append(vec![domain_event(i, true)], ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    let relay = OutboxRelay::new(js.clone(), store.clone(), "consent", config.clone());
+    let shutdown = CancellationToken::new();
+    let again = spawn_relay(&relay, &shutdown);
+    wait_position(&relay, 35).await;
+    shutdown.cancel();
+    again.await.unwrap().unwrap();
+
+    let got = on_stream(&js).await;
+    let expected: Vec<(String, String)> = (0..35)
+        .filter(|i| *i >= 30 || i % 5 != 4)
+        .map(|i| (domain_event(i, true).event_id, (i + 1).to_string()))
+        .collect();
+    assert_eq!(
+        got, expected,
+        "each domain event on the stream exactly once, in order"
+    );
+
+    // An unreadable cursor is an error, not a silent restart from 0.
+    store.set_meta("outbox.cursor", b"bad").await.unwrap();
+    assert!(relay.cursor().is_err());
+}

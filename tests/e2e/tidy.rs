@@ -78,6 +78,31 @@ fn services_write_only_through_the_kits_door() {
 }
 
 #[test]
+fn every_grpc_server_takes_no_larger_messages_than_nats() {
+    // tonic's default is 4 MiB; the contract's limit (64 KiB, as on NATS) must hold on gRPC.
+    let mut found = Vec::new();
+    for root in ["services", "crates/service-kit"] {
+        for (path, text) in sources_under(root) {
+            let lines: Vec<&str> = text.lines().collect();
+            for (n, line) in lines.iter().enumerate() {
+                let next = lines.get(n + 1).copied().unwrap_or_default();
+                if line.contains("ServiceServer::new(")
+                    && !line.contains("fn ")
+                    && !format!("{line}{next}").contains(".max_decoding_message_size(")
+                {
+                    found.push(format!("{path}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "chain .max_decoding_message_size(ctx.limits.max_message_bytes) on the server:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
 fn services_publish_only_catalogue_events_they_own() {
     use privacy_proto::EventType;
     use privacy_proto::catalogue::{DOMAIN_EVENTS, domain_event};

@@ -68,15 +68,16 @@ pub fn decode_envelope(bytes: &[u8], encoding: Encoding) -> Result<Envelope, Dec
 }
 
 /// Encodes an envelope in the proto3 JSON mapping (what a plain NATS client may publish).
-pub fn envelope_to_json(envelope: &Envelope) -> Vec<u8> {
+/// Fails for what JSON cannot express, e.g. a timestamp outside years 1–9999.
+pub fn envelope_to_json(envelope: &Envelope) -> Result<Vec<u8>, DecodeError> {
     let desc = POOL
         .get_message_by_name("privacy.v1.Envelope")
         .expect("privacy.v1.Envelope is in the descriptor set");
     let mut dynamic = DynamicMessage::new(desc);
     dynamic
         .transcode_from(envelope)
-        .expect("an Envelope transcodes to its own descriptor");
-    serde_json::to_vec(&dynamic).expect("a dynamic message serialises to JSON")
+        .map_err(|e| DecodeError::Json(e.to_string()))?;
+    serde_json::to_vec(&dynamic).map_err(|e| DecodeError::Json(e.to_string()))
 }
 
 /// The envelope without its payload: what an index over every event (the subject timeline)
@@ -163,7 +164,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let json = envelope_to_json(&env);
+        let json = envelope_to_json(&env).unwrap();
         let text = String::from_utf8(json.clone()).unwrap();
         assert!(text.contains("\"eventType\":\"consent.granted\""), "{text}");
         assert_eq!(decode_envelope(&json, Encoding::Json).unwrap(), env);

@@ -79,6 +79,12 @@ impl AuditService for Audit {
         if !req.subject_id.is_empty() && req.tenant.is_empty() {
             return Err(Status::invalid_argument("subject_id needs tenant"));
         }
+        privacy_proto::validate::check_list_len(
+            "event_types",
+            req.event_types.len(),
+            &privacy_proto::Limits::default(),
+        )
+        .map_err(crate::door::rejection_status)?;
         let (tx, rx) = mpsc::channel(256);
         let mut sub = self.store.subscribe(req.from_seq.max(1));
         let shutdown = self.shutdown.clone();
@@ -191,7 +197,11 @@ impl AuditService for Audit {
                         )));
                     }
                 }
-                req.names
+                // Each named view once, however often it was named.
+                let mut names = req.names;
+                names.sort();
+                names.dedup();
+                names
             }
         };
         let (tx, rx) = mpsc::channel(64);

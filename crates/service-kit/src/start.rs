@@ -136,6 +136,8 @@ pub struct RunningService {
     pub stats: Arc<IngestStats>,
     /// Set once the views caught up with the log at start-up.
     pub ready: Readiness,
+    /// The service's door (for tools and tests that drive it directly).
+    pub context: ServiceContext,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     fatal: Arc<OnceLock<String>>,
@@ -254,7 +256,7 @@ pub async fn start(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InterceptedService::new(
-            AuditServiceServer::new(audit),
+            AuditServiceServer::new(audit).max_decoding_message_size(ctx.limits.max_message_bytes),
             auth,
         ));
     domain.routes(&ctx, &mut routes);
@@ -303,7 +305,7 @@ pub async fn start(
     }));
 
     let stats = Arc::new(IngestStats::default());
-    let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest { ctx });
+    let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest { ctx: ctx.clone() });
     let lifecycle = Lifecycle {
         spec,
         bus: config.bus.clone(),
@@ -333,6 +335,7 @@ pub async fn start(
         projector,
         stats,
         ready,
+        context: ctx,
         shutdown,
         tasks,
         fatal,

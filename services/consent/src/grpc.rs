@@ -30,7 +30,7 @@ pub fn add_routes(
         domain: Arc::new(domain),
     };
     routes.add_service(InterceptedService::new(
-        ConsentServiceServer::new(api),
+        ConsentServiceServer::new(api).max_decoding_message_size(ctx.limits.max_message_bytes),
         ctx.auth.clone(),
     ));
 }
