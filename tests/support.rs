@@ -164,6 +164,35 @@ pub async fn all_events(audit: &mut Audit) -> Vec<StoredEvent> {
     out
 }
 
+/// The service's committed head (0 while it does not answer).
+pub async fn head_seq(audit: &mut Audit) -> u64 {
+    audit
+        .projection_status(ProjectionStatusRequest {})
+        .await
+        .map(|r| r.into_inner().head_seq)
+        .unwrap_or(0)
+}
+
+/// Asserts that `stored` (every stored event, in order) holds `total` events numbered without a
+/// gap, and that VerifyChain checks all of them and finds the chain intact.
+pub async fn assert_log_intact(audit: &mut Audit, stored: &[StoredEvent], total: u64) {
+    assert_eq!(stored.len() as u64, total, "events stored");
+    assert!(
+        stored
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 + 1),
+        "gap-free"
+    );
+    let chain = audit
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(chain.ok, "{chain:?}");
+    assert_eq!(chain.events_checked, total);
+}
+
 /// Waits until the service's head reaches `seq` and its projections have caught up.
 pub async fn wait_for_head(audit: &mut Audit, seq: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;

@@ -3,6 +3,7 @@
 //! the workspace links it once.
 
 mod auth;
+mod cluster;
 mod consent;
 mod crash;
 mod dlq;

@@ -9,6 +9,7 @@ use crate::BusError;
 /// Where NATS is and how the streams are named.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
+    /// A NATS URL, or a cluster's nodes' URLs separated by commas.
     pub url: String,
     /// Subject prefix: `<prefix>.in.>`, `<prefix>.evt.>`, `<prefix>.out.>`, `<prefix>.dlq.>`.
     pub prefix: String,
@@ -68,6 +69,16 @@ impl BusConfig {
         ]
     }
 
+    /// The servers `url` names: one URL, or several separated by commas (nodes of one cluster;
+    /// the client also learns the others from whichever it reaches).
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
     /// The stream holding user events.
     pub fn in_stream(&self) -> String {
         format!("{}_IN", self.stream_prefix)
@@ -79,14 +90,15 @@ impl BusConfig {
     }
 }
 
-/// Connects to NATS, retrying the first connection and reconnecting forever after.
+/// Connects to NATS (any of the configured servers), retrying the first connection and
+/// reconnecting forever after.
 pub async fn connect(config: &BusConfig, name: &str) -> Result<async_nats::Client, BusError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
-        .connect(config.url.as_str())
+        .connect(config.server_urls())
         .await
         .map_err(|e| BusError::Connect {
             url: config.url.clone(),
@@ -113,4 +125,29 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &BusConfig) -> Resu
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusConfig;
+
+    #[test]
+    fn the_url_may_list_several_servers() {
+        let config = BusConfig {
+            url: "nats://127.0.0.1:4222, nats://127.0.0.1:4223,,nats://127.0.0.1:4224".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            config.server_urls(),
+            [
+                "nats://127.0.0.1:4222",
+                "nats://127.0.0.1:4223",
+                "nats://127.0.0.1:4224"
+            ]
+        );
+        assert_eq!(
+            BusConfig::default().server_urls(),
+            ["nats://127.0.0.1:4222"]
+        );
+    }
 }

