@@ -133,9 +133,14 @@ impl AuthInterceptor {
 }
 
 /// Whether a service's views have caught up with its log since start-up; until then no RPC
-/// behind the interceptor answers from them (DESIGN §5.5).
+/// behind the interceptor answers from them (DESIGN §5.5). After a fatal failure it is
+/// *failed*: RPCs are refused again while the service stops.
 #[derive(Clone, Default)]
-pub struct Readiness(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub struct Readiness(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const FAILED: u8 = 2;
 
 impl Readiness {
     /// Ready from the start (tools and tests that have no views to wait for).
@@ -146,16 +151,25 @@ impl Readiness {
     }
 
     pub fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.0.compare_exchange(
+            STARTING,
+            READY,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
     }
 
-    /// Not ready any more (the service failed and is stopping).
-    pub fn unset(&self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
+    /// Not ready any more, for good: the service failed and is stopping.
+    pub fn fail(&self) {
+        self.0.store(FAILED, std::sync::atomic::Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
+        self.0.load(std::sync::atomic::Ordering::Acquire) == READY
+    }
+
+    fn is_failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == FAILED
     }
 }
 
@@ -181,6 +195,11 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .tokens
             .role_of(token.trim())
             .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        if self.ready.is_failed() {
+            return Err(Status::unavailable(
+                "stopping after a fatal failure (see the service's log); retry once it restarted",
+            ));
+        }
         if !self.ready.is_ready() {
             return Err(Status::unavailable(
                 "starting: the views are catching up with the log; retry shortly",
@@ -250,5 +269,32 @@ mod tests {
         assert!(t.add_list("root:abcdefgh").is_err());
         assert!(t.add_list("auditor:short").is_err());
         assert_eq!(format!("{t:?}"), "Tokens(3 configured)");
+    }
+
+    #[test]
+    fn a_failed_service_refuses_rpcs_for_good() {
+        let mut t = Tokens::default();
+        t.add_list("operator:op-token-1").unwrap();
+        let ready = Readiness::default();
+        let mut auth = AuthInterceptor::new(t, ready.clone());
+        let mut ask = || {
+            let mut req = Request::new(());
+            req.metadata_mut()
+                .insert("authorization", "Bearer op-token-1".parse().unwrap());
+            auth.call(req)
+                .map(|_| ())
+                .map_err(|s| (s.code(), s.message().to_owned()))
+        };
+        assert!(ask().unwrap_err().1.starts_with("starting"));
+        ready.set();
+        assert!(ask().is_ok());
+        ready.fail();
+        ready.set();
+        let (code, message) = ask().unwrap_err();
+        assert_eq!(code, tonic::Code::Unavailable);
+        assert!(
+            message.starts_with("stopping after a fatal failure"),
+            "{message}"
+        );
     }
 }

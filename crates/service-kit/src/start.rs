@@ -84,7 +84,7 @@ impl Supervisor {
                 "fatal failure: the service stops; restart it to recover"
             );
         }
-        self.ready.unset();
+        self.ready.fail();
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
