@@ -172,7 +172,7 @@ impl Ingest {
             let mut batch = Vec::with_capacity(chunk.len());
             // After a NATS node failed, the pull request in flight may be gone: async-nats only
             // reports it and would wait for the request to expire (~35 s). Leaving the loop
-            // makes the caller pull afresh at once.
+            // makes the caller pull afresh (the kit restarts it after a second).
             let mut pull_lost = false;
             for m in chunk {
                 match m {

@@ -17,7 +17,7 @@ mod outbox;
 pub use config::{BusConfig, connect, ensure_streams};
 pub use dlq::{HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD, HEADER_ORIGINAL_SUBJECT};
 pub use ingest::{Ingest, IngestHandler, IngestStats, Prepared, Transient};
-pub use outbox::OutboxRelay;
+pub use outbox::{OutboxRelay, msg_id};
 
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]

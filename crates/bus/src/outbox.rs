@@ -1,7 +1,8 @@
 //! The outbox relay: stored domain events reach the bus exactly as stored, in order.
 //!
 //! Events are committed to the store first (flagged for publishing); the relay reads them from
-//! its cursor, publishes each with `Nats-Msg-Id = event_id` and `Privacy-Seq = seq`, waits for
+//! its cursor, publishes each with `Nats-Msg-Id = <tenant>:<event_id>` (event ids are unique per
+//! tenant only) and `Privacy-Seq = seq`, waits for
 //! JetStream's ack, and only then moves on. One event is in flight at a time, so a failure can
 //! never let a later event overtake an earlier one.
 //!
@@ -37,6 +38,12 @@ pub struct OutboxRelay {
 }
 
 const CURSOR: &str = "outbox.cursor";
+
+/// The `Nats-Msg-Id` of a published event: `<tenant>:<event_id>`, so that two tenants' events
+/// with one id are never taken for duplicates by JetStream.
+pub fn msg_id(event: &RecordedEvent) -> String {
+    format!("{}:{}", event.scope, event.event_id)
+}
 /// The cursor is made durable at least this often (in published events).
 pub const CURSOR_EVERY: usize = 256;
 
@@ -101,7 +108,7 @@ impl OutboxRelay {
             return Ok(0);
         };
         match self.store.get(seq)? {
-            Some(e) if Some(&e.event_id) == header("Nats-Msg-Id").as_ref() => Ok(seq),
+            Some(e) if Some(msg_id(&e)) == header("Nats-Msg-Id") => Ok(seq),
             _ => {
                 tracing::warn!(
                     seq,
@@ -206,7 +213,7 @@ impl OutboxRelay {
         let msg = PublishMessage::build()
             .payload(event.data.clone().into())
             .headers(headers)
-            .message_id(&event.event_id);
+            .message_id(msg_id(event));
         let err = |reason: String| BusError::Publish {
             subject: subject.to_owned(),
             reason,

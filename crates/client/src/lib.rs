@@ -13,7 +13,7 @@
 //!
 //! The client fills `event_id` (UUIDv7), `event_type`, `schema_version` and `occurred_at`,
 //! checks the event against the contract before sending (the same checks the services apply),
-//! publishes it on `privacy.in.<event_type>` with `Nats-Msg-Id = event_id`, waits for
+//! publishes it on `privacy.in.<event_type>` with `Nats-Msg-Id = <tenant>:<event_id>`, waits for
 //! JetStream's ack, and retries transient failures with the same id, so a retry is never stored
 //! twice.
 
@@ -153,7 +153,7 @@ impl PrivacyClient {
             let msg = PublishMessage::build()
                 .payload(bytes.clone().into())
                 .headers(headers)
-                .message_id(&envelope.event_id);
+                .message_id(format!("{}:{}", envelope.tenant, envelope.event_id));
             let result = async {
                 self.js
                     .send_publish(subject.clone(), msg)

@@ -505,18 +505,6 @@ fn fold_to_head(
         let mut batch = sled::Batch::default();
         for (k, v) in writer.overlay {
             match v {
-                // A view value must stay under sled's blob threshold like a log segment (see
-                // the store's power-safety note): a larger one is a projection bug, made loud.
-                Some(v) if v.len() > crate::MAX_RECORD_BYTES => {
-                    return Err(StoreError::Invalid(format!(
-                        "projection {} wrote a {}-byte value at key {:?}; a view value may \
-                         hold at most {} bytes",
-                        slot.projection.name(),
-                        v.len(),
-                        String::from_utf8_lossy(&k[1..]),
-                        crate::MAX_RECORD_BYTES
-                    )));
-                }
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }

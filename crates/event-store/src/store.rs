@@ -19,7 +19,9 @@
 //!
 //! **Fail-stop.** A commit that fails leaves sled's memory possibly ahead of the disk, so the
 //! writer refuses every later append and publishes the failure ([`EventStore::watch_failure`]);
-//! the service kit turns that into NOT_SERVING and a non-zero exit. A restart recovers.
+//! the service kit turns that into NOT_SERVING and a non-zero exit. A restart recovers. The
+//! failed batch's fate is indeterminate (sled's background flush may still write it): its
+//! callers were told it failed, and their retries dedupe, so nothing is stored twice.
 //!
 //! Key layout in the `log` tree (integers big-endian):
 //! `g first_seq` → segment (`u32 count`, then per record `u32 len` + record bytes)
@@ -776,6 +778,10 @@ impl EventStore {
 
     /// Writes a metadata value durably (flushed and fdatasynced, like a commit).
     pub async fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        // After a failed commit, a flush could make the failed batch durable after all.
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         let shared = self.shared.clone();
         let (key, value) = (key(K_META, name.as_bytes()), value.to_vec());
         tokio::task::spawn_blocking(move || {
@@ -789,8 +795,12 @@ impl EventStore {
         .map_err(storage)?
     }
 
-    /// Waits until every earlier write is durable (used at shutdown).
+    /// Waits until every earlier write is durable (used at shutdown). Refused after a failed
+    /// commit, so that the failed batch sled may still hold in memory never reaches the disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         self.shared.db.flush_async().await.map_err(storage)?;
         Ok(())
     }
@@ -936,7 +946,9 @@ impl Writer {
             }
             self.commit(requests);
         }
-        let _ = self.shared.db.flush();
+        if self.failed.is_none() {
+            let _ = self.shared.db.flush();
+        }
     }
 
     fn commit(&mut self, requests: Vec<AppendRequest>) {

@@ -461,7 +461,21 @@ impl ServiceContext {
                 .admit(envelope, None, SystemTime::now(), Some(content))
                 .await?
             {
-                Admitted::Duplicate(position) => Ok(position),
+                // Answered once the views show the first call's record, as that call was.
+                Admitted::Duplicate(position) => {
+                    if self
+                        .projector
+                        .wait_for(position.seq, READ_YOUR_WRITES)
+                        .await
+                    {
+                        Ok(position)
+                    } else {
+                        Err(DoorError::ViewsBehind {
+                            checkpoint: self.projector.checkpoint(),
+                            head: position.seq,
+                        })
+                    }
+                }
                 Admitted::New(events) => self.append(events, ExpectedVersion::Any).await,
             }
         };

@@ -359,28 +359,14 @@ struct Lifecycle {
 impl Lifecycle {
     /// Returns at shutdown; the parts it starts are supervised on their own.
     async fn run(self) -> Result<(), String> {
-        // Views catch up (stale ones rebuilt in a shadow) before anything reads them.
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let caught_up = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
-                r = self.projector.catch_up() => r,
-            };
-            match caught_up {
-                Ok(applied) => {
-                    tracing::info!(applied, head = self.store.head().seq, "views caught up");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "catching the views up failed; retrying in {delay:?}")
-                }
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+        // Views catch up (stale ones rebuilt in a shadow) before anything reads them. A fold
+        // that fails here would fail the same way on every retry: stop loudly instead.
+        let applied = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            r = self.projector.catch_up() => r,
         }
+        .map_err(|e| format!("catching the views up with the log: {e}"))?;
+        tracing::info!(applied, head = self.store.head().seq, "views caught up");
         self.ready.set();
         let mut parts = JoinSet::new();
         let projector = self.projector.clone();
@@ -479,6 +465,14 @@ async fn run_bus(
     parts.spawn(sup.supervise("the outbox relay".into(), async move {
         while !relay_shutdown.is_cancelled() {
             if let Err(e) = relay.run(relay_shutdown.clone()).await {
+                // A corrupt cursor or record fails the same way every time: stop loudly.
+                if let privacy_bus::BusError::Store(
+                    privacy_event_store::StoreError::Corrupt { .. }
+                    | privacy_event_store::StoreError::Invalid(_),
+                ) = e
+                {
+                    return Err(e.to_string());
+                }
                 tracing::warn!(error = %e, "outbox relay failed; restarting");
                 tokio::select! {
                     _ = relay_shutdown.cancelled() => {}
