@@ -490,7 +490,9 @@ async fn run_bus(
         .await;
     health.set_serving::<AuditServiceServer<Audit>>().await;
     shutdown.cancelled().await;
+    // Also after a fatal failure that raced with the SERVING above.
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    health.set_not_serving::<AuditServiceServer<Audit>>().await;
 }
