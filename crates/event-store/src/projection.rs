@@ -503,11 +503,27 @@ fn fold_to_head(
         meta.checkpoint = last_seq;
         meta.rebuilding = false;
         let mut batch = sled::Batch::default();
+        let mut oversized = None;
         for (k, v) in writer.overlay {
             match v {
+                Some(v) if v.len() > crate::MAX_RECORD_BYTES => {
+                    oversized.get_or_insert((k.clone(), v.len()));
+                    batch.insert(k, v)
+                }
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
+        }
+        if let Some((key, len)) = oversized {
+            // Not fatal (views are rebuilt from the log), but such a value may land in sled's
+            // unsynced blobs/ files: the projection should cut it into smaller values.
+            tracing::warn!(
+                projection = slot.projection.name(),
+                key = %String::from_utf8_lossy(&key[1..]),
+                bytes = len,
+                max = crate::MAX_RECORD_BYTES,
+                "a view value is larger than sled keeps in its synced log"
+            );
         }
         batch.insert(META_KEY, meta.encode());
         tree.apply_batch(batch).map_err(storage)?;

@@ -1,8 +1,10 @@
 //! The per-subject timeline projection: for each (tenant, subject), every stored event's type,
 //! time and source in log order.
 //!
-//! Entries are kept in chunks of [`CHUNK`] so that folding an event rewrites one small value and
-//! a rebuild writes each chunk once per commit instead of one key per event. Keys:
+//! Entries are kept in chunks of at most [`CHUNK`] entries and about [`CHUNK_BYTES`] bytes, so
+//! that folding an event rewrites one small value, a rebuild writes each chunk once per commit
+//! instead of one key per event, and no value grows past what sled keeps in its synced log
+//! (see the event store's power-safety note). Keys:
 //! `tenant 0x00 subject 0x00 chunk(u32 BE)` → `count(u16 BE)` + length-prefixed `TimelineEntry`s.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
@@ -16,6 +18,8 @@ use crate::projection::decode_stored;
 pub const SUBJECT_TIMELINE: &str = "subject_timeline";
 /// Entries per stored chunk.
 pub const CHUNK: u32 = 64;
+/// A chunk takes no more entries once it holds this many bytes (an entry is at most ~4.3 KiB).
+pub const CHUNK_BYTES: usize = 16 * 1024;
 
 /// Folds every event that names a subject into that subject's timeline.
 pub struct SubjectTimeline;
@@ -35,7 +39,7 @@ impl Projection for SubjectTimeline {
     }
 
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -57,9 +61,9 @@ impl Projection for SubjectTimeline {
         };
         let mut full = false;
         view.update(&key, |v| {
-            full = v
-                .as_deref()
-                .is_some_and(|b| u16::from_be_bytes([b[0], b[1]]) as u32 >= CHUNK);
+            full = v.as_deref().is_some_and(|b| {
+                u16::from_be_bytes([b[0], b[1]]) as u32 >= CHUNK || b.len() >= CHUNK_BYTES
+            });
         })?;
         if full {
             let n = u32::from_be_bytes(key[prefix.len()..].try_into().unwrap_or([0; 4]));
@@ -144,5 +148,44 @@ mod tests {
         );
         assert!(u1.windows(2).all(|w| w[0].seq < w[1].seq));
         assert!(read_timeline(&view, "acme", "nobody").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn chunks_stay_small_whatever_the_entries_carry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let projector = Projector::open(&store, vec![Arc::new(SubjectTimeline)]).unwrap();
+        let events: Vec<NewEvent> = (0..100)
+            .map(|i| {
+                let env = Envelope {
+                    event_type: "consent.granted".into(),
+                    tenant: "acme".into(),
+                    subject_id: "u-1".into(),
+                    source: "s".repeat(4096),
+                    ..Default::default()
+                };
+                NewEvent::new(
+                    "acme",
+                    format!("id-{i}"),
+                    "acme/u-1",
+                    env.event_type.clone(),
+                    env.encode_to_vec(),
+                )
+            })
+            .collect();
+        store.append(events, ExpectedVersion::Any).await.unwrap();
+        projector.catch_up().await.unwrap();
+        let view = projector.view(SUBJECT_TIMELINE).unwrap();
+        let prefix = subject_prefix("acme", "u-1");
+        let chunks = view.scan_prefix(&prefix).unwrap();
+        assert!(chunks.len() > 1);
+        for (_, chunk) in &chunks {
+            assert!(
+                chunk.len() < CHUNK_BYTES + 4400,
+                "a chunk of {} bytes",
+                chunk.len()
+            );
+        }
+        assert_eq!(read_timeline(&view, "acme", "u-1").unwrap().len(), 100);
     }
 }
