@@ -135,7 +135,11 @@ async fn service(nats_url: &str, data: &std::path::Path, n: usize) -> f64 {
 async fn rebuild(events_dir: &std::path::Path, n: usize) -> (f64, f64, f64) {
     let mut scan_rate = 0.0;
     {
-        let db = sled::Config::new().path(events_dir).open().unwrap();
+        let db = sled::Config::new()
+            .path(events_dir)
+            .segment_size(privacy_event_store::SLED_SEGMENT_BYTES)
+            .open()
+            .unwrap();
         let tree = db.open_tree("log").unwrap();
         for _ in 0..3 {
             let start = Instant::now();
