@@ -142,7 +142,11 @@ pub fn validate_envelope(
         Rejection::new(
             RejectionCode::UnknownEventType,
             "event_type",
-            format!("unknown event type {:?}", env.event_type),
+            format!(
+                "the event type is not in the catalogue ({} characters; the value is not \
+                 repeated here)",
+                env.event_type.chars().count()
+            ),
         )
     })?;
     if let Some(st) = subject_type
@@ -212,7 +216,11 @@ fn check_event_id(id: &str, limits: &Limits) -> Result<(), Rejection> {
     if !(is_uuid || is_ulid) {
         return Err(Rejection::invalid(
             "event_id",
-            format!("event_id {id:?} is neither a UUID nor a ULID"),
+            format!(
+                "event_id is neither a UUID nor a ULID ({} characters; the value is not \
+                 repeated here)",
+                id.chars().count()
+            ),
         ));
     }
     Ok(())
@@ -234,7 +242,15 @@ pub(crate) fn check_id(field: &str, value: &str, limits: &Limits) -> Result<(), 
     {
         return Err(Rejection::invalid(
             field,
-            format!("{field} {value:?} may hold only letters, digits and - _ . :"),
+            format!(
+                "{field} may hold only letters, digits and - _ . : (its first other character \
+                 is at position {}; the value is not repeated here)",
+                value
+                    .bytes()
+                    .position(|b| !(b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+                    .unwrap_or(0)
+                    + 1
+            ),
         ));
     }
     Ok(())
@@ -478,6 +494,30 @@ mod tests {
             let mut env = granted();
             mutate(&mut env);
             assert_eq!(field_of(&env), field, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_never_repeat_the_refused_value() {
+        let marker = "Ann Q. Example";
+        type Change = Box<dyn Fn(&mut Envelope)>;
+        let cases: Vec<Change> = vec![
+            Box::new(|e| e.subject_id = marker.into()),
+            Box::new(|e| e.event_id = marker.into()),
+            Box::new(|e| e.event_type = marker.into()),
+            Box::new(|e| e.tenant = marker.into()),
+            Box::new(|e| {
+                if let Some(Payload::ConsentGranted(p)) = &mut e.payload {
+                    p.purposes = vec![marker.into()];
+                }
+            }),
+        ];
+        for change in cases {
+            let mut env = granted();
+            change(&mut env);
+            let r = validate_envelope(&env, None, now(), &Limits::default()).unwrap_err();
+            assert!(!r.reason.contains("Ann"), "{r}");
+            assert!(!r.field.contains("Ann"), "{r}");
         }
     }
 

@@ -243,7 +243,11 @@ impl ServiceContext {
             Rejection::new(
                 RejectionCode::UnknownTenant,
                 "tenant",
-                format!("tenant {id:?} is not in the tenant registry"),
+                format!(
+                    "the tenant is not in the tenant registry ({} characters; the value is not \
+                     repeated here)",
+                    id.chars().count()
+                ),
             )
         })
     }

@@ -106,15 +106,12 @@ impl ConsentDomain {
     ) -> Result<(), Rejection> {
         let at = micros_or_zero(env.occurred_at.as_ref());
         let day = tenant.local_date(at).unwrap_or_default();
-        for purpose in &g.purposes {
+        for (i, purpose) in g.purposes.iter().enumerate() {
             match tenant.basis_of(purpose) {
                 None => {
                     return Err(invalid(
                         "consent_granted.purposes",
-                        format!(
-                            "purpose {purpose:?} is not in tenant {}'s catalog",
-                            tenant.id
-                        ),
+                        format!("purposes[{i}] is not in tenant {}'s catalog", tenant.id),
                     ));
                 }
                 Some(LegalBasis::Consent) => {}
@@ -136,8 +133,9 @@ impl ConsentDomain {
                 return Err(forbidden(
                     "consent_granted.policy_version",
                     format!(
-                        "policy version {:?} is not the one in force when consent was given ({:?} is)",
-                        g.policy_version, p.version
+                        "the policy version given is not the one in force when consent was given \
+                         ({:?} is)",
+                        p.version
                     ),
                 ));
             }
@@ -238,11 +236,11 @@ impl ConsentDomain {
             policy.purposes.len(),
             &Default::default(),
         )?;
-        for p in &policy.purposes {
+        for (i, p) in policy.purposes.iter().enumerate() {
             if tenant.purpose(p).is_none() {
                 return Err(invalid(
                     "purposes",
-                    format!("{p:?} is not in tenant {}'s catalog", tenant.id),
+                    format!("purposes[{i}] is not in tenant {}'s catalog", tenant.id),
                 ));
             }
         }
@@ -323,14 +321,11 @@ impl DomainService for ConsentDomain {
             }
             Some(Payload::ConsentGranted(g)) => self.check_grant(tenant, envelope, g),
             Some(Payload::ConsentWithdrawn(w)) => {
-                for purpose in &w.purposes {
+                for (i, purpose) in w.purposes.iter().enumerate() {
                     if tenant.purpose(purpose).is_none() {
                         return Err(invalid(
                             "consent_withdrawn.purposes",
-                            format!(
-                                "purpose {purpose:?} is not in tenant {}'s catalog",
-                                tenant.id
-                            ),
+                            format!("purposes[{i}] is not in tenant {}'s catalog", tenant.id),
                         ));
                     }
                 }
