@@ -234,4 +234,19 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
         expected.len() as u64 + 1
     );
     consent.stop().await;
+
+    // Refused messages may hold personal data in the clear: the DLQ keeps them 7 days by
+    // default, and a changed setting reaches an existing stream.
+    let max_age = |js: jetstream::Context| async move {
+        let mut dlq = js.get_stream("PRIVACY_DLQ").await.unwrap();
+        dlq.info().await.unwrap().config.max_age
+    };
+    assert_eq!(max_age(js.clone()).await, Duration::from_secs(7 * 86_400));
+    let one_day = privacy_bus::BusConfig {
+        url: nats.url(),
+        dlq_max_age: Duration::from_secs(86_400),
+        ..Default::default()
+    };
+    privacy_bus::ensure_streams(&js, &one_day).await.unwrap();
+    assert_eq!(max_age(js.clone()).await, Duration::from_secs(86_400));
 }

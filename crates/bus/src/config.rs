@@ -23,6 +23,8 @@ pub struct BusConfig {
     pub ack_wait: Duration,
     /// Most messages pulled into one ingest batch.
     pub batch_size: usize,
+    /// How long the DLQ keeps a refused message (it may hold personal data in the clear).
+    pub dlq_max_age: Duration,
 }
 
 impl Default for BusConfig {
@@ -35,6 +37,7 @@ impl Default for BusConfig {
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             batch_size: 1000,
+            dlq_max_age: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -107,22 +110,45 @@ pub async fn connect(config: &BusConfig, name: &str) -> Result<async_nats::Clien
 }
 
 /// Creates the four streams if they do not exist (file storage, the configured replicas and
-/// duplicate window). Existing streams are left as they are.
+/// duplicate window; the DLQ with `dlq_max_age`). Existing streams are left as they are, except
+/// that the DLQ's `max_age` is brought to the configured one: it bounds how long refused
+/// personal data rests in the clear.
 pub async fn ensure_streams(js: &jetstream::Context, config: &BusConfig) -> Result<(), BusError> {
+    let dlq = format!("{}_DLQ", config.stream_prefix);
     for (name, subject) in config.streams() {
-        js.get_or_create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subject],
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            duplicate_window: config.duplicate_window,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::Stream {
-            stream: name,
+        let err = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: name.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let max_age = if name == dlq {
+            config.dlq_max_age
+        } else {
+            Duration::ZERO
+        };
+        let mut stream = js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject],
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                duplicate_window: config.duplicate_window,
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        if name == dlq {
+            let existing = stream.info().await.map_err(|e| err(&e))?.config.clone();
+            if existing.max_age != max_age {
+                tracing::info!(stream = %name, ?max_age, "setting the DLQ's max_age");
+                js.update_stream(stream::Config {
+                    max_age,
+                    ..existing
+                })
+                .await
+                .map_err(|e| err(&e))?;
+            }
+        }
     }
     Ok(())
 }

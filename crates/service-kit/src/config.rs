@@ -50,6 +50,7 @@ pub const KEYS: &[&str] = &[
     "TLS_KEY",
     "INGEST_BATCH",
     "ACK_WAIT_SECS",
+    "DLQ_MAX_AGE_DAYS",
     "FSYNC",
 ];
 
@@ -128,7 +129,17 @@ impl ServiceConfig {
             duplicate_window: defaults.duplicate_window,
             ack_wait: Duration::from_secs(number("ACK_WAIT_SECS", 30)?),
             batch_size: number("INGEST_BATCH", defaults.batch_size as u64)? as usize,
+            dlq_max_age: Duration::from_secs(
+                number("DLQ_MAX_AGE_DAYS", defaults.dlq_max_age.as_secs() / 86_400)?
+                    .saturating_mul(86_400),
+            ),
         };
+        if bus.dlq_max_age.is_zero() {
+            return Err(invalid(
+                "DLQ_MAX_AGE_DAYS",
+                "must be at least 1: the DLQ holds refused personal data in the clear".into(),
+            ));
+        }
         if !(1..=5).contains(&bus.replicas) {
             return Err(invalid("STREAM_REPLICAS", "must be 1 to 5".into()));
         }
