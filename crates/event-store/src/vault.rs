@@ -44,8 +44,12 @@ pub struct Vault {
     db_file: PathBuf,
     /// Keys were created since the last [`Vault::sync`].
     dirty: AtomicBool,
-    /// Serialises key creation and shredding (reads stay concurrent).
+    /// Serialises key creation, cache fills and shredding (reads and cache hits stay
+    /// concurrent), so a shred can never be followed by a cache fill of the key it destroyed.
     write_lock: Mutex<()>,
+    /// Serialises [`Vault::sync`], so a caller never returns before a flush that another
+    /// caller started (after taking the `dirty` flag) has finished.
+    sync_lock: Mutex<()>,
     /// Live keys by (tenant, subject), so sealing on the ingest path does not read sled.
     cache: RwLock<HashMap<String, SubjectKeys>>,
 }
@@ -99,6 +103,7 @@ impl Vault {
             db_file: dir.join("db"),
             dirty: AtomicBool::new(false),
             write_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
             cache: RwLock::new(HashMap::new()),
         })
     }
@@ -125,7 +130,10 @@ impl Vault {
         {
             return Ok(hit.clone());
         }
-        let found = self.load_or_create_key(tenant, subject)?;
+        // Under the write lock: a shred either finished before (and the key read below is the
+        // new generation) or starts after the cache holds the key (and removes it).
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let found = self.load_or_create_key_locked(tenant, subject)?;
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         let subjects = cache.entry(tenant.to_owned()).or_default();
         if subjects.len() >= CACHE_LIMIT {
@@ -135,22 +143,12 @@ impl Vault {
         Ok(found)
     }
 
-    fn load_or_create_key(
+    /// The subject's live key, created if it has none; the caller holds `write_lock`.
+    fn load_or_create_key_locked(
         &self,
         tenant: &str,
         subject: &str,
     ) -> Result<(u32, XChaCha20Poly1305), StoreError> {
-        if let Some(generation) = self.current_generation(tenant, subject)?
-            && let Some(v) = self
-                .keys
-                .get(generation_key(tenant, subject, generation))
-                .map_err(storage)?
-            && v[0] == LIVE
-        {
-            return Ok((generation, cipher(&v[1..])?));
-        }
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        // Re-check under the lock: another caller may have created it meanwhile.
         let current = self.current_generation(tenant, subject)?;
         if let Some(generation) = current
             && let Some(v) = self
@@ -289,6 +287,7 @@ impl Vault {
 
     /// Makes created and shredded keys durable (flush + fdatasync); cheap when nothing changed.
     pub fn sync(&self) -> Result<(), StoreError> {
+        let _serial = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -362,5 +361,27 @@ mod tests {
             vault.open_field("acme", "u-2", "ip", &sealed).unwrap(),
             Opened::Clear(b"10.0.0.1".to_vec())
         );
+    }
+
+    #[test]
+    fn a_shred_racing_a_first_seal_never_leaves_a_dead_key_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = std::sync::Arc::new(Vault::open(dir.path()).unwrap());
+        for round in 0..200 {
+            let subject = format!("s-{round}");
+            let (a, b) = (vault.clone(), vault.clone());
+            let (sa, sb) = (subject.clone(), subject.clone());
+            let sealer = std::thread::spawn(move || a.seal("t", &sa, "f", b"x").unwrap());
+            let shredder = std::thread::spawn(move || b.shred("t", &sb, 1).unwrap());
+            sealer.join().unwrap();
+            shredder.join().unwrap();
+            // Whatever the interleaving, a seal after the shred uses a live key.
+            let sealed = vault.seal("t", &subject, "f", b"after").unwrap();
+            assert_eq!(
+                vault.open_field("t", &subject, "f", &sealed).unwrap(),
+                Opened::Clear(b"after".to_vec()),
+                "round {round}: sealed under a shredded key"
+            );
+        }
     }
 }
