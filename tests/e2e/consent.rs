@@ -258,13 +258,16 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
             == "never_given"
     );
 
-    // A child (VN: under 16) needs a guardian.
+    // A child (VN: under 16) needs a guardian. Born 14 years ago, so only the threshold in
+    // force now makes them a child: none was in force in VN on the birth date, and the tenant's
+    // own 13 alone would say adult.
+    let year = 1970 + now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 31_556_952;
     client
         .publish(
             TENANT,
             "kid-1",
             SubjectRegistered {
-                birth_date: "2016-05-01".into(),
+                birth_date: format!("{}-01-01", year - 14),
                 ..Default::default()
             },
         )

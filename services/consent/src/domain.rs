@@ -54,6 +54,25 @@ pub fn child_age(tenant: &Tenant, on: jiff::civil::Date) -> Option<u8> {
     law.max(own)
 }
 
+/// The instants between which a subject born on `birth` is a child, under the threshold in
+/// force on the tenant's local date of `at_micros`.
+pub fn child_window(tenant: &Tenant, birth: jiff::civil::Date, at_micros: i64) -> ChildStatus {
+    let Some(on) = tenant.local_date(at_micros) else {
+        return ChildStatus::default();
+    };
+    let Some(age) = child_age(tenant, on) else {
+        return ChildStatus::default();
+    };
+    let adult = birth
+        .checked_add(jiff::Span::new().years(i64::from(age)))
+        .ok()
+        .and_then(|d| tenant.start_of(d));
+    ChildStatus {
+        child_since: tenant.start_of(birth),
+        adult_from: adult,
+    }
+}
+
 impl ConsentDomain {
     pub fn new(ctx: &ServiceContext) -> ConsentDomain {
         ConsentDomain {
@@ -67,8 +86,10 @@ impl ConsentDomain {
         }
     }
 
-    /// When the subject is a child under the tenant's rules, as instants.
-    pub fn child_status(&self, tenant: &Tenant, subject: &str) -> ChildStatus {
+    /// When the subject is a child under the tenant's rules, as instants, with the age
+    /// threshold in force at `at_micros` (the instant decided: a grant's, or a check's as-of) —
+    /// not the one of the birth date, when no law may have been in force yet.
+    pub fn child_status(&self, tenant: &Tenant, subject: &str, at_micros: i64) -> ChildStatus {
         let recent = self
             .recent_births
             .lock()
@@ -85,17 +106,7 @@ impl ConsentDomain {
         let Ok(birth) = birth_date.parse::<jiff::civil::Date>() else {
             return ChildStatus::default();
         };
-        let Some(age) = child_age(tenant, birth) else {
-            return ChildStatus::default();
-        };
-        let adult = birth
-            .checked_add(jiff::Span::new().years(i64::from(age)))
-            .ok()
-            .and_then(|d| tenant.start_of(d));
-        ChildStatus {
-            child_since: tenant.start_of(birth),
-            adult_from: adult,
-        }
+        child_window(tenant, birth, at_micros)
     }
 
     fn check_grant(
@@ -188,7 +199,7 @@ impl ConsentDomain {
                 "valid_until must be after occurred_at".into(),
             ));
         }
-        let child = self.child_status(tenant, &env.subject_id);
+        let child = self.child_status(tenant, &env.subject_id, at);
         if child.child_since.is_some_and(|s| s <= at)
             && child.adult_from.is_none_or(|a| at < a)
             && g.expressed_by != ExpressedBy::Guardian as i32
@@ -355,5 +366,49 @@ impl DomainService for ConsentDomain {
 
     fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {
         crate::grpc::add_routes(ctx, self.clone(), routes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use privacy_service_kit::TenantRegistry;
+
+    use super::*;
+
+    /// Noon of `date` in the tenant's zone.
+    fn micros(tenant: &Tenant, date: &str) -> i64 {
+        tenant.start_of(date.parse().unwrap()).unwrap() + 12 * 3_600_000_000
+    }
+
+    #[test]
+    fn the_child_threshold_is_the_one_in_force_when_deciding() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants");
+        let registry = TenantRegistry::load(&dir).unwrap();
+        let vn = registry.get("vn-apihub").unwrap();
+        let born: jiff::civil::Date = "2012-03-10".parse().unwrap();
+        // In March 2026 (Law 91, child under 16) a 14-year-old is a child, although no Vietnamese
+        // rule was in force on the birth date (the tenant's own 13 alone would say adult).
+        let now = micros(vn, "2026-03-15");
+        let status = child_window(vn, born, now);
+        assert!(status.child_since.is_some_and(|s| s <= now));
+        assert!(status.adult_from.is_some_and(|a| now < a), "{status:?}");
+        // Across the regime switch: before Decree 13 (2023-07-01) only the tenant's 13 applied,
+        // so someone born 2008-03-01 was an adult in June 2022 and a child again under the
+        // decree in August 2023 (15 < 16).
+        let born: jiff::civil::Date = "2008-03-01".parse().unwrap();
+        let before = micros(vn, "2022-06-01");
+        assert!(
+            child_window(vn, born, before)
+                .adult_from
+                .is_some_and(|a| a <= before)
+        );
+        let after = micros(vn, "2023-08-01");
+        assert!(
+            child_window(vn, born, after)
+                .adult_from
+                .is_some_and(|a| after < a)
+        );
     }
 }

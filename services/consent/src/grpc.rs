@@ -171,7 +171,7 @@ impl ConsentService for ConsentApi {
             .map(to_change)
             .collect();
         let policies = reader.policies(&tenant.id).map_err(status_of)?;
-        let child = self.domain.child_status(tenant, &req.subject_id);
+        let child = self.domain.child_status(tenant, &req.subject_id, as_of);
         let d = decide(
             tenant.basis_of(&req.purpose),
             &history,
