@@ -543,6 +543,15 @@ async fn each_example_tenant_gets_its_jurisdictions_consent_rules() {
         g.attestation_ref = "contract-77/annex-2".into();
     });
     backend.grant_consent(attested).await.unwrap();
+    // A tenant whose file does not allow representatives refuses their consent.
+    let elsewhere = request("vn-apihub", "marketing", &|g| {
+        g.expressed_by = ExpressedBy::Representative as i32;
+        g.attestation_ref = "contract-77/annex-2".into();
+    });
+    assert_eq!(
+        field_of(backend.grant_consent(elsewhere).await.unwrap_err()),
+        "consent_granted.expressed_by"
+    );
 
     // AU: implied consent is possible, so a pre-ticked box is recorded (as such) rather than refused.
     let pre_ticked = request("au-messenger", "marketing", &|g| {

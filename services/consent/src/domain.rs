@@ -54,6 +54,17 @@ pub fn child_age(tenant: &Tenant, on: jiff::civil::Date) -> Option<u8> {
     law.max(own)
 }
 
+/// Whether the tenant accepts consent a representative (a legal entity passing on third
+/// parties' data) gives: `[consent] representatives_allowed = true` in its file; no otherwise.
+pub fn representatives_allowed(tenant: &Tenant) -> bool {
+    tenant
+        .extra
+        .get("consent")
+        .and_then(|c| c.get("representatives_allowed"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
 /// The instants between which a subject born on `birth` is a child, under the threshold in
 /// force on the tenant's local date of `at_micros`.
 pub fn child_window(tenant: &Tenant, birth: jiff::civil::Date, at_micros: i64) -> ChildStatus {
@@ -180,6 +191,17 @@ impl ConsentDomain {
                 format!(
                     "{} requires consent separate from other terms on {day}",
                     tenant.jurisdiction
+                ),
+            ));
+        }
+        if g.expressed_by == ExpressedBy::Representative as i32 && !representatives_allowed(tenant)
+        {
+            return Err(forbidden(
+                "consent_granted.expressed_by",
+                format!(
+                    "tenant {} does not accept consent passed on by a representative \
+                     ([consent] representatives_allowed in its tenant file)",
+                    tenant.id
                 ),
             ));
         }
