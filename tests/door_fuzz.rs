@@ -322,3 +322,50 @@ pub fn inputs() -> impl Strategy<Value = Input> {
         }),
     ]
 }
+
+/// What one fuzz run found.
+pub struct Run {
+    /// The first broken property, with proptest's minimal input.
+    pub failure: Option<String>,
+    pub tally: Tally,
+    pub elapsed: std::time::Duration,
+}
+
+/// Starts the consent service in-process against a fresh NATS server, publishes the test
+/// tenant's policy, and runs `cases` inputs through its door.
+pub fn run(cases: u32) -> Run {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let nats = privacy_testkit::NatsServer::start();
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let svc = rt.block_on(crate::InProcess::start(
+        privacy_consent::SPEC,
+        &nats.url(),
+        data.path(),
+    ));
+    rt.block_on(crate::publish_policy_v1(&svc.url()));
+    let ctx = svc.service.context.clone();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let tally = std::sync::Mutex::new(Tally::default());
+    let start = std::time::Instant::now();
+    let result = runner.run(&inputs(), |input| {
+        let mut t = tally.lock().expect("not poisoned");
+        rt.block_on(run_case(&ctx, &input, &mut t))
+            .map_err(TestCaseError::fail)
+    });
+    let elapsed = start.elapsed();
+    rt.block_on(svc.stop());
+    Run {
+        failure: result.err().map(|e| e.to_string()),
+        tally: *tally.lock().expect("not poisoned"),
+        elapsed,
+    }
+}

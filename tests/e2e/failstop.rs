@@ -138,19 +138,25 @@ async fn a_failed_commit_stops_the_service_loudly() {
     svc.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_projection_stops_the_service_loudly() {
+/// Starts `spec`, publishes the policy and one grant for `subject` on NATS, and returns the
+/// fatal reason the service stopped with.
+async fn reason_after_grant(spec: ServiceSpec, subject: &str) -> String {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(spec, &nats.url(), data.path()).await;
+    publish_policy_v1(&svc.url()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    publish(&js, subject).await;
+    fatal_reason(svc).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_projection_stops_the_service_loudly() {
     let spec = ServiceSpec {
         projections: with_boom_projection,
         ..privacy_consent::SPEC
     };
-    let svc = InProcess::start(spec, &nats.url(), data.path()).await;
-    publish_policy_v1(&svc.url()).await;
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    publish(&js, "boom-view").await;
-    let reason = fatal_reason(svc).await;
+    let reason = reason_after_grant(spec, "boom-view").await;
     assert!(
         reason.contains("projector panicked") && reason.contains("injected panic"),
         "{reason}"
@@ -159,17 +165,11 @@ async fn a_panicking_projection_stops_the_service_loudly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_ingest_loop_stops_the_service_loudly() {
-    let nats = NatsServer::start();
-    let data = tempfile::tempdir().unwrap();
     let spec = ServiceSpec {
         domain: panicky_domain,
         ..privacy_consent::SPEC
     };
-    let svc = InProcess::start(spec, &nats.url(), data.path()).await;
-    publish_policy_v1(&svc.url()).await;
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    publish(&js, "boom-check").await;
-    let reason = fatal_reason(svc).await;
+    let reason = reason_after_grant(spec, "boom-check").await;
     assert!(
         reason.contains("ingest loop") && reason.contains("injected panic"),
         "{reason}"

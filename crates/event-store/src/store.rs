@@ -482,20 +482,7 @@ impl EventStore {
 
     /// The event stored under an idempotency key, if any (committed ones only).
     pub fn lookup(&self, scope: &str, event_id: &str) -> Result<Option<Known>, StoreError> {
-        let candidate = self.index().ids.get(&id_digest(scope, event_id)).copied();
-        let Some(seq) = candidate else {
-            return Ok(None);
-        };
-        Ok(EventStore::read_one(&self.shared, seq)?
-            .filter(|rec| rec.scope == scope && rec.event_id == event_id)
-            .map(|rec| Known {
-                position: Position {
-                    seq,
-                    stream_version: rec.stream_version,
-                    duplicate: true,
-                },
-                content: rec.content,
-            }))
+        EventStore::known(&self.shared, scope, event_id, id_digest(scope, event_id))
     }
 
     /// Why the store stopped accepting writes, if it did.
@@ -1155,25 +1142,7 @@ impl Writer {
     ) -> Result<Option<Known>, StoreError> {
         let known = match segment.ids.get(&digest) {
             Some(k) => Some(*k),
-            None => {
-                let candidate = {
-                    let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-                    index.ids.get(&digest).copied()
-                };
-                let Some(seq) = candidate else {
-                    return Ok(None);
-                };
-                EventStore::read_one(&self.shared, seq)?
-                    .filter(|rec| rec.scope == e.scope && rec.event_id == e.event_id)
-                    .map(|rec| Known {
-                        position: Position {
-                            seq,
-                            stream_version: rec.stream_version,
-                            duplicate: true,
-                        },
-                        content: rec.content,
-                    })
-            }
+            None => EventStore::known(&self.shared, &e.scope, &e.event_id, digest)?,
         };
         match known {
             Some(k) if !k.same_content(&e.content) => Err(StoreError::ConflictingDuplicate {
@@ -1202,6 +1171,33 @@ impl Writer {
 }
 
 impl EventStore {
+    /// The committed event under an idempotency key (`digest` is its [`id_digest`]); a hit of
+    /// the truncated digest is confirmed against the record.
+    fn known(
+        shared: &Shared,
+        scope: &str,
+        event_id: &str,
+        digest: [u8; 16],
+    ) -> Result<Option<Known>, StoreError> {
+        let candidate = {
+            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            index.ids.get(&digest).copied()
+        };
+        let Some(seq) = candidate else {
+            return Ok(None);
+        };
+        Ok(EventStore::read_one(shared, seq)?
+            .filter(|rec| rec.scope == scope && rec.event_id == event_id)
+            .map(|rec| Known {
+                position: Position {
+                    seq,
+                    stream_version: rec.stream_version,
+                    duplicate: true,
+                },
+                content: rec.content,
+            }))
+    }
+
     /// Reads one committed record straight from the tree (for the writer, which has no handle).
     fn read_one(shared: &Shared, seq: u64) -> Result<Option<RecordedEvent>, StoreError> {
         let first = {

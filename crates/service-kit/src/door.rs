@@ -414,7 +414,11 @@ impl ServiceContext {
             .append(events, expected)
             .await
             .map_err(DoorError::from_store)?;
-        let position = positions[0];
+        self.folded(positions[0]).await
+    }
+
+    /// `position` once every view folded it (read your writes), or [`DoorError::ViewsBehind`].
+    async fn folded(&self, position: Position) -> Result<Position, DoorError> {
         if !self
             .projector
             .wait_for(position.seq, READ_YOUR_WRITES)
@@ -466,20 +470,7 @@ impl ServiceContext {
                 .await?
             {
                 // Answered once the views show the first call's record, as that call was.
-                Admitted::Duplicate(position) => {
-                    if self
-                        .projector
-                        .wait_for(position.seq, READ_YOUR_WRITES)
-                        .await
-                    {
-                        Ok(position)
-                    } else {
-                        Err(DoorError::ViewsBehind {
-                            checkpoint: self.projector.checkpoint(),
-                            head: position.seq,
-                        })
-                    }
-                }
+                Admitted::Duplicate(position) => self.folded(position).await,
                 Admitted::New(events) => self.append(events, ExpectedVersion::Any).await,
             }
         };
