@@ -20,6 +20,10 @@ use tonic::transport::Channel;
 pub const OPERATOR_TOKEN: &str = "test-operator-token";
 pub const AUDITOR_TOKEN: &str = "test-auditor-token";
 pub const BACKEND_TOKEN: &str = "test-backend-token";
+/// Tokens of each role bound to [`TENANT`] only.
+pub const TENANT_OPERATOR_TOKEN: &str = "test-vn-operator-token";
+pub const TENANT_AUDITOR_TOKEN: &str = "test-vn-auditor-token";
+pub const TENANT_BACKEND_TOKEN: &str = "test-vn-backend-token";
 /// A tenant of `examples/tenants`.
 pub const TENANT: &str = "vn-apihub";
 
@@ -37,7 +41,11 @@ pub fn service_env(nats_url: &str, data_dir: &Path, grpc_port: u16) -> BTreeMap<
         ("PRIVACY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
         (
             "PRIVACY_TOKENS",
-            format!("operator:{OPERATOR_TOKEN},auditor:{AUDITOR_TOKEN},backend:{BACKEND_TOKEN}"),
+            format!(
+                "operator:*:{OPERATOR_TOKEN},auditor:*:{AUDITOR_TOKEN},backend:*:{BACKEND_TOKEN},\
+                 operator:{TENANT}:{TENANT_OPERATOR_TOKEN},auditor:{TENANT}:{TENANT_AUDITOR_TOKEN},\
+                 backend:{TENANT}:{TENANT_BACKEND_TOKEN}"
+            ),
         ),
     ]
     .into_iter()

@@ -13,5 +13,6 @@ mod ingest;
 mod outbox;
 mod rebuild;
 mod tamper;
+mod tenants;
 mod tidy;
 mod transient;

@@ -169,7 +169,7 @@ pub fn validate_envelope(
             ),
         ));
     }
-    check_id("tenant", &env.tenant, limits)?;
+    check_tenant(&env.tenant)?;
     check_occurred_at(env, now, limits)?;
     check_text("source", &env.source, limits)?;
     check_text("correlation_id", &env.correlation_id, limits)?;
@@ -220,6 +220,36 @@ fn check_event_id(id: &str, limits: &Limits) -> Result<(), Rejection> {
                 "event_id is neither a UUID nor a ULID ({} characters; the value is not \
                  repeated here)",
                 id.chars().count()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest tenant id: it is a NATS subject token and part of every key.
+pub const MAX_TENANT_LEN: usize = 63;
+
+/// Whether `s` is a tenant id: 1–63 of `[a-z0-9-]`, not starting or ending with `-` — safe as
+/// one NATS subject token (DESIGN §4.2).
+pub fn is_tenant_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TENANT_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The envelope's `tenant`: a tenant id ([`is_tenant_id`]).
+pub fn check_tenant(value: &str) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::missing("tenant"));
+    }
+    if !is_tenant_id(value) {
+        return Err(Rejection::invalid(
+            "tenant",
+            format!(
+                "tenant must be 1-{MAX_TENANT_LEN} of a-z, 0-9 and -, not starting or ending                  with - (the value is not repeated here)"
             ),
         ));
     }
@@ -494,6 +524,31 @@ mod tests {
             let mut env = granted();
             mutate(&mut env);
             assert_eq!(field_of(&env), field, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_ids_are_nats_subject_tokens() {
+        for ok in ["acme", "vn-apihub", "a1", "x"] {
+            assert!(is_tenant_id(ok), "{ok}");
+        }
+        let long = "a".repeat(MAX_TENANT_LEN + 1);
+        for bad in [
+            "",
+            "Acme",
+            "a.b",
+            "a*",
+            "a>",
+            "a b",
+            "-a",
+            "a-",
+            "a_b",
+            long.as_str(),
+        ] {
+            assert!(!is_tenant_id(bad), "{bad}");
+            let mut env = granted();
+            env.tenant = bad.into();
+            assert_eq!(field_of(&env), "tenant", "{bad}");
         }
     }
 

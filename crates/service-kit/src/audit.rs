@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Role, require};
+use crate::auth::{Caller, Role, require};
 use crate::timeline::{SUBJECT_TIMELINE, read_timeline};
 
 const READERS: &[Role] = &[Role::Auditor, Role::Operator];
@@ -58,9 +58,10 @@ pub fn stored_event(e: &RecordedEvent) -> Result<StoredEvent, Status> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn matches(req: &StreamEventsRequest, e: &StoredEvent) -> bool {
+fn matches(req: &StreamEventsRequest, caller: &Caller, e: &StoredEvent) -> bool {
     let Some(env) = &e.envelope else { return false };
     (req.event_types.is_empty() || req.event_types.contains(&env.event_type))
+        && caller.may_act_for(&env.tenant)
         && (req.tenant.is_empty() || req.tenant == env.tenant)
         && (req.subject_id.is_empty() || req.subject_id == env.subject_id)
 }
@@ -74,7 +75,7 @@ impl AuditService for Audit {
         &self,
         request: Request<StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        require(&request, READERS)?;
+        let caller = require(&request, READERS)?;
         let req = request.into_inner();
         if !req.subject_id.is_empty() && req.tenant.is_empty() {
             return Err(Status::invalid_argument("subject_id needs tenant"));
@@ -114,7 +115,7 @@ impl AuditService for Audit {
                 for e in &batch {
                     let item = stored_event(e);
                     if let Ok(ev) = &item
-                        && !matches(&req, ev)
+                        && !matches(&req, &caller, ev)
                     {
                         continue;
                     }

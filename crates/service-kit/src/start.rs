@@ -192,6 +192,13 @@ pub async fn start(
     if tenants.is_empty() {
         tracing::warn!(dir = %config.tenants_dir.display(), "no tenants configured: every event will be refused");
     }
+    config
+        .tokens
+        .check_tenants(&tenants.ids().collect::<Vec<_>>())
+        .map_err(|reason| ConfigError::Invalid {
+            key: "TOKENS(_FILE)".into(),
+            reason,
+        })?;
     let base = config.data_dir.join(spec.name);
     let store_err = |path: &std::path::Path| {
         let path = path.display().to_string();

@@ -105,6 +105,15 @@ impl TenantRegistry {
                 path: path.clone(),
                 reason,
             })?;
+            if !privacy_proto::validate::is_tenant_id(&tenant.id) {
+                return Err(TenantError::File {
+                    path,
+                    reason: format!(
+                        "tenant id {:?} is not a NATS-safe token: use 1-63 of a-z, 0-9 and -",
+                        tenant.id
+                    ),
+                });
+            }
             if registry.tenants.contains_key(&tenant.id) {
                 return Err(TenantError::File {
                     path,
