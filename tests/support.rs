@@ -62,9 +62,22 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `spec` on a free port with data under `data_dir`.
     pub async fn start(spec: ServiceSpec, nats_url: &str, data_dir: &Path) -> InProcess {
+        InProcess::start_with(spec, nats_url, data_dir, &[]).await
+    }
+
+    /// Starts `spec` with `extra` `PRIVACY_*` settings over the test environment.
+    pub async fn start_with(
+        spec: ServiceSpec,
+        nats_url: &str,
+        data_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> InProcess {
+        let mut env = service_env(nats_url, data_dir, 0);
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
         let config =
-            ServiceConfig::from_map(&service_env(nats_url, data_dir, 0), spec.default_port)
-                .expect("test configuration is valid");
+            ServiceConfig::from_map(&env, spec.default_port).expect("test configuration is valid");
         let shutdown = CancellationToken::new();
         let service = privacy_service_kit::start(spec, config, shutdown.clone())
             .await

@@ -32,7 +32,7 @@ async fn publish(js: &jetstream::Context, n: usize) {
             .payload(env.encode_to_vec().into())
             .message_id(&env.event_id);
         acks.push(
-            js.send_publish("privacy.in.consent.granted", msg)
+            js.send_publish("privacy.in.vn-apihub.consent.granted", msg)
                 .await
                 .unwrap(),
         );
@@ -63,7 +63,7 @@ async fn floor(js: &jetstream::Context, n: usize) -> f64 {
             "bench_floor",
             pull::Config {
                 durable_name: Some("bench_floor".into()),
-                filter_subject: "privacy.in.consent.*".into(),
+                filter_subject: "privacy.in.vn-apihub.consent.*".into(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 max_ack_pending: (BATCH * 20) as i64,
                 ..Default::default()

@@ -125,7 +125,7 @@ async fn a_cluster_node_killed_mid_ingest_loses_and_duplicates_nothing() {
                     .payload(e.encode_to_vec().into())
                     .message_id(&e.event_id);
                 let ack = js
-                    .send_publish(format!("{}.in.{}", bus.prefix, e.event_type), msg)
+                    .send_publish(bus.in_subject(&e.tenant, &e.event_type), msg)
                     .await;
                 sent.push((e, ack));
             }

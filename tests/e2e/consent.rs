@@ -406,10 +406,10 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
         }
     }
     for want in [
-        "privacy.evt.consent.subject.child_flagged",
-        "privacy.evt.consent.policy.published",
-        "privacy.evt.consent.consent.granted",
-        "privacy.evt.consent.consent.withdrawn",
+        "privacy.evt.consent.vn-apihub.subject.child_flagged",
+        "privacy.evt.consent.vn-apihub.policy.published",
+        "privacy.evt.consent.vn-apihub.consent.granted",
+        "privacy.evt.consent.vn-apihub.consent.withdrawn",
     ] {
         assert!(
             subjects.iter().any(|s| s == want),

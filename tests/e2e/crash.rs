@@ -70,7 +70,7 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
             .payload(env.encode_to_vec().into())
             .message_id(&env.event_id);
         acks.push(
-            js.send_publish(format!("privacy.in.{}", env.event_type), msg)
+            js.send_publish(format!("privacy.in.{}.{}", env.tenant, env.event_type), msg)
                 .await
                 .unwrap(),
         );

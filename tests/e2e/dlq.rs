@@ -31,6 +31,7 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     unknown_type.event_type = "consent.revoked".into();
     let mut unknown_tenant = envelope("u-1", granted("marketing"));
     unknown_tenant.tenant = "nobody".into();
+    let mismatched_tenant = envelope("u-3", granted("marketing"));
     let mut email_subject = envelope("u-1", granted("marketing"));
     email_subject.subject_id = "ann@example.com".into();
     let mut oversized = envelope("u-1", granted("marketing"));
@@ -61,69 +62,75 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
 
     let cases: Vec<Case> = vec![
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             good_before.encode_to_vec(),
             None,
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             b"\xff\x00 not protobuf".to_vec(),
             Some(("malformed", "message")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             no_purposes.encode_to_vec(),
             Some(("missing_field", "consent_granted.purposes")),
         ),
         (
-            "privacy.in.consent.revoked",
+            "privacy.in.vn-apihub.consent.revoked",
             unknown_type.encode_to_vec(),
             Some(("unknown_event_type", "event_type")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.nobody.consent.granted",
             unknown_tenant.encode_to_vec(),
             Some(("unknown_tenant", "tenant")),
         ),
+        // A tenant's event on another tenant's subject (what NATS permissions confine).
         (
-            "privacy.in.consent.granted",
+            "privacy.in.ru-crm.consent.granted",
+            mismatched_tenant.encode_to_vec(),
+            Some(("tenant_mismatch", "tenant")),
+        ),
+        (
+            "privacy.in.vn-apihub.consent.granted",
             email_subject.encode_to_vec(),
             Some(("invalid_field", "subject_id")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             oversized.encode_to_vec(),
             Some(("too_large", "message")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             forever.encode_to_vec(),
             Some(("invalid_field", "consent_granted.valid_until")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             far_future.encode_to_vec(),
             Some(("invalid_field", "occurred_at")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             many_purposes.encode_to_vec(),
             Some(("too_large", "consent_granted.purposes")),
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             reused_id.encode_to_vec(),
             Some(("conflicting_duplicate", "event_id")),
         ),
         // A redelivery of the first event (no Nats-Msg-Id, so JetStream does not drop it):
         // acknowledged as a duplicate, stored once, never dead-lettered.
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             good_before.encode_to_vec(),
             None,
         ),
         (
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             good_after.encode_to_vec(),
             None,
         ),
@@ -138,9 +145,24 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
         .await
         .unwrap();
     }
+    // A subject without the tenant is no subject of PRIVACY_IN: the publisher gets no ack.
+    let unrouted = js
+        .send_publish(
+            "privacy.in.consent.granted".to_string(),
+            PublishMessage::build().payload(good_after.encode_to_vec().into()),
+        )
+        .await;
+    let acked = match unrouted {
+        Err(_) => false,
+        Ok(ack) => ack.await.is_ok(),
+    };
+    assert!(
+        !acked,
+        "a publish without the tenant in the subject was stored"
+    );
     // JSON that is not an envelope.
     js.send_publish(
-        "privacy.in.consent.granted".to_string(),
+        "privacy.in.vn-apihub.consent.granted".to_string(),
         PublishMessage::build()
             .payload(br#"{"eventId": 5}"#.to_vec().into())
             .header("Content-Type", "application/json"),
@@ -153,7 +175,7 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     let dlq = js.get_stream("PRIVACY_DLQ").await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = dlq
         .create_consumer(pull::Config {
-            filter_subject: "privacy.dlq.consent".into(),
+            filter_subject: "privacy.dlq.consent.>".into(),
             ..Default::default()
         })
         .await
@@ -179,6 +201,16 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
             .find(|m| m.payload[..] == bytes[..])
             .unwrap_or_else(|| panic!("no DLQ message with the original bytes for {code}"));
         let h = msg.headers.as_ref().unwrap();
+        // Dead letters are filed under the tenant the subject named.
+        let tenant = match code {
+            "unknown_tenant" => "nobody",
+            "tenant_mismatch" => "ru-crm",
+            _ => TENANT,
+        };
+        assert_eq!(
+            msg.subject.as_str(),
+            format!("privacy.dlq.consent.{tenant}")
+        );
         assert_eq!(h.get(HEADER_ERROR_CODE).unwrap().as_str(), code);
         assert_eq!(h.get(HEADER_ERROR_FIELD).unwrap().as_str(), field);
         assert!(!h.get(HEADER_ERROR).unwrap().as_str().is_empty());
@@ -203,7 +235,7 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
     assert_eq!(ids, vec![good_before.event_id.clone(), good_after.event_id]);
     // The same first event once more, as JSON: the same content, so a duplicate too.
     js.send_publish(
-        "privacy.in.consent.granted".to_string(),
+        "privacy.in.vn-apihub.consent.granted".to_string(),
         PublishMessage::build()
             .payload(
                 privacy_proto::decode::envelope_to_json(&good_before)

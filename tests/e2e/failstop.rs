@@ -104,7 +104,7 @@ async fn fatal_reason(svc: InProcess) -> String {
 
 async fn publish(js: &jetstream::Context, subject: &str) {
     js.send_publish(
-        "privacy.in.consent.granted".to_string(),
+        "privacy.in.vn-apihub.consent.granted".to_string(),
         PublishMessage::build().payload(
             envelope(subject, granted("marketing"))
                 .encode_to_vec()

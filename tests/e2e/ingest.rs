@@ -146,7 +146,7 @@ async fn each_service_stores_exactly_its_own_events_once() {
         for o in *owners {
             expected.entry(o).or_default().insert(env.event_id.clone());
         }
-        let subject = format!("privacy.in.{}", env.event_type);
+        let subject = format!("privacy.in.{}.{}", env.tenant, env.event_type);
         // Every other event as JSON, the rest as protobuf.
         let msg = if i % 2 == 0 {
             PublishMessage::build().payload(env.encode_to_vec().into())
@@ -243,4 +243,80 @@ async fn each_service_stores_exactly_its_own_events_once() {
     for (_, s) in services {
         s.stop().await;
     }
+}
+
+/// Messages on `PRIVACY_IN` (clear personal data) until every consumer stored them.
+async fn in_stream_messages(js: &async_nats::jetstream::Context) -> u64 {
+    js.get_stream("PRIVACY_IN")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+/// Waits until `PRIVACY_IN` holds `want` messages.
+async fn wait_for_in_stream(js: &async_nats::jetstream::Context, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = in_stream_messages(js).await;
+        if have == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PRIVACY_IN holds {have} messages, not {want}, after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_events_leave_privacy_in_once_every_consumer_stored_them() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    // Only consent runs: it creates every service's consumer, so retention's event waits.
+    let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    publish_policy_v1(&consent.url()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let granted = envelope("u-1", granted("marketing"));
+    let collected = envelope(
+        "u-1",
+        Payload::DataCollected(DataCollected {
+            category: "contact".into(),
+            purpose: "provide_service".into(),
+            system: "accounts".into(),
+            location: "users table".into(),
+        }),
+    );
+    for env in [&granted, &collected] {
+        js.send_publish(
+            format!("privacy.in.{}.{}", env.tenant, env.event_type),
+            PublishMessage::build()
+                .payload(env.encode_to_vec().into())
+                .message_id(&env.event_id),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut audit = audit_client(&consent.url(), Some(AUDITOR_TOKEN)).await;
+    wait_for_head(&mut audit, 2, Duration::from_secs(20)).await;
+    // Consent stored its event: gone from the stream; retention's is kept for retention.
+    wait_for_in_stream(&js, 1).await;
+
+    let retention = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let mut audit = audit_client(&retention.url(), Some(AUDITOR_TOKEN)).await;
+    wait_for_head(&mut audit, 1, Duration::from_secs(20)).await;
+    let stored = all_events(&mut audit).await;
+    assert_eq!(
+        stored[0].envelope.as_ref().unwrap().event_id,
+        collected.event_id
+    );
+    wait_for_in_stream(&js, 0).await;
+    retention.stop().await;
+    consent.stop().await;
 }

@@ -118,7 +118,10 @@ async fn domain_events_are_published_once_in_order_across_a_nats_outage() {
         .unwrap();
     while let Some(m) = batch.next().await {
         let m = m.unwrap();
-        assert_eq!(m.subject.as_str(), "privacy.evt.consent.thing.happened");
+        assert_eq!(
+            m.subject.as_str(),
+            "privacy.evt.consent.acme.thing.happened"
+        );
         got.push(
             m.headers
                 .as_ref()

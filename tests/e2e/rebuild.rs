@@ -33,7 +33,7 @@ async fn publish_grants(js: &jetstream::Context, prefix: &str, range: std::ops::
         let env = envelope(&format!("{prefix}-{i}"), granted("marketing"));
         let ack = js
             .send_publish(
-                "privacy.in.consent.granted",
+                "privacy.in.vn-apihub.consent.granted",
                 PublishMessage::build()
                     .payload(env.encode_to_vec().into())
                     .message_id(&env.event_id),

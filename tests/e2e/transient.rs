@@ -63,7 +63,7 @@ async fn transient_failures_nak_and_the_events_arrive_later() {
         let env = envelope(&format!("u-{i}"), granted("marketing"));
         ids.push(env.event_id.clone());
         js.send_publish(
-            "privacy.in.consent.granted",
+            "privacy.in.vn-apihub.consent.granted",
             PublishMessage::build()
                 .payload(env.encode_to_vec().into())
                 .message_id(&env.event_id),
@@ -90,7 +90,7 @@ async fn transient_failures_nak_and_the_events_arrive_later() {
     let shutdown = CancellationToken::new();
     let task = {
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { ingest.run("privacy.in.consent.*", shutdown).await })
+        tokio::spawn(async move { ingest.run("privacy.in.vn-apihub.consent.*", shutdown).await })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.head().seq < 20 {

@@ -11,7 +11,8 @@ use crate::BusError;
 pub struct BusConfig {
     /// A NATS URL, or a cluster's nodes' URLs separated by commas.
     pub url: String,
-    /// Subject prefix: `<prefix>.in.>`, `<prefix>.evt.>`, `<prefix>.out.>`, `<prefix>.dlq.>`.
+    /// Subject prefix: `<prefix>.in.<tenant>.<event_type>`, `<prefix>.evt.<service>.<tenant>.<type>`,
+    /// `<prefix>.out.>`, `<prefix>.dlq.<service>.<tenant>` (DESIGN §4.2).
     pub prefix: String,
     /// Stream names are `<stream_prefix>_IN`, `_EVT`, `_OUT`, `_DLQ`.
     pub stream_prefix: String,
@@ -25,6 +26,21 @@ pub struct BusConfig {
     pub batch_size: usize,
     /// How long the DLQ keeps a refused message (it may hold personal data in the clear).
     pub dlq_max_age: Duration,
+    /// NATS user and password, when the server requires them.
+    pub credentials: Option<Credentials>,
+}
+
+/// A NATS user and password; Debug never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, password hidden)", self.user)
+    }
 }
 
 impl Default for BusConfig {
@@ -38,26 +54,38 @@ impl Default for BusConfig {
             ack_wait: Duration::from_secs(30),
             batch_size: 1000,
             dlq_max_age: Duration::from_secs(7 * 86_400),
+            credentials: None,
         }
     }
 }
 
 impl BusConfig {
-    /// The DLQ subject of a service.
-    pub fn dlq_subject(&self, service: &str) -> String {
-        format!("{}.dlq.{service}", self.prefix)
+    /// The DLQ subject of a service for a tenant.
+    pub fn dlq_subject(&self, service: &str, tenant: &str) -> String {
+        format!("{}.dlq.{service}.{tenant}", self.prefix)
     }
 
-    /// The subject a service publishes a domain event on.
-    pub fn domain_subject(&self, service: &str, event_type: &str) -> String {
-        format!("{}.evt.{service}.{event_type}", self.prefix)
+    /// The subject a service publishes a tenant's domain event on.
+    pub fn domain_subject(&self, service: &str, tenant: &str, event_type: &str) -> String {
+        format!("{}.evt.{service}.{tenant}.{event_type}", self.prefix)
     }
 
-    /// The event type named by a user-event subject (`<prefix>.in.<type>`).
-    pub fn event_type_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+    /// Every domain-event subject of a service.
+    pub fn domain_subjects(&self, service: &str) -> String {
+        format!("{}.evt.{service}.>", self.prefix)
+    }
+
+    /// The user-event subject of a tenant's event type.
+    pub fn in_subject(&self, tenant: &str, event_type: &str) -> String {
+        format!("{}.in.{tenant}.{event_type}", self.prefix)
+    }
+
+    /// The (tenant, event type) a user-event subject names (`<prefix>.in.<tenant>.<type>`).
+    pub fn parse_in_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
         subject
             .strip_prefix(self.prefix.as_str())
             .and_then(|s| s.strip_prefix(".in."))
+            .and_then(|s| s.split_once('.'))
     }
 
     /// The (stream name, subjects) of the four streams.
@@ -65,7 +93,9 @@ impl BusConfig {
         let p = &self.prefix;
         let s = &self.stream_prefix;
         [
-            (format!("{s}_IN"), format!("{p}.in.>")),
+            // Exactly `<prefix>.in.<tenant>.<family>.<action>`: a publish on any other shape
+            // gets no JetStream ack, so the publisher hears of it.
+            (format!("{s}_IN"), format!("{p}.in.*.*.*")),
             (format!("{s}_EVT"), format!("{p}.evt.>")),
             (format!("{s}_OUT"), format!("{p}.out.>")),
             (format!("{s}_DLQ"), format!("{p}.dlq.>")),
@@ -96,7 +126,11 @@ impl BusConfig {
 /// Connects to NATS (any of the configured servers), retrying the first connection and
 /// reconnecting forever after.
 pub async fn connect(config: &BusConfig, name: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(c) = &config.credentials {
+        options = options.user_and_password(c.user.clone(), c.password.clone());
+    }
+    options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -110,11 +144,21 @@ pub async fn connect(config: &BusConfig, name: &str) -> Result<async_nats::Clien
 }
 
 /// Creates the four streams if they do not exist (file storage, the configured replicas and
-/// duplicate window; the DLQ with `dlq_max_age`). Existing streams are left as they are, except
-/// that the DLQ's `max_age` is brought to the configured one: it bounds how long refused
-/// personal data rests in the clear.
+/// duplicate window), then every service's durable consumer on `PRIVACY_IN`.
+///
+/// `PRIVACY_IN` keeps a message only while a consumer still has to ack it (interest
+/// retention), so the clear personal data a user event carries does not linger once every
+/// service has stored it sealed; `PRIVACY_DLQ` keeps a refused message for `dlq_max_age`.
+/// Because an interest stream drops a message no consumer wants, the consumers of *all*
+/// services in the catalogue are created here, before any is needed: a service that starts
+/// later still finds every message published meanwhile.
+///
+/// Existing streams keep their settings, except that the DLQ's `max_age` and `PRIVACY_IN`'s
+/// subjects are brought to the configured ones. A stream's retention cannot change after
+/// creation: an existing `PRIVACY_IN` with limits retention is reported, not changed.
 pub async fn ensure_streams(js: &jetstream::Context, config: &BusConfig) -> Result<(), BusError> {
     let dlq = format!("{}_DLQ", config.stream_prefix);
+    let input = config.in_stream();
     for (name, subject) in config.streams() {
         let err = |e: &dyn std::fmt::Display| BusError::Stream {
             stream: name.clone(),
@@ -125,32 +169,111 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &BusConfig) -> Resu
         } else {
             Duration::ZERO
         };
+        let retention = if name == input {
+            stream::RetentionPolicy::Interest
+        } else {
+            stream::RetentionPolicy::Limits
+        };
         let mut stream = js
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
-                subjects: vec![subject],
+                subjects: vec![subject.clone()],
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
                 duplicate_window: config.duplicate_window,
                 max_age,
+                retention,
                 ..Default::default()
             })
             .await
             .map_err(|e| err(&e))?;
-        if name == dlq {
-            let existing = stream.info().await.map_err(|e| err(&e))?.config.clone();
-            if existing.max_age != max_age {
-                tracing::info!(stream = %name, ?max_age, "setting the DLQ's max_age");
-                js.update_stream(stream::Config {
-                    max_age,
-                    ..existing
-                })
-                .await
-                .map_err(|e| err(&e))?;
-            }
+        let existing = stream.info().await.map_err(|e| err(&e))?.config.clone();
+        if existing.retention != retention {
+            tracing::warn!(
+                stream = %name,
+                have = ?existing.retention,
+                want = ?retention,
+                "the stream was created with another retention, which cannot change; \
+                 recreate it (after every service has caught up) to get the documented one"
+            );
+        }
+        let wanted_subjects = vec![subject];
+        let subjects_differ = name == input && existing.subjects != wanted_subjects;
+        if (name == dlq && existing.max_age != max_age) || subjects_differ {
+            tracing::info!(stream = %name, ?max_age, subjects = ?wanted_subjects, "updating the stream");
+            js.update_stream(stream::Config {
+                max_age: if name == dlq {
+                    max_age
+                } else {
+                    existing.max_age
+                },
+                subjects: if subjects_differ {
+                    wanted_subjects
+                } else {
+                    existing.subjects.clone()
+                },
+                ..existing
+            })
+            .await
+            .map_err(|e| err(&e))?;
         }
     }
+    ensure_consumers(js, config).await
+}
+
+/// Creates (idempotently) the durable consumer of every service and subject filter the
+/// catalogue names.
+async fn ensure_consumers(js: &jetstream::Context, config: &BusConfig) -> Result<(), BusError> {
+    let stream_name = config.in_stream();
+    let stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| BusError::Stream {
+            stream: stream_name.clone(),
+            reason: e.to_string(),
+        })?;
+    for (service, filter) in catalogue_filters(config) {
+        let name = crate::ingest::consumer_name(service, &config.prefix, &filter);
+        stream
+            .get_or_create_consumer::<jetstream::consumer::pull::Config>(
+                &name,
+                consumer_config(config, &name, &filter),
+            )
+            .await
+            .map_err(|e| BusError::Consumer {
+                consumer: name.clone(),
+                reason: e.to_string(),
+            })?;
+    }
     Ok(())
+}
+
+/// Every (service, full subject filter) the catalogue's consumers need.
+pub fn catalogue_filters(config: &BusConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for service in privacy_proto::EventType::consuming_services() {
+        for tail in privacy_proto::EventType::filters_for(service) {
+            out.push((service, format!("{}.in.{tail}", config.prefix)));
+        }
+    }
+    out
+}
+
+/// The configuration of the durable pull consumer `name` over `filter`.
+pub fn consumer_config(
+    config: &BusConfig,
+    name: &str,
+    filter: &str,
+) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: filter.to_owned(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: (config.batch_size * 20) as i64,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -102,7 +102,8 @@ enum Fate {
     Retry,
 }
 
-/// The durable consumer name for a service and subject filter, e.g. `consent_consent_all`.
+/// The durable consumer name for a service and subject filter, e.g. `consent_all_consent_all`
+/// for `privacy.in.*.consent.*` (every tenant's `consent.*`).
 pub fn consumer_name(service: &str, prefix: &str, filter: &str) -> String {
     let tail = filter
         .strip_prefix(prefix)
@@ -134,17 +135,9 @@ impl Ingest {
                 reason: e.to_string(),
             })?;
         let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
+            .get_or_create_consumer::<pull::Config>(
                 &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: filter.to_owned(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.config.ack_wait,
-                    max_deliver: -1,
-                    max_ack_pending: (self.config.batch_size * 20) as i64,
-                    ..Default::default()
-                },
+                crate::config::consumer_config(&self.config, &name, filter),
             )
             .await
             .map_err(|e| consumer_err(e.to_string()))?;
@@ -304,9 +297,16 @@ impl Ingest {
     }
 
     async fn classify(&self, msg: &jetstream::Message, now: SystemTime) -> Fate {
-        let subject_type = self.config.event_type_of(msg.subject.as_str());
+        let (subject_tenant, subject_type) = match self.config.parse_in_subject(&msg.subject) {
+            Some((tenant, event_type)) => (Some(tenant), Some(event_type)),
+            None => (None, None),
+        };
         let parent = privacy_telemetry::extract_nats(msg.headers.as_ref());
-        let span = tracing::debug_span!("ingest", subject = %msg.subject);
+        // The subject is not logged: its tokens are whatever the publisher wrote.
+        let span = tracing::debug_span!(
+            "ingest",
+            in_seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default()
+        );
         privacy_telemetry::set_parent(&span, parent);
         async {
             if let Err(r) = check_size(msg.payload.len(), &self.limits) {
@@ -328,6 +328,16 @@ impl Ingest {
                         ));
                     }
                 };
+            if let Some(tenant) = subject_tenant
+                && envelope.tenant != tenant
+            {
+                return Fate::Reject(Rejection::new(
+                    RejectionCode::TenantMismatch,
+                    "tenant",
+                    "the envelope's tenant is not the tenant of the NATS subject \
+                     (<prefix>.in.<tenant>.<event_type>); neither value is repeated here",
+                ));
+            }
             match self.handler.prepare(envelope, subject_type, now).await {
                 Ok(Prepared::Store(e)) if e.is_empty() => Fate::Duplicate,
                 Ok(Prepared::Store(e)) => Fate::Store(e),
@@ -346,12 +356,20 @@ impl Ingest {
     async fn dead_letter(&self, msg: &jetstream::Message, rejection: &Rejection) {
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
         let dedupe_id = format!("{}:{}:{seq}", self.service, self.config.in_stream());
-        let subject = self.config.dlq_subject(&self.service);
+        // The subject's tenant token, when it is a tenant id (it may be anything a publisher
+        // wrote; the DLQ subject never carries more than a tenant id).
+        let tenant = self
+            .config
+            .parse_in_subject(&msg.subject)
+            .map(|(t, _)| t)
+            .filter(|t| privacy_proto::validate::is_tenant_id(t))
+            .unwrap_or("invalid-tenant");
+        let subject = self.config.dlq_subject(&self.service, tenant);
         tracing::warn!(
             code = rejection.code.as_str(),
             field = %rejection.field,
             reason = %rejection.reason,
-            subject = %msg.subject,
+            in_seq = seq,
             "refused; sent to {subject}"
         );
         match dlq::publish(&self.js, &subject, msg, rejection, &dedupe_id).await {
@@ -395,12 +413,12 @@ mod tests {
     #[test]
     fn consumer_names_are_valid_and_distinct() {
         assert_eq!(
-            consumer_name("consent", "privacy", "privacy.in.consent.*"),
-            "consent_consent_all"
+            consumer_name("consent", "privacy", "privacy.in.*.consent.*"),
+            "consent_all_consent_all"
         );
         assert_eq!(
-            consumer_name("disclosure-log", "privacy", "privacy.in.data.disclosed"),
-            "disclosure_log_data_disclosed"
+            consumer_name("disclosure-log", "privacy", "privacy.in.*.data.disclosed"),
+            "disclosure_log_all_data_disclosed"
         );
     }
 }

@@ -6,15 +6,19 @@
 //!   the DLQ with its reason and original bytes, then ack; store failure: nak with back-off.
 //! - [`OutboxRelay`]: publishes stored domain events in order with `Nats-Msg-Id = event_id`
 //!   and advances a durable cursor only after JetStream acked.
+//! - [`authz`]: the NATS authorization block confining each user to its subjects.
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 mod config;
 mod dlq;
 mod ingest;
 mod outbox;
 
-pub use config::{BusConfig, connect, ensure_streams};
+pub use config::{
+    BusConfig, Credentials, catalogue_filters, connect, consumer_config, ensure_streams,
+};
 pub use dlq::{HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD, HEADER_ORIGINAL_SUBJECT};
 pub use ingest::{Ingest, IngestHandler, IngestStats, Prepared, Transient};
 pub use outbox::{OutboxRelay, msg_id};

@@ -96,7 +96,7 @@ impl OutboxRelay {
             .get_stream(&stream_name)
             .await
             .map_err(|e| stream_err(e.to_string()))?;
-        let subjects = self.config.domain_subject(&self.service, ">");
+        let subjects = self.config.domain_subjects(&self.service);
         let msg = match stream.get_last_raw_message_by_subject(&subjects).await {
             Ok(m) => m,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
@@ -188,7 +188,9 @@ impl OutboxRelay {
         event: &RecordedEvent,
         shutdown: &CancellationToken,
     ) -> bool {
-        let subject = self.config.domain_subject(&self.service, &event.event_type);
+        let subject = self
+            .config
+            .domain_subject(&self.service, &event.scope, &event.event_type);
         let mut delay = Duration::from_millis(50);
         loop {
             match self.publish(&subject, event).await {

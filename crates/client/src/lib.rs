@@ -13,7 +13,8 @@
 //!
 //! The client fills `event_id` (UUIDv7), `event_type`, `schema_version` and `occurred_at`,
 //! checks the event against the contract before sending (the same checks the services apply),
-//! publishes it on `privacy.in.<event_type>` with `Nats-Msg-Id = <tenant>:<event_id>`, waits for
+//! publishes it on `privacy.in.<tenant>.<event_type>` with `Nats-Msg-Id = <tenant>:<event_id>`
+//! (the tenant in the subject is what NATS permissions confine a backend to), waits for
 //! JetStream's ack, and retries transient failures with the same id, so a retry is never stored
 //! twice.
 
@@ -70,12 +71,22 @@ impl PrivacyClient {
     /// Connects to NATS; `url` may list a cluster's servers separated by commas. `source`
     /// names the publishing system in every envelope.
     pub async fn connect(url: &str, source: &str) -> Result<PrivacyClient, ClientError> {
+        PrivacyClient::connect_with(url, source, async_nats::ConnectOptions::new()).await
+    }
+
+    /// Like [`PrivacyClient::connect`], with connection options of your own: credentials
+    /// (`user_and_password`, `credentials_file`, `nkey`), TLS, timeouts.
+    pub async fn connect_with(
+        url: &str,
+        source: &str,
+        options: async_nats::ConnectOptions,
+    ) -> Result<PrivacyClient, ClientError> {
         let servers: Vec<&str> = url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
-        let client = async_nats::ConnectOptions::new()
+        let client = options
             .name(format!("privacy-client:{source}"))
             .connect(servers)
             .await
@@ -141,7 +152,10 @@ impl PrivacyClient {
         envelope: Envelope,
     ) -> Result<PublishReceipt, ClientError> {
         validate_envelope(&envelope, None, SystemTime::now(), &self.limits)?;
-        let subject = format!("{}.in.{}", self.prefix, envelope.event_type);
+        let subject = format!(
+            "{}.in.{}.{}",
+            self.prefix, envelope.tenant, envelope.event_type
+        );
         let bytes = envelope.encode_to_vec();
         privacy_proto::validate::check_size(bytes.len(), &self.limits)?;
         let mut delay = Duration::from_millis(100);

@@ -71,7 +71,7 @@ macro_rules! catalogue {
             $body:ident = $dname:literal, publisher $publisher:literal, personal [$($dfield:ident),*];
         )*}
     ) => {
-        /// A user event a backend may publish on `privacy.in.<name>`.
+        /// A user event a backend may publish on `privacy.in.<tenant>.<name>`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum EventType { $($variant),* }
 
@@ -299,9 +299,10 @@ impl Contract for v1::RequestReceived {
 }
 
 impl EventType {
-    /// The NATS subject a backend publishes this event on, under `prefix` (normally `privacy`).
-    pub fn subject(self, prefix: &str) -> String {
-        format!("{prefix}.in.{}", self.as_str())
+    /// The NATS subject a backend publishes this event of `tenant` on, under `prefix`
+    /// (normally `privacy`): `<prefix>.in.<tenant>.<event_type>`.
+    pub fn subject(self, prefix: &str, tenant: &str) -> String {
+        format!("{prefix}.in.{tenant}.{}", self.as_str())
     }
 
     /// The user events `service` consumes, in catalogue order.
@@ -313,8 +314,22 @@ impl EventType {
             .collect()
     }
 
+    /// Every service that consumes some user event, in first-seen catalogue order.
+    pub fn consuming_services() -> Vec<&'static str> {
+        let mut services: Vec<&'static str> = Vec::new();
+        for t in EventType::ALL {
+            for s in t.consumers() {
+                if !services.contains(s) {
+                    services.push(s);
+                }
+            }
+        }
+        services
+    }
+
     /// The subject filters (after `<prefix>.in.`) that deliver exactly the events `service`
-    /// consumes: `family.*` when it takes every event of a family, else each name.
+    /// consumes, of every tenant: `*.family.*` when it takes every event of a family, else
+    /// `*.<name>`.
     pub fn filters_for(service: &str) -> Vec<String> {
         let mine = EventType::consumed_by(service);
         let mut filters: Vec<String> = Vec::new();
@@ -325,9 +340,9 @@ impl EventType {
                 .filter(|o| o.as_str().split('.').next() == Some(family))
                 .all(|o| mine.contains(o));
             let filter = if whole {
-                format!("{family}.*")
+                format!("*.{family}.*")
             } else {
-                t.as_str().to_owned()
+                format!("*.{}", t.as_str())
             };
             if !filters.contains(&filter) {
                 filters.push(filter);
@@ -376,8 +391,8 @@ mod tests {
             assert!(!t.consumers().is_empty(), "{t} has no consumer");
         }
         assert_eq!(
-            EventType::ConsentGranted.subject("privacy"),
-            "privacy.in.consent.granted"
+            EventType::ConsentGranted.subject("privacy", "acme"),
+            "privacy.in.acme.consent.granted"
         );
         assert!("consent.revoked".parse::<EventType>().is_err());
     }
@@ -386,13 +401,13 @@ mod tests {
     fn filters_cover_exactly_what_a_service_consumes() {
         assert_eq!(
             EventType::filters_for("consent"),
-            ["subject.*", "consent.*"]
+            ["*.subject.*", "*.consent.*"]
         );
         assert_eq!(
             EventType::filters_for("retention"),
-            ["subject.deactivated", "data.collected", "data.erased"]
+            ["*.subject.deactivated", "*.data.collected", "*.data.erased"]
         );
-        assert_eq!(EventType::filters_for("subject-requests"), ["request.*"]);
+        assert_eq!(EventType::filters_for("subject-requests"), ["*.request.*"]);
         assert!(EventType::filters_for("nobody").is_empty());
     }
 

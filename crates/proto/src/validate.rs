@@ -30,6 +30,8 @@ pub enum RejectionCode {
     AlreadyExists,
     /// Its `event_id` is already stored for the tenant with other content.
     ConflictingDuplicate,
+    /// The envelope's `tenant` is not the tenant its NATS subject names.
+    TenantMismatch,
 }
 
 impl RejectionCode {
@@ -44,6 +46,7 @@ impl RejectionCode {
             RejectionCode::Forbidden => "forbidden",
             RejectionCode::AlreadyExists => "already_exists",
             RejectionCode::ConflictingDuplicate => "conflicting_duplicate",
+            RejectionCode::TenantMismatch => "tenant_mismatch",
         }
     }
 }

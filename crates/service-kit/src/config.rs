@@ -38,6 +38,8 @@ pub struct ServiceConfig {
 /// Keys read from the environment (with the `PRIVACY_` prefix) or the file.
 pub const KEYS: &[&str] = &[
     "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
     "SUBJECT_PREFIX",
     "STREAM_PREFIX",
     "STREAM_REPLICAS",
@@ -121,7 +123,18 @@ impl ServiceConfig {
             }
         };
         let defaults = BusConfig::default();
+        let credentials = match (get("NATS_USER"), get("NATS_PASSWORD")) {
+            (Some(user), Some(password)) => Some(privacy_bus::Credentials { user, password }),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "NATS_USER",
+                    "set both PRIVACY_NATS_USER and PRIVACY_NATS_PASSWORD, or neither".into(),
+                ));
+            }
+        };
         let bus = BusConfig {
+            credentials,
             url: get("NATS_URL").unwrap_or(defaults.url),
             prefix: get("SUBJECT_PREFIX").unwrap_or(defaults.prefix),
             stream_prefix: get("STREAM_PREFIX").unwrap_or(defaults.stream_prefix),

@@ -116,21 +116,39 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    /// A configuration file passed with `-c` (e.g. an authorization block).
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server on a free loopback port with a fresh JetStream store.
     pub fn start() -> NatsServer {
+        NatsServer::start_with_config(None)
+    }
+
+    /// Starts a server whose configuration file holds `config` (e.g. an `authorization`
+    /// block); the port, JetStream and its store are still given on the command line.
+    pub fn start_with(config: &str) -> NatsServer {
+        NatsServer::start_with_config(Some(config))
+    }
+
+    fn start_with_config(config: Option<&str>) -> NatsServer {
         let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
         let store = tempfile::Builder::new()
             .prefix("privacy-nats-")
             .tempdir()
             .expect("a temporary directory");
+        let config = config.map(|text| {
+            let file = store.path().join("nats.conf");
+            std::fs::write(&file, text).expect("write the nats-server configuration");
+            file
+        });
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             store,
             binary,
+            config,
         };
         server.launch(false);
         server
@@ -142,6 +160,9 @@ impl NatsServer {
         let log = self.store.path().join("nats.log");
         for _attempt in 0..5 {
             let mut cmd = Command::new(&self.binary);
+            if let Some(file) = &self.config {
+                cmd.arg("-c").arg(file);
+            }
             cmd.args([
                 "-a",
                 "127.0.0.1",
