@@ -8,7 +8,7 @@
 //!   `event_id` dedupe), read by range or stream, [`EventStore::verify`] the chain.
 //! - [`Subscription`]: read from a position, then wait for new commits.
 //! - [`Projector`] and [`Projection`]: disposable views with checkpoints and rebuild.
-//! - [`Vault`]: per-subject data keys; seal, open, shred.
+//! - [`Vault`]: per-subject data keys wrapped under a [`MasterKey`]; seal, open, shred, compact.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +25,7 @@ pub use store::{
     SEGMENT_TARGET_BYTES, SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
 };
 pub use subscription::Subscription;
-pub use vault::{Opened, SealedField, Vault};
+pub use vault::{MasterKey, Opened, SealedField, Vault};
 
 /// What can go wrong in the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
