@@ -238,7 +238,9 @@ async fn store_only(n: usize) -> (f64, f64) {
 /// encode.
 fn prepare_only(n: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let vault = privacy_event_store::Vault::open(dir.path()).unwrap();
+    let vault =
+        privacy_event_store::Vault::open(dir.path(), &privacy_event_store::MasterKey::generate())
+            .unwrap();
     let limits = privacy_proto::Limits::default();
     let msgs: Vec<Vec<u8>> = (0..n)
         .map(|i| envelope(&format!("u-{}", i % 2000), granted("marketing")).encode_to_vec())

@@ -33,6 +33,20 @@ pub struct ServiceConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// fdatasync after each group commit (on unless `PRIVACY_FSYNC=false`).
     pub fsync: bool,
+    /// Where the vault's master key comes from.
+    pub master_key: MasterKeySource,
+}
+
+/// Where the master key that wraps the vault's data keys comes from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// `PRIVACY_MASTER_KEY`: 64 hex characters (from a secret store, in production).
+    Key(privacy_event_store::MasterKey),
+    /// `PRIVACY_MASTER_KEY_FILE`: a file holding them; created with a new key if missing.
+    File(PathBuf),
+    /// Neither set: a development key generated at `<data_dir>/<service>/master.key`, beside
+    /// the data it protects (the service warns at start).
+    Development,
 }
 
 /// Keys read from the environment (with the `PRIVACY_` prefix) or the file.
@@ -54,6 +68,8 @@ pub const KEYS: &[&str] = &[
     "ACK_WAIT_SECS",
     "DLQ_MAX_AGE_DAYS",
     "FSYNC",
+    "MASTER_KEY",
+    "MASTER_KEY_FILE",
 ];
 
 impl ServiceConfig {
@@ -196,6 +212,20 @@ impl ServiceConfig {
             Some("false") | Some("0") => false,
             Some(v) => return Err(invalid("FSYNC", format!("{v:?} is not true or false"))),
         };
+        let master_key = match (get("MASTER_KEY"), get("MASTER_KEY_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "MASTER_KEY",
+                    "set PRIVACY_MASTER_KEY or PRIVACY_MASTER_KEY_FILE, not both".into(),
+                ));
+            }
+            (Some(hex), None) => MasterKeySource::Key(
+                privacy_event_store::MasterKey::from_hex(hex.trim())
+                    .map_err(|e| invalid("MASTER_KEY", e.to_string()))?,
+            ),
+            (None, Some(file)) => MasterKeySource::File(PathBuf::from(file)),
+            (None, None) => MasterKeySource::Development,
+        };
         Ok(ServiceConfig {
             bus,
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| ".data".into())),
@@ -206,6 +236,7 @@ impl ServiceConfig {
             tokens,
             tls,
             fsync,
+            master_key,
         })
     }
 }
@@ -229,6 +260,36 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(".data"));
         assert!(c.fsync);
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn secrets_are_checked_and_never_repeated() {
+        let c = ServiceConfig::from_map(&BTreeMap::new(), 1).unwrap();
+        assert!(matches!(c.master_key, MasterKeySource::Development));
+        let hex = "ab".repeat(32);
+        let c = ServiceConfig::from_map(&map(&[("PRIVACY_MASTER_KEY", &hex)]), 1).unwrap();
+        assert!(matches!(c.master_key, MasterKeySource::Key(_)));
+        assert!(!format!("{c:?}").contains(&hex));
+        let bad = "zz".repeat(32);
+        let err = ServiceConfig::from_map(&map(&[("PRIVACY_MASTER_KEY", &bad)]), 1).unwrap_err();
+        assert!(err.to_string().starts_with("PRIVACY_MASTER_KEY"), "{err}");
+        assert!(!err.to_string().contains(&bad), "{err}");
+        let both = map(&[
+            ("PRIVACY_MASTER_KEY", &hex),
+            ("PRIVACY_MASTER_KEY_FILE", "/k"),
+        ]);
+        assert!(ServiceConfig::from_map(&both, 1).is_err());
+        let c = ServiceConfig::from_map(
+            &map(&[
+                ("PRIVACY_NATS_USER", "consent"),
+                ("PRIVACY_NATS_PASSWORD", "s3cret-pw"),
+            ]),
+            1,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("s3cret-pw"));
+        let half = map(&[("PRIVACY_NATS_USER", "consent")]);
+        assert!(ServiceConfig::from_map(&half, 1).is_err());
     }
 
     #[test]

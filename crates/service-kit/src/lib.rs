@@ -31,7 +31,7 @@ pub mod timeline;
 
 pub use auth::{Readiness, Role, Tokens};
 pub use cli::main;
-pub use config::ServiceConfig;
+pub use config::{MasterKeySource, ServiceConfig};
 pub use door::{
     Admitted, Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, rejection_status,
 };

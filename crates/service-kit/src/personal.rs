@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn sealed_values_open_until_the_subject_is_shredded() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = Vault::open(dir.path()).unwrap();
+        let vault = Vault::open(dir.path(), &privacy_event_store::MasterKey::generate()).unwrap();
         let mut env = Envelope {
             tenant: "acme".into(),
             subject_id: "u-1".into(),

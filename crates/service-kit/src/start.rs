@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use privacy_bus::{Ingest, IngestHandler, IngestStats, OutboxRelay, ensure_streams};
-use privacy_event_store::{EventStore, Projection, Projector, StoreConfig, Vault};
+use privacy_event_store::{EventStore, MasterKey, Projection, Projector, StoreConfig, Vault};
 use privacy_proto::Limits;
 use privacy_proto::v1::audit_service_server::AuditServiceServer;
 use tokio::task::JoinSet;
@@ -26,7 +26,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::audit::Audit;
 use crate::auth::{AuthInterceptor, Readiness};
-use crate::config::{ConfigError, ServiceConfig};
+use crate::config::{ConfigError, MasterKeySource, ServiceConfig};
 use crate::door::{EnvelopeIngest, ServiceContext};
 use crate::spec::ServiceSpec;
 use crate::tenants::{TenantError, TenantRegistry};
@@ -180,6 +180,37 @@ impl RunningService {
     }
 }
 
+/// How often the vault is compacted when keys were shredded since the last compaction.
+const VAULT_COMPACTION_EVERY: Duration = Duration::from_secs(60);
+
+/// The vault's master key from the configuration (see [`MasterKeySource`]).
+fn master_key(
+    config: &ServiceConfig,
+    base: &std::path::Path,
+) -> Result<MasterKey, privacy_event_store::StoreError> {
+    let (path, development) = match &config.master_key {
+        MasterKeySource::Key(key) => return Ok(key.clone()),
+        MasterKeySource::File(path) => (path.clone(), false),
+        MasterKeySource::Development => {
+            std::fs::create_dir_all(base)
+                .map_err(|e| privacy_event_store::StoreError::Storage(e.to_string()))?;
+            (base.join("master.key"), true)
+        }
+    };
+    let (key, generated) = MasterKey::load_or_generate(&path)?;
+    if development {
+        tracing::warn!(
+            path = %path.display(),
+            "the vault's master key is a development key kept beside the data it protects; \
+             in production set PRIVACY_MASTER_KEY_FILE (or PRIVACY_MASTER_KEY) from a secret store"
+        );
+    }
+    if generated {
+        tracing::info!(path = %path.display(), "generated a new master key");
+    }
+    Ok(key)
+}
+
 /// Starts a service; it runs until `shutdown` is cancelled (then call [`RunningService::wait`]).
 /// Returns once gRPC listens; the views catch up and the bus starts in the background, and
 /// health says SERVING only after both.
@@ -214,7 +245,8 @@ pub async fn start(
     )
     .map_err(store_err(&events_dir))?;
     let vault_dir = base.join("vault");
-    let vault = Arc::new(Vault::open(&vault_dir).map_err(store_err(&vault_dir))?);
+    let master_key = master_key(&config, &base).map_err(store_err(&base))?;
+    let vault = Arc::new(Vault::open(&vault_dir, &master_key).map_err(store_err(&vault_dir))?);
     let mut projections: Vec<Arc<dyn Projection>> = vec![Arc::new(SubjectTimeline)];
     projections.extend((spec.projections)());
     let projector = Projector::open(&store, projections).map_err(store_err(&events_dir))?;
@@ -308,6 +340,26 @@ pub async fn start(
                 Ok(e) => e.as_ref().map(ToString::to_string).unwrap_or_default(),
                 Err(_) => "the store's failure watch closed".into(),
             }),
+        }
+    }));
+    let compacted = vault.clone();
+    let vault_shutdown = shutdown.clone();
+    tasks.spawn(sup.supervise("the vault's compaction".into(), async move {
+        // A shredded key's bytes survive in sled's log until the vault is rewritten: compact
+        // soon after shredding (at most once a minute), so an erasure reaches the disk.
+        loop {
+            tokio::select! {
+                _ = vault_shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(VAULT_COMPACTION_EVERY) => {}
+            }
+            if compacted.shreds_since_compaction() > 0 {
+                let vault = compacted.clone();
+                tokio::task::spawn_blocking(move || vault.compact())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("compacting the vault: {e}"))?;
+                tracing::info!("compacted the vault after shredding");
+            }
         }
     }));
 
