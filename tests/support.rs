@@ -272,6 +272,44 @@ pub fn granted(purpose: &str) -> Payload {
     })
 }
 
+/// A `data.collected` payload (retention's event).
+pub fn collected() -> Payload {
+    Payload::DataCollected(DataCollected {
+        category: "contact".into(),
+        purpose: "provide_service".into(),
+        system: "accounts".into(),
+        location: "users table".into(),
+    })
+}
+
+/// Publishes `env` as protobuf on its tenant's subject with `Nats-Msg-Id = event_id`, and waits
+/// for JetStream's ack.
+pub async fn publish_acked(js: &async_nats::jetstream::Context, env: &Envelope) {
+    use prost::Message;
+    js.send_publish(
+        format!("privacy.in.{}.{}", env.tenant, env.event_type),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(env.encode_to_vec().into())
+            .message_id(&env.event_id),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// Messages `PRIVACY_IN` holds (user events some consumer has yet to store).
+pub async fn in_stream_messages(js: &async_nats::jetstream::Context) -> u64 {
+    js.get_stream("PRIVACY_IN")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
 /// Publishes policy version `v1` of the test tenant, in force since yesterday, through the
 /// consent service at `url` (consent grants must name the version in force).
 pub async fn publish_policy_v1(url: &str) {

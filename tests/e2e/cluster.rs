@@ -199,15 +199,7 @@ async fn a_cluster_node_killed_mid_ingest_loses_and_duplicates_nothing() {
     assert_eq!(unique, published, "no event lost");
     assert!(process.is_running(), "the service kept running");
 
-    let in_stream = js
-        .get_stream(bus.in_stream())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let in_stream = in_stream_messages(&js).await;
     eprintln!(
         "cluster: killed n{victim} (leader of {} and of the consumers {victim_leads:?}) at \
          service head {killed_at_head}; {resent} publishes sent again; {in_stream} messages in the \

@@ -72,18 +72,7 @@ async fn each_service_stores_exactly_its_own_events_once() {
             ),
             &["subject-requests"],
         ),
-        (
-            envelope(
-                "u-1",
-                Payload::DataCollected(DataCollected {
-                    category: "contact".into(),
-                    purpose: "provide_service".into(),
-                    system: "accounts".into(),
-                    location: "users table".into(),
-                }),
-            ),
-            &["retention"],
-        ),
+        (envelope("u-1", collected()), &["retention"]),
         (
             envelope(
                 "u-2",
@@ -245,18 +234,6 @@ async fn each_service_stores_exactly_its_own_events_once() {
     }
 }
 
-/// Messages on `PRIVACY_IN` (clear personal data) until every consumer stored them.
-async fn in_stream_messages(js: &async_nats::jetstream::Context) -> u64 {
-    js.get_stream("PRIVACY_IN")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
-}
-
 /// Waits until `PRIVACY_IN` holds `want` messages.
 async fn wait_for_in_stream(js: &async_nats::jetstream::Context, want: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -282,26 +259,9 @@ async fn user_events_leave_privacy_in_once_every_consumer_stored_them() {
     publish_policy_v1(&consent.url()).await;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let granted = envelope("u-1", granted("marketing"));
-    let collected = envelope(
-        "u-1",
-        Payload::DataCollected(DataCollected {
-            category: "contact".into(),
-            purpose: "provide_service".into(),
-            system: "accounts".into(),
-            location: "users table".into(),
-        }),
-    );
+    let collected = envelope("u-1", collected());
     for env in [&granted, &collected] {
-        js.send_publish(
-            format!("privacy.in.{}.{}", env.tenant, env.event_type),
-            PublishMessage::build()
-                .payload(env.encode_to_vec().into())
-                .message_id(&env.event_id),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_acked(&js, env).await;
     }
     let mut audit = audit_client(&consent.url(), Some(AUDITOR_TOKEN)).await;
     wait_for_head(&mut audit, 2, Duration::from_secs(20)).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use futures::future::BoxFuture;
 use privacy_bus::{BusConfig, Ingest, IngestHandler, IngestStats, Prepared, Transient};
 use privacy_e2e::*;
@@ -62,16 +62,7 @@ async fn transient_failures_nak_and_the_events_arrive_later() {
     for i in 0..20 {
         let env = envelope(&format!("u-{i}"), granted("marketing"));
         ids.push(env.event_id.clone());
-        js.send_publish(
-            "privacy.in.vn-apihub.consent.granted",
-            PublishMessage::build()
-                .payload(env.encode_to_vec().into())
-                .message_id(&env.event_id),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_acked(&js, &env).await;
     }
     let dir = tempfile::tempdir().unwrap();
     let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();

@@ -197,25 +197,17 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &BusConfig) -> Resu
                  recreate it (after every service has caught up) to get the documented one"
             );
         }
-        let wanted_subjects = vec![subject];
-        let subjects_differ = name == input && existing.subjects != wanted_subjects;
-        if (name == dlq && existing.max_age != max_age) || subjects_differ {
-            tracing::info!(stream = %name, ?max_age, subjects = ?wanted_subjects, "updating the stream");
-            js.update_stream(stream::Config {
-                max_age: if name == dlq {
-                    max_age
-                } else {
-                    existing.max_age
-                },
-                subjects: if subjects_differ {
-                    wanted_subjects
-                } else {
-                    existing.subjects.clone()
-                },
-                ..existing
-            })
-            .await
-            .map_err(|e| err(&e))?;
+        // The settings this function keeps current on an existing stream.
+        let mut wanted = existing.clone();
+        if name == dlq {
+            wanted.max_age = max_age;
+        }
+        if name == input {
+            wanted.subjects = vec![subject];
+        }
+        if wanted != existing {
+            tracing::info!(stream = %name, ?wanted.max_age, subjects = ?wanted.subjects, "updating the stream");
+            js.update_stream(wanted).await.map_err(|e| err(&e))?;
         }
     }
     ensure_consumers(js, config).await
