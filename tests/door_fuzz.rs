@@ -102,6 +102,7 @@ pub fn seeds() -> Vec<Envelope> {
             Payload::ConsentWithdrawn(ConsentWithdrawn {
                 purposes: vec!["marketing".into()],
                 method: "settings".into(),
+                ..Default::default()
             }),
         ),
         envelope(

@@ -279,6 +279,7 @@ pub fn collected() -> Payload {
         purpose: "provide_service".into(),
         system: "accounts".into(),
         location: "users table".into(),
+        ..Default::default()
     })
 }
 

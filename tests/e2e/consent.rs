@@ -181,6 +181,7 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
             ConsentWithdrawn {
                 purposes: vec![],
                 method: "settings".into(),
+                ..Default::default()
             },
         )
         .await

@@ -59,7 +59,7 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
         let payload = if i % 3 == 0 {
             Payload::ConsentWithdrawn(ConsentWithdrawn {
                 purposes: vec!["marketing".into()],
-                method: String::new(),
+                ..Default::default()
             })
         } else {
             granted(if i % 2 == 0 { "marketing" } else { "analytics" })

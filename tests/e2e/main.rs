@@ -10,6 +10,7 @@ mod dlq;
 mod failstop;
 mod fuzz;
 mod ingest;
+mod markers;
 mod natsauth;
 mod outbox;
 mod rebuild;

@@ -174,9 +174,17 @@ pub fn validate_envelope(
     }
     check_tenant(&env.tenant)?;
     check_occurred_at(env, now, limits)?;
-    check_text("source", &env.source, limits)?;
-    check_text("correlation_id", &env.correlation_id, limits)?;
-    check_text("causation_id", &env.causation_id, limits)?;
+    // Identifiers of systems and traces, stored as given: codes, so no free text (which could
+    // carry personal data) rests in the clear through them.
+    for (field, code) in [
+        ("source", &env.source),
+        ("correlation_id", &env.correlation_id),
+        ("causation_id", &env.causation_id),
+    ] {
+        if !code.is_empty() {
+            check_id(field, code, limits)?;
+        }
+    }
 
     let payload = env
         .payload

@@ -355,7 +355,7 @@ impl ServiceContext {
                 let t = privacy_proto::EventType::of_payload(&payload)
                     .map(|t| t.as_str())
                     .unwrap_or_default();
-                (t, payload)
+                (t, *payload)
             }
             Body::Domain(body) => {
                 self.check_publisher(body.as_ref())?;

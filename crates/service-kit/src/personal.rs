@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use privacy_event_store::{Opened, SealedField, StoreError, Vault};
-use privacy_proto::catalogue::personal_maps;
+use privacy_proto::catalogue::{move_free_text, personal_maps, restore_free_text};
 use privacy_proto::v1::{Envelope, Erased, PersonalValue, Sealed, personal_value::Value};
 
 /// Seals every clear value of one personal-data map under the subject's key; the field's path
@@ -33,10 +33,11 @@ pub fn seal_map(
 }
 
 /// Seals every clear personal value of a user event's payload (the maps the event catalogue
-/// names) under its subject's key.
+/// names, after its free-text fields moved into them) under its subject's key.
 pub fn seal_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError> {
     let (tenant, subject) = (env.tenant.clone(), env.subject_id.clone());
     if let Some(payload) = env.payload.as_mut() {
+        move_free_text(payload);
         for (map_name, map) in personal_maps(payload) {
             seal_map(vault, &tenant, &subject, map_name, map)?;
         }
@@ -44,8 +45,8 @@ pub fn seal_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError
     Ok(())
 }
 
-/// Opens every sealed value of `env` for display: clear text, or `erased` once the subject's key
-/// was shredded.
+/// Opens every sealed value of `env` for display: clear text (free text back in its own field),
+/// or `erased` once the subject's key was shredded.
 pub fn open_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError> {
     let (tenant, subject) = (env.tenant.clone(), env.subject_id.clone());
     let Some(payload) = env.payload.as_mut() else {
@@ -71,6 +72,7 @@ pub fn open_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError
             }
         }
     }
+    restore_free_text(payload);
     Ok(())
 }
 
@@ -95,16 +97,22 @@ mod tests {
                     },
                 )]
                 .into(),
+                birth_date: "2011-07-23".into(),
                 ..Default::default()
             })),
             ..Default::default()
         };
+        let published = env.clone();
         seal_envelope(&vault, &mut env).unwrap();
         let stored = env.clone();
         let text = format!("{stored:?}");
         assert!(!text.contains("ann@example.com"));
+        assert!(
+            !text.contains("2011-07-23"),
+            "the birth date rests sealed: {text}"
+        );
         open_envelope(&vault, &mut env).unwrap();
-        assert!(format!("{env:?}").contains("ann@example.com"));
+        assert_eq!(env, published, "opening gives back the event as published");
         vault.shred("acme", "u-1", 5).unwrap();
         let mut env = stored;
         open_envelope(&vault, &mut env).unwrap();
@@ -112,5 +120,10 @@ mod tests {
             unreachable!()
         };
         assert!(matches!(p.personal["email"].value, Some(Value::Erased(_))));
+        assert!(matches!(
+            p.personal["birth_date"].value,
+            Some(Value::Erased(_))
+        ));
+        assert!(p.birth_date.is_empty());
     }
 }

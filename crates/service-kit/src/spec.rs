@@ -113,7 +113,7 @@ impl<B: DomainBody + Send> PendingBody for B {
 /// What a derived event carries.
 pub(crate) enum Body {
     /// A user-event payload (e.g. the withdrawal a privacy signal implies).
-    User(Payload),
+    User(Box<Payload>),
     /// A catalogue domain event.
     Domain(Box<dyn PendingBody>),
 }
@@ -129,7 +129,7 @@ impl Derived {
     pub fn user<E: UserEvent>(suffix: &'static str, event: E) -> Derived {
         Derived {
             suffix,
-            body: Body::User(event.into_payload()),
+            body: Body::User(Box::new(event.into_payload())),
         }
     }
 

@@ -187,6 +187,11 @@ impl NatsServer {
         panic!("nats-server failed to start five times");
     }
 
+    /// The folder holding the server's JetStream store, configuration and log.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -477,6 +482,20 @@ impl ServiceProcess {
     /// Starts `bin_dir()/<binary>` with exactly the given `PRIVACY_*` environment on top of the
     /// test's own (RUST_LOG defaults to `warn`).
     pub fn spawn(binary: &str, env: &BTreeMap<String, String>) -> ServiceProcess {
+        ServiceProcess::start(binary, env, None)
+    }
+
+    /// Like [`ServiceProcess::spawn`], with the process's standard output and error appended to
+    /// the file `log`.
+    pub fn spawn_logged(
+        binary: &str,
+        env: &BTreeMap<String, String>,
+        log: &Path,
+    ) -> ServiceProcess {
+        ServiceProcess::start(binary, env, Some(log))
+    }
+
+    fn start(binary: &str, env: &BTreeMap<String, String>, log: Option<&Path>) -> ServiceProcess {
         let path = bin_dir().join(binary);
         assert!(
             path.exists(),
@@ -484,7 +503,21 @@ impl ServiceProcess {
             path.display()
         );
         let mut cmd = Command::new(&path);
-        cmd.envs(env).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.envs(env);
+        match log {
+            Some(file) => {
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .unwrap_or_else(|e| panic!("cannot open {}: {e}", file.display()));
+                let err = out.try_clone().expect("a second handle on the log file");
+                cmd.stdout(out).stderr(err);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+            }
+        }
         if !env.contains_key("RUST_LOG") {
             cmd.env("RUST_LOG", "warn");
         }

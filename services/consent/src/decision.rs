@@ -128,16 +128,16 @@ impl Decision {
 /// What is known about the subject as a child, for the child rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ChildStatus {
-    /// The subject is below the jurisdiction's (or the tenant's stricter) age threshold, from
-    /// this instant on.
-    pub child_since: Option<i64>,
-    /// ... until this instant (the birthday that crosses the threshold), if known.
+    /// The subject is below the age threshold in force (the jurisdiction's, or the tenant's
+    /// stricter one) until this instant, the birthday that crosses it; `None`: not known to be
+    /// a child.
     pub adult_from: Option<i64>,
 }
 
 impl ChildStatus {
-    fn is_child_at(&self, at: i64) -> bool {
-        self.child_since.is_some_and(|s| s <= at) && self.adult_from.is_none_or(|a| at < a)
+    /// Whether the subject is a child at `at`.
+    pub fn is_child_at(&self, at: i64) -> bool {
+        self.adult_from.is_some_and(|a| at < a)
     }
 }
 
@@ -340,7 +340,6 @@ mod tests {
     #[test]
     fn a_child_needs_a_guardians_consent_until_the_threshold_birthday() {
         let child = ChildStatus {
-            child_since: Some(T0),
             adult_from: Some(T0 + 100 * DAY),
         };
         let own = vec![grant(1, T0 + DAY, "v1", None)];

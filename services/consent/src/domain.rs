@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{
-    ChildFlagged, ConsentGranted, ConsentMethod, ConsentWithdrawn, Envelope, ExpressedBy,
-    PolicyPublished,
+    AgeThreshold, AgeThresholds, ChildFlagged, ConsentGranted, ConsentMethod, ConsentWithdrawn,
+    Envelope, ExpressedBy, PolicyPublished,
 };
 use privacy_proto::{Rejection, RejectionCode};
 use privacy_service_kit::{Derived, DomainService, ServiceContext, Tenant};
-use privacy_vocab::time::micros_or_zero;
+use privacy_vocab::time::{micros_or_zero, timestamp};
 use prost::Message;
 
 use crate::decision::{ChildStatus, LegalBasis, policy_in_force};
@@ -24,10 +24,13 @@ use crate::{OPT_OUT_PURPOSES, POLICY_PUBLISHED, jurisdiction};
 #[derive(Clone)]
 pub struct ConsentDomain {
     pub reader: ConsentReader,
-    /// Birth dates from registrations accepted but perhaps not yet folded into the view (a
-    /// registration and a grant may arrive in the same ingest batch).
-    recent_births: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Age thresholds of registrations accepted but perhaps not yet folded into the view (a
+    /// registration and a grant may arrive in the same ingest batch). Memory only.
+    recent_births: Arc<Mutex<HashMap<(String, String), Thresholds>>>,
 }
+
+/// When a subject reaches each child-age threshold: (age, instant), by age.
+pub type Thresholds = Vec<(u8, i64)>;
 
 /// Most registrations remembered until the view has them.
 const RECENT_BIRTHS: usize = 50_000;
@@ -45,13 +48,7 @@ fn invalid(field: &str, reason: String) -> Rejection {
 /// The age below which a guardian must consent: the stricter of the law's and the tenant's.
 pub fn child_age(tenant: &Tenant, on: jiff::civil::Date) -> Option<u8> {
     let law = jurisdiction::rules_for().child_age(&tenant.jurisdiction, on);
-    let own = tenant
-        .extra
-        .get("children")
-        .and_then(|c| c.get("min_age"))
-        .and_then(|v| v.as_integer())
-        .and_then(|v| u8::try_from(v).ok());
-    law.max(own)
+    law.max(child_age_of_tenant(tenant))
 }
 
 /// Whether the tenant accepts consent a representative (a legal entity passing on third
@@ -65,22 +62,69 @@ pub fn representatives_allowed(tenant: &Tenant) -> bool {
         .unwrap_or(false)
 }
 
-/// The instants between which a subject born on `birth` is a child, under the threshold in
-/// force on the tenant's local date of `at_micros`.
-pub fn child_window(tenant: &Tenant, birth: jiff::civil::Date, at_micros: i64) -> ChildStatus {
+/// Every age a child rule of the tenant may name: its jurisdiction's, in any regime, and its
+/// own `[children] min_age`.
+pub fn child_ages(tenant: &Tenant) -> Vec<u8> {
+    let mut ages = jurisdiction::rules_for().child_ages(&tenant.jurisdiction);
+    let own = child_age_of_tenant(tenant);
+    ages.extend(own);
+    ages.sort_unstable();
+    ages.dedup();
+    ages
+}
+
+fn child_age_of_tenant(tenant: &Tenant) -> Option<u8> {
+    tenant
+        .extra
+        .get("children")
+        .and_then(|c| c.get("min_age"))
+        .and_then(|v| v.as_integer())
+        .and_then(|v| u8::try_from(v).ok())
+}
+
+/// The instants a subject born on `birth` reaches each of the tenant's child ages (the start of
+/// that birthday, tenant-local): all the child rules keep of a birth date.
+pub fn age_thresholds(tenant: &Tenant, birth: jiff::civil::Date) -> Thresholds {
+    child_ages(tenant)
+        .into_iter()
+        .filter_map(|age| {
+            let day = birth
+                .checked_add(jiff::Span::new().years(i64::from(age)))
+                .ok()?;
+            Some((age, tenant.start_of(day)?))
+        })
+        .collect()
+}
+
+/// The thresholds of an `AgeThresholds` body.
+pub fn thresholds_of(body: &AgeThresholds) -> Thresholds {
+    body.thresholds
+        .iter()
+        .filter_map(|t| {
+            Some((
+                u8::try_from(t.age).ok()?,
+                micros_or_zero(t.reached_at.as_ref()),
+            ))
+        })
+        .collect()
+}
+
+/// Whether a subject with `thresholds` is a child at `at_micros`, under the threshold in force
+/// on the tenant's local date of that instant. An age the thresholds lack (a tenant's
+/// `min_age` changed after the registration) is not guessed: the subject is not known to be a
+/// child under it.
+pub fn child_window(tenant: &Tenant, thresholds: &[(u8, i64)], at_micros: i64) -> ChildStatus {
     let Some(on) = tenant.local_date(at_micros) else {
         return ChildStatus::default();
     };
     let Some(age) = child_age(tenant, on) else {
         return ChildStatus::default();
     };
-    let adult = birth
-        .checked_add(jiff::Span::new().years(i64::from(age)))
-        .ok()
-        .and_then(|d| tenant.start_of(d));
     ChildStatus {
-        child_since: tenant.start_of(birth),
-        adult_from: adult,
+        adult_from: thresholds
+            .iter()
+            .find(|(a, _)| *a == age)
+            .map(|(_, at)| *at),
     }
 }
 
@@ -107,17 +151,14 @@ impl ConsentDomain {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(tenant.id.clone(), subject.to_owned()))
             .cloned();
-        let birth_date = match recent {
-            Some(b) => b,
+        let thresholds = match recent {
+            Some(t) => t,
             None => match self.reader.child(&tenant.id, subject) {
-                Ok(Some(info)) => info.birth_date,
+                Ok(Some(body)) => thresholds_of(&body),
                 _ => return ChildStatus::default(),
             },
         };
-        let Ok(birth) = birth_date.parse::<jiff::civil::Date>() else {
-            return ChildStatus::default();
-        };
-        child_window(tenant, birth, at_micros)
+        child_window(tenant, &thresholds, at_micros)
     }
 
     fn check_grant(
@@ -222,10 +263,7 @@ impl ConsentDomain {
             ));
         }
         let child = self.child_status(tenant, &env.subject_id, at);
-        if child.child_since.is_some_and(|s| s <= at)
-            && child.adult_from.is_none_or(|a| at < a)
-            && g.expressed_by != ExpressedBy::Guardian as i32
-        {
+        if child.is_child_at(at) && g.expressed_by != ExpressedBy::Guardian as i32 {
             return Err(forbidden(
                 "consent_granted.expressed_by",
                 format!(
@@ -310,20 +348,50 @@ impl ConsentDomain {
                 ConsentWithdrawn {
                     purposes,
                     method: "global privacy control".into(),
+                    ..Default::default()
                 },
             )
         })
     }
 
+    /// A registration's birth date, as the instants the child rules need, and a child
+    /// registered without a guardian's consent flagged for erasure.
+    fn child_events(&self, tenant: &Tenant, envelope: &Envelope, birth: &str) -> Vec<Derived> {
+        let Ok(birth) = birth.parse::<jiff::civil::Date>() else {
+            return Vec::new();
+        };
+        let thresholds = age_thresholds(tenant, birth);
+        let mut out = Vec::new();
+        if !thresholds.is_empty() {
+            out.push(Derived::domain(
+                "age_thresholds",
+                AgeThresholds {
+                    thresholds: thresholds
+                        .iter()
+                        .map(|(age, at)| AgeThreshold {
+                            age: u32::from(*age),
+                            reached_at: Some(timestamp(*at)),
+                        })
+                        .collect(),
+                },
+            ));
+        }
+        out.extend(self.child_flag(tenant, envelope, &thresholds));
+        out
+    }
+
     /// A child registered without a guardian's consent is flagged for erasure.
-    fn child_flag(&self, tenant: &Tenant, envelope: &Envelope, birth: &str) -> Option<Derived> {
-        let birth = birth.parse::<jiff::civil::Date>().ok()?;
-        let today = tenant.local_date(micros_or_zero(envelope.occurred_at.as_ref()))?;
-        let age = child_age(tenant, today)?;
-        let adult = birth
-            .checked_add(jiff::Span::new().years(i64::from(age)))
-            .ok()?;
-        (today < adult).then(|| {
+    fn child_flag(
+        &self,
+        tenant: &Tenant,
+        envelope: &Envelope,
+        thresholds: &[(u8, i64)],
+    ) -> Option<Derived> {
+        let at = micros_or_zero(envelope.occurred_at.as_ref());
+        let age = child_age(tenant, tenant.local_date(at)?)?;
+        child_window(tenant, thresholds, at)
+            .is_child_at(at)
+            .then(|| {
             Derived::domain(
                 "child_flagged",
                 ChildFlagged {
@@ -342,14 +410,15 @@ impl DomainService for ConsentDomain {
     fn check(&self, tenant: &Tenant, envelope: &Envelope) -> Result<(), Rejection> {
         match &envelope.payload {
             Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
+                let Ok(birth) = r.birth_date.parse::<jiff::civil::Date>() else {
+                    return Ok(());
+                };
+                let thresholds = age_thresholds(tenant, birth);
                 let mut births = self.recent_births.lock().unwrap_or_else(|p| p.into_inner());
                 if births.len() >= RECENT_BIRTHS {
                     births.clear();
                 }
-                births.insert(
-                    (tenant.id.clone(), envelope.subject_id.clone()),
-                    r.birth_date.clone(),
-                );
+                births.insert((tenant.id.clone(), envelope.subject_id.clone()), thresholds);
                 Ok(())
             }
             Some(Payload::ConsentGranted(g)) => self.check_grant(tenant, envelope, g),
@@ -372,18 +441,17 @@ impl DomainService for ConsentDomain {
     }
 
     fn derive(&self, tenant: &Tenant, envelope: &Envelope) -> Vec<Derived> {
-        let derived = match &envelope.payload {
+        match &envelope.payload {
             Some(Payload::ConsentSignal(sig))
                 if sig.signal.eq_ignore_ascii_case("gpc") && sig.value =>
             {
-                self.gpc_withdrawal(tenant, envelope)
+                self.gpc_withdrawal(tenant, envelope).into_iter().collect()
             }
             Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
-                self.child_flag(tenant, envelope, &r.birth_date)
+                self.child_events(tenant, envelope, &r.birth_date)
             }
-            _ => None,
-        };
-        derived.into_iter().collect()
+            _ => Vec::new(),
+        }
     }
 
     fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {
@@ -413,24 +481,26 @@ mod tests {
         // In March 2026 (Law 91, child under 16) a 14-year-old is a child, although no Vietnamese
         // rule was in force on the birth date (the tenant's own 13 alone would say adult).
         let now = micros(vn, "2026-03-15");
-        let status = child_window(vn, born, now);
-        assert!(status.child_since.is_some_and(|s| s <= now));
-        assert!(status.adult_from.is_some_and(|a| now < a), "{status:?}");
+        let thresholds = age_thresholds(vn, born);
+        // The law's 16 and the tenant's own 13, and nothing else of the birth date.
+        assert_eq!(
+            thresholds.iter().map(|(age, _)| *age).collect::<Vec<_>>(),
+            [13, 16]
+        );
+        let status = child_window(vn, &thresholds, now);
+        assert!(status.is_child_at(now), "{status:?}");
         // Across the regime switch: before Decree 13 (2023-07-01) only the tenant's 13 applied,
         // so someone born 2008-03-01 was an adult in June 2022 and a child again under the
         // decree in August 2023 (15 < 16).
-        let born: jiff::civil::Date = "2008-03-01".parse().unwrap();
+        let thresholds = age_thresholds(vn, "2008-03-01".parse().unwrap());
         let before = micros(vn, "2022-06-01");
-        assert!(
-            child_window(vn, born, before)
-                .adult_from
-                .is_some_and(|a| a <= before)
-        );
+        assert!(!child_window(vn, &thresholds, before).is_child_at(before));
         let after = micros(vn, "2023-08-01");
-        assert!(
-            child_window(vn, born, after)
-                .adult_from
-                .is_some_and(|a| after < a)
+        assert!(child_window(vn, &thresholds, after).is_child_at(after));
+        // A threshold instant is the start of the tenant-local birthday.
+        assert_eq!(
+            thresholds.last().map(|(_, at)| *at),
+            vn.start_of("2024-03-01".parse().unwrap())
         );
     }
 }

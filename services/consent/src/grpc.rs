@@ -136,6 +136,7 @@ impl ConsentService for ConsentApi {
                 event: ConsentWithdrawn {
                     purposes: req.purposes,
                     method: req.method,
+                    ..Default::default()
                 },
             })
             .await?

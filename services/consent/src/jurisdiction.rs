@@ -18,6 +18,8 @@ pub struct ConsentForm {
 pub trait JurisdictionRules: Send + Sync {
     /// Below this age a guardian's consent is required (`None`: no statutory age).
     fn child_age(&self, jurisdiction: &str, on: Date) -> Option<u8>;
+    /// Every age [`Self::child_age`] answers for the jurisdiction on some date.
+    fn child_ages(&self, jurisdiction: &str) -> Vec<u8>;
     fn consent_form(&self, jurisdiction: &str, on: Date) -> ConsentForm;
     /// Whether a Global Privacy Control signal is an opt-out of sale/sharing.
     fn honours_gpc(&self, jurisdiction: &str, on: Date) -> bool;
@@ -35,6 +37,20 @@ impl JurisdictionRules for RulePacks {
     fn child_age(&self, jurisdiction: &str, on: Date) -> Option<u8> {
         let j = jurisdiction.parse().ok()?;
         rules::child_rules(j, on).ok()?.age
+    }
+
+    fn child_ages(&self, jurisdiction: &str) -> Vec<u8> {
+        let Ok(j) = jurisdiction.parse::<rules::Jurisdiction>() else {
+            return Vec::new();
+        };
+        let mut ages: Vec<u8> = rules::packs()
+            .iter()
+            .filter(|p| p.jurisdiction == j.code())
+            .filter_map(|p| p.child.age)
+            .collect();
+        ages.sort_unstable();
+        ages.dedup();
+        ages
     }
 
     fn consent_form(&self, jurisdiction: &str, on: Date) -> ConsentForm {
@@ -78,6 +94,12 @@ impl JurisdictionRules for InterimTable {
             // 152-FZ: no statutory age [V]; Privacy Act: no fixed age [S].
             _ => None,
         }
+    }
+
+    fn child_ages(&self, jurisdiction: &str) -> Vec<u8> {
+        self.child_age(jurisdiction, Date::MIN)
+            .into_iter()
+            .collect()
     }
 
     fn consent_form(&self, jurisdiction: &str, on: Date) -> ConsentForm {

@@ -4,7 +4,7 @@
 //! - [`decision`]: the pure decision and its types;
 //! - [`domain`]: [`ConsentDomain`], the rules the kit's door applies to every consent event,
 //!   whether it comes from NATS or from a gRPC command, and the events they imply;
-//! - [`view`]: the projection the decision reads (histories, policies, birth dates);
+//! - [`view`]: the projection the decision reads (histories, policies, age thresholds);
 //! - [`jurisdiction`]: the jurisdiction facts it needs, behind one small interface;
 //! - [`grpc`]: the `ConsentService` handlers;
 //! - [`receipt`]: consent receipts.
@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use privacy_event_store::Projection;
 use privacy_proto::DomainBody;
-use privacy_proto::v1::{ChildFlagged, PolicyPublished};
+use privacy_proto::v1::{AgeThresholds, ChildFlagged, PolicyPublished};
 use privacy_service_kit::{DomainService, ServiceContext, ServiceSpec};
 
 pub use domain::ConsentDomain;
@@ -31,6 +31,9 @@ pub use domain::ConsentDomain;
 pub const POLICY_PUBLISHED: &str = <PolicyPublished as DomainBody>::EVENT_TYPE;
 /// Event type of the domain event that flags a child registered without a guardian.
 pub const CHILD_FLAGGED: &str = <ChildFlagged as DomainBody>::EVENT_TYPE;
+/// Event type of the domain event that keeps, of a birth date, the instants the child rules
+/// need.
+pub const AGE_THRESHOLDS: &str = <AgeThresholds as DomainBody>::EVENT_TYPE;
 
 /// Purposes a Global Privacy Control signal opts out of (sale, sharing, targeted advertising).
 pub const OPT_OUT_PURPOSES: &[&str] = &["marketing", "advertising", "sale", "sharing"];
@@ -45,6 +48,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
         "consent.withdrawn",
         POLICY_PUBLISHED,
         CHILD_FLAGGED,
+        AGE_THRESHOLDS,
     ],
     projections,
     domain,

@@ -1,20 +1,23 @@
 //! The consent projection: per (tenant, subject, purpose) the history of consent changes, per
-//! tenant the published policy versions, per subject the birth date for the child rules.
+//! tenant the published policy versions, per subject the instants it reaches the child-age
+//! thresholds (never the birth date, which rests only sealed).
 //!
 //! Keys: `h tenant 0 subject 0 purpose` → length-delimited `ConsentHistoryEntry`s (purpose `*` is
 //! a withdrawal of every purpose) · `p tenant` → length-delimited `StoredPolicy`s ·
-//! `c tenant 0 subject` → `ChildInfo`.
+//! `c tenant 0 subject` → `AgeThresholds`.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
-use privacy_proto::v1::{ConsentHistoryEntry, Envelope, ExpressedBy, PolicyPublished};
+use privacy_proto::v1::{
+    AgeThresholds, ConsentHistoryEntry, Envelope, ExpressedBy, PolicyPublished,
+};
 use prost::Message;
 
 use privacy_service_kit::projection::{decode_body, decode_stored};
 use privacy_vocab::time::{micros, micros_or_zero};
 
-use crate::POLICY_PUBLISHED;
 use crate::decision::{ChangeKind, ConsentChange, PolicyVersion};
+use crate::{AGE_THRESHOLDS, POLICY_PUBLISHED};
 
 /// Name of the consent projection.
 pub const CONSENT_VIEW: &str = "consent";
@@ -28,14 +31,6 @@ pub struct StoredPolicy {
     pub published_at: Option<prost_types::Timestamp>,
     #[prost(uint64, tag = "3")]
     pub seq: u64,
-}
-
-/// What the child rules need about a subject.
-#[derive(Clone, PartialEq, Message)]
-pub struct ChildInfo {
-    /// YYYY-MM-DD.
-    #[prost(string, tag = "1")]
-    pub birth_date: String,
 }
 
 fn history_key(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
@@ -85,7 +80,7 @@ fn decode_all<M: Message + Default>(bytes: &[u8]) -> Result<Vec<M>, StoreError> 
     Ok(out)
 }
 
-/// Folds consent events, policy versions and birth dates into the view.
+/// Folds consent events, policy versions and age thresholds into the view.
 pub struct ConsentView;
 
 impl Projection for ConsentView {
@@ -94,7 +89,8 @@ impl Projection for ConsentView {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: age thresholds instead of birth dates.
+        2
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -135,11 +131,9 @@ impl Projection for ConsentView {
                     append(view, &history_key(tenant, subject, purpose), &entry)?;
                 }
             }
-            Some(Payload::SubjectRegistered(r)) if !r.birth_date.is_empty() => {
-                let info = ChildInfo {
-                    birth_date: r.birth_date.clone(),
-                };
-                view.put(&child_key(tenant, subject), info.encode_to_vec());
+            Some(Payload::DomainEvent(d)) if env.event_type == AGE_THRESHOLDS => {
+                let body: AgeThresholds = decode_body(event, AGE_THRESHOLDS, &d.body)?;
+                view.put(&child_key(tenant, subject), body.encode_to_vec());
             }
             Some(Payload::DomainEvent(d)) if env.event_type == POLICY_PUBLISHED => {
                 let policy: PolicyPublished = decode_body(event, POLICY_PUBLISHED, &d.body)?;
@@ -217,14 +211,15 @@ impl ConsentReader {
             .collect())
     }
 
-    pub fn child(&self, tenant: &str, subject: &str) -> Result<Option<ChildInfo>, StoreError> {
+    /// When the subject reaches each child-age threshold, if a registration gave a birth date.
+    pub fn child(&self, tenant: &str, subject: &str) -> Result<Option<AgeThresholds>, StoreError> {
         match self.view.get(&child_key(tenant, subject))? {
-            Some(bytes) => Ok(Some(ChildInfo::decode(bytes.as_slice()).map_err(|e| {
-                StoreError::Corrupt {
+            Some(bytes) => Ok(Some(AgeThresholds::decode(bytes.as_slice()).map_err(
+                |e| StoreError::Corrupt {
                     seq: 0,
-                    reason: format!("child info does not decode: {e}"),
-                }
-            })?)),
+                    reason: format!("age thresholds do not decode: {e}"),
+                },
+            )?)),
             None => Ok(None),
         }
     }
