@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "privacy/v1/envelope.proto",
     "privacy/v1/audit.proto",
     "privacy/v1/consent.proto",
+    "privacy/v1/requests.proto",
     "privacy/bench/v1/echo.proto",
 ];
 

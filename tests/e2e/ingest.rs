@@ -137,12 +137,17 @@ async fn each_service_stores_exactly_its_own_events_once() {
         for o in *owners {
             expected.entry(o).or_default().insert(env.event_id.clone());
         }
-        if env.event_type == "subject.registered" {
-            // A birth date implies the instants the child rules keep of it.
+        // Implied events: a birth date's age thresholds; a request's opening with its deadlines.
+        let implied = match env.event_type.as_str() {
+            "subject.registered" => Some(("consent", "age_thresholds")),
+            "request.received" => Some(("subject-requests", "opened")),
+            _ => None,
+        };
+        if let Some((service, suffix)) = implied {
             expected
-                .entry("consent")
+                .entry(service)
                 .or_default()
-                .insert(format!("{}/age_thresholds", env.event_id));
+                .insert(format!("{}/{suffix}", env.event_id));
         }
         let subject = format!("privacy.in.{}.{}", env.tenant, env.event_type);
         // Every other event as JSON, the rest as protobuf.

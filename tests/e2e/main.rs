@@ -14,6 +14,7 @@ mod markers;
 mod natsauth;
 mod outbox;
 mod rebuild;
+mod requests;
 mod tamper;
 mod tenants;
 mod tidy;

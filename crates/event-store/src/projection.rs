@@ -155,6 +155,26 @@ impl View {
     }
 }
 
+impl View {
+    /// Entries with `from <= key < to`, in key order, at most `limit` of them (keys without the
+    /// `d` mark).
+    pub fn range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ViewEntry>, StoreError> {
+        let tree = self.tree();
+        tree.range(data_key(from)..data_key(to))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(storage)?;
+                Ok((k[1..].to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
 /// A projection's state, for `ProjectionStatus`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectionStatus {

@@ -328,6 +328,18 @@ catalogue! {
         PolicyPublished = "policy.published", publisher "consent", personal [];
         ChildFlagged = "subject.child_flagged", publisher "consent", personal [];
         AgeThresholds = "subject.age_thresholds", publisher "consent", personal [];
+        RequestOpened = "request.opened", publisher "subject-requests", personal [];
+        RequestIdentityVerified = "request.identity_verified", publisher "subject-requests",
+            personal [];
+        RequestStarted = "request.started", publisher "subject-requests", personal [];
+        RequestExtended = "request.extended", publisher "subject-requests", personal [];
+        RequestPaused = "request.paused", publisher "subject-requests", personal [];
+        RequestResumed = "request.resumed", publisher "subject-requests", personal [];
+        RequestCompleted = "request.completed", publisher "subject-requests", personal [];
+        RequestRejected = "request.rejected", publisher "subject-requests", personal [];
+        RequestWithdrawn = "request.withdrawn", publisher "subject-requests", personal [];
+        RequestDueSoon = "request.due_soon", publisher "subject-requests", personal [];
+        RequestOverdue = "request.overdue", publisher "subject-requests", personal [];
     }
 }
 

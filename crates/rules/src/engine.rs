@@ -295,13 +295,14 @@ pub fn combine(statute: Deadline, promise: Deadline) -> Combined {
     }
 }
 
-/// A tenant's promise ("we answer within N days"), counted with the jurisdiction's conventions
-/// for calendar days.
+/// A tenant's promise ("we answer within N days", or N working/business days), counted with the
+/// jurisdiction's conventions and calendar.
 pub fn promise(
     jurisdiction: Jurisdiction,
     region: Option<&str>,
     zone: Option<&TimeZone>,
     days: u32,
+    unit: Unit,
     clock_start: Timestamp,
     options: DueOptions,
 ) -> Result<Deadline, RulesError> {
@@ -312,7 +313,7 @@ pub fn promise(
         request: "promise".into(),
         stage: "complete".into(),
         duration: days,
-        unit: Unit::CalendarDays,
+        unit,
         clock_start: "received".into(),
         citation: "the tenant's published promise".into(),
         confidence: Confidence::Verified,

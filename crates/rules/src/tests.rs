@@ -777,7 +777,16 @@ fn a_promise_is_combined_with_the_statute_and_the_earlier_wins() {
         DueOptions::default(),
     )
     .unwrap();
-    let promised = promise(Vn, None, None, 30, start, DueOptions::default()).unwrap();
+    let promised = promise(
+        Vn,
+        None,
+        None,
+        30,
+        Unit::CalendarDays,
+        start,
+        DueOptions::default(),
+    )
+    .unwrap();
     assert_eq!(promised.due, date(2026, 2, 2));
     let c = combine(statute, promised);
     assert_eq!(
@@ -796,7 +805,16 @@ fn a_promise_is_combined_with_the_statute_and_the_earlier_wins() {
         DueOptions::default(),
     )
     .unwrap();
-    let promised = promise(UsCa, None, None, 30, start, DueOptions::default()).unwrap();
+    let promised = promise(
+        UsCa,
+        None,
+        None,
+        30,
+        Unit::CalendarDays,
+        start,
+        DueOptions::default(),
+    )
+    .unwrap();
     let c = combine(statute, promised);
     assert_eq!(
         (c.bound, c.deadline.due, c.margin_days),
@@ -814,7 +832,16 @@ fn a_promise_is_combined_with_the_statute_and_the_earlier_wins() {
         DueOptions::default(),
     )
     .unwrap();
-    let promised = promise(Ru, None, None, 30, start, DueOptions::default()).unwrap();
+    let promised = promise(
+        Ru,
+        None,
+        None,
+        30,
+        Unit::CalendarDays,
+        start,
+        DueOptions::default(),
+    )
+    .unwrap();
     let c = combine(statute, promised);
     assert_eq!((c.bound, c.margin_days), (Bound::Statute, 4));
 }

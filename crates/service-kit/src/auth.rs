@@ -161,6 +161,17 @@ scoped!(Tenant:
     GetConsentHistoryRequest,
     ExportConsentReceiptRequest,
     GetSubjectTimelineRequest,
+    OpenRequestRequest,
+    VerifyIdentityRequest,
+    StartRequestRequest,
+    ExtendDeadlineRequest,
+    PauseRequestRequest,
+    ResumeRequestRequest,
+    CompleteRequestRequest,
+    RejectRequestRequest,
+    WithdrawRequestRequest,
+    GetRequestRequest,
+    ListRequestsRequest,
 );
 scoped!(Filter: StreamEventsRequest);
 

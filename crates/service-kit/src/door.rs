@@ -181,6 +181,10 @@ pub struct Emit<B> {
     pub subject_id: String,
     pub body: B,
     pub stream: StreamKey,
+    /// An idempotency key, for an event that must exist at most once (e.g. `<request>/overdue`):
+    /// emitting it again with the same body answers with the first one's position; with another
+    /// body it is refused as `conflicting_duplicate`. `None`: a fresh UUIDv7.
+    pub event_id: Option<String>,
 }
 
 /// Where a command's event landed.
@@ -492,13 +496,37 @@ impl ServiceContext {
             if !emit.subject_id.is_empty() {
                 privacy_proto::validate::check_subject_id(&emit.subject_id, &self.limits)?;
             }
+            let keyed = emit.event_id.as_ref().map(|id| {
+                let mut bytes = Vec::new();
+                for part in [B::EVENT_TYPE, &emit.tenant, &emit.subject_id] {
+                    bytes.extend_from_slice(part.as_bytes());
+                    bytes.push(0);
+                }
+                bytes.extend_from_slice(&emit.body.encode_to_vec());
+                (id.clone(), content_digest(&bytes))
+            });
+            if let Some((id, content)) = &keyed
+                && let Some(known) = self.store.lookup(&tenant.id, id)?
+            {
+                if !known.same_content(content) {
+                    return Err(conflicting(id, Some(known.position.seq)).into());
+                }
+                let mut position = self.folded(known.position).await?;
+                position.duplicate = true;
+                return Ok(Recorded {
+                    event_id: id.clone(),
+                    position,
+                });
+            }
             let stream = stream_of(&emit.tenant, &emit.subject_id, emit.stream);
             let expected = match emit.stream {
                 StreamKey::Tenant(_) => ExpectedVersion::Exact(self.store.stream_version(&stream)?),
                 StreamKey::Subject => ExpectedVersion::Any,
             };
             let mut envelope = Envelope {
-                event_id: uuid::Uuid::now_v7().to_string(),
+                event_id: keyed
+                    .as_ref()
+                    .map_or_else(|| uuid::Uuid::now_v7().to_string(), |(id, _)| id.clone()),
                 event_type: B::EVENT_TYPE.to_owned(),
                 schema_version: 1,
                 tenant: emit.tenant.clone(),
@@ -511,7 +539,7 @@ impl ServiceContext {
                 ..Default::default()
             };
             self.check(domain.as_ref(), tenant, &envelope).await?;
-            let content = digest_of(&envelope);
+            let content = keyed.map_or_else(|| digest_of(&envelope), |(_, c)| c);
             let mut seal = self.seal(&emit.tenant, &emit.subject_id);
             let body = Box::new(emit.body).seal_and_encode(&mut seal)?;
             envelope.payload = Some(Payload::DomainEvent(DomainEvent { body }));

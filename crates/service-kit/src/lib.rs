@@ -35,6 +35,6 @@ pub use config::{MasterKeySource, ServiceConfig};
 pub use door::{
     Admitted, Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, rejection_status,
 };
-pub use spec::{Derived, DomainService, NoDomain, ServiceSpec};
+pub use spec::{Derived, DomainService, DomainTask, NoDomain, ServiceSpec};
 pub use start::{RunningService, StartError, start};
 pub use tenants::{Tenant, TenantRegistry};

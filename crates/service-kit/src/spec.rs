@@ -10,6 +10,8 @@ use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{Envelope, PersonalValue};
 use privacy_proto::{DomainBody, EventType, Rejection, UserEvent};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::door::ServiceContext;
 use crate::tenants::Tenant;
 
@@ -69,6 +71,19 @@ pub trait DomainService: Send + Sync + 'static {
 
     /// Adds the service's own gRPC services (behind the role interceptor in `ctx.auth`).
     fn routes(&self, _ctx: &ServiceContext, _routes: &mut tonic::service::RoutesBuilder) {}
+
+    /// The domain's long-running work (e.g. a deadline watcher), started once the views caught
+    /// up with the log and supervised like the kit's own parts: an error stops the service
+    /// loudly. Each task returns when `shutdown` is cancelled.
+    fn tasks(&self, _ctx: &ServiceContext, _shutdown: CancellationToken) -> Vec<DomainTask> {
+        Vec::new()
+    }
+}
+
+/// A named, supervised task of a domain.
+pub struct DomainTask {
+    pub name: &'static str,
+    pub run: futures::future::BoxFuture<'static, Result<(), String>>,
 }
 
 /// The domain of a skeleton service.

@@ -28,7 +28,7 @@ use crate::audit::Audit;
 use crate::auth::{AuthInterceptor, Readiness};
 use crate::config::{ConfigError, MasterKeySource, ServiceConfig};
 use crate::door::{EnvelopeIngest, ServiceContext};
-use crate::spec::ServiceSpec;
+use crate::spec::{DomainService, ServiceSpec};
 use crate::tenants::{TenantError, TenantRegistry};
 use crate::timeline::SubjectTimeline;
 
@@ -366,6 +366,8 @@ pub async fn start(
     let stats = Arc::new(IngestStats::default());
     let handler: Arc<dyn IngestHandler> = Arc::new(EnvelopeIngest { ctx: ctx.clone() });
     let lifecycle = Lifecycle {
+        domain: domain.clone(),
+        ctx: ctx.clone(),
         spec,
         bus: config.bus.clone(),
         store: store.clone(),
@@ -401,8 +403,10 @@ pub async fn start(
     })
 }
 
-/// What runs after gRPC listens: views first, then the bus, then SERVING.
+/// What runs after gRPC listens: views first, then the domain's tasks and the bus, then SERVING.
 struct Lifecycle {
+    domain: Arc<dyn DomainService>,
+    ctx: ServiceContext,
     spec: ServiceSpec,
     bus: privacy_bus::BusConfig,
     store: EventStore,
@@ -436,6 +440,9 @@ impl Lifecycle {
                 .await
                 .map_err(|e| e.to_string())
         }));
+        for task in self.domain.tasks(&self.ctx, self.shutdown.clone()) {
+            parts.spawn(self.sup.supervise(task.name.into(), task.run));
+        }
         run_bus(
             self.spec,
             self.bus,

@@ -79,6 +79,7 @@ impl ConsentService for ConsentApi {
                     effective_at: Some(effective_at),
                 },
                 stream: StreamKey::Tenant("policies"),
+                event_id: None,
             })
             .await?;
         Ok(Response::new(PublishPolicyResponse {

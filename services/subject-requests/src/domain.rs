@@ -1,0 +1,309 @@
+//! [`RequestsDomain`]: the lifecycle rules the kit's door applies to every step of a request —
+//! which state each step may follow, reason codes, the one extension — and the `request.opened`
+//! (with its deadlines) that a `request.received` implies when the clock starts at receipt.
+//!
+//! Steps are decided one at a time ([`RequestsDomain::steps`] is held from the check to the
+//! append), so two operators cannot both move a request out of the same state.
+
+use std::sync::Arc;
+
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::*;
+use privacy_proto::{Rejection, RejectionCode};
+use privacy_service_kit::{Derived, DomainService, DomainTask, ServiceContext, Tenant};
+use privacy_vocab::time::micros_or_zero;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::deadlines::{ClockStart, binding_due_at, clock_start, compute};
+use crate::events;
+use crate::view::{REQUESTS_VIEW, RequestsReader, is_open};
+
+/// The lifecycle rules, over the requests view.
+#[derive(Clone)]
+pub struct RequestsDomain {
+    pub reader: RequestsReader,
+    /// Held while a step is checked and appended.
+    pub steps: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn forbidden(field: &str, reason: String) -> Rejection {
+    Rejection::new(RejectionCode::Forbidden, field, reason)
+}
+
+/// A state's name in messages (`identity_verified`).
+pub fn state_name(s: RequestState) -> &'static str {
+    match s {
+        RequestState::Unspecified => "unknown",
+        RequestState::Received => "received",
+        RequestState::IdentityVerified => "identity_verified",
+        RequestState::InProgress => "in_progress",
+        RequestState::Paused => "paused",
+        RequestState::Completed => "completed",
+        RequestState::PartiallyCompleted => "partially_completed",
+        RequestState::Rejected => "rejected",
+        RequestState::Withdrawn => "withdrawn",
+    }
+}
+
+/// The states a step may follow.
+fn allowed_from(step: &str) -> &'static [RequestState] {
+    use RequestState::*;
+    match step {
+        events::IDENTITY_VERIFIED => &[Received],
+        events::STARTED => &[IdentityVerified],
+        events::PAUSED => &[Received, IdentityVerified, InProgress],
+        events::RESUMED => &[Paused],
+        events::COMPLETED => &[InProgress],
+        events::EXTENDED
+        | events::REJECTED
+        | events::WITHDRAWN
+        | events::DUE_SOON
+        | events::OVERDUE => &[Received, IdentityVerified, InProgress, Paused],
+        _ => &[],
+    }
+}
+
+/// Whether a request in `state` may take `step`; the refusal names the state.
+pub fn check_transition(state: RequestState, step: &str) -> Result<(), Rejection> {
+    if allowed_from(step).contains(&state) {
+        return Ok(());
+    }
+    let from: Vec<&str> = allowed_from(step).iter().map(|s| state_name(*s)).collect();
+    Err(forbidden(
+        "request_id",
+        format!(
+            "the request is {}: {step} may follow only {}",
+            state_name(state),
+            from.join(", ")
+        ),
+    ))
+}
+
+/// A reason or method code: letters, digits and `- _ . :`, 1–64 characters.
+pub fn check_code(field: &str, code: &str, required: bool) -> Result<(), Rejection> {
+    if code.is_empty() {
+        return if required {
+            Err(Rejection::new(
+                RejectionCode::MissingField,
+                field,
+                format!("{field} is required"),
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    if code.len() > 64
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:()".contains(&b))
+    {
+        return Err(Rejection::new(
+            RejectionCode::InvalidField,
+            field,
+            format!(
+                "{field} is a code: at most 64 letters, digits and - _ . : ( ) (the value is not \
+                 repeated here)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The request id a step's body names.
+fn request_id_of(event_type: &str, body: &[u8]) -> Option<String> {
+    macro_rules! id {
+        ($ty:ty) => {
+            <$ty>::decode(body).ok().map(|b| b.request_id)
+        };
+    }
+    match event_type {
+        events::OPENED => id!(RequestOpened),
+        events::IDENTITY_VERIFIED => id!(RequestIdentityVerified),
+        events::STARTED => id!(RequestStarted),
+        events::EXTENDED => id!(RequestExtended),
+        events::PAUSED => id!(RequestPaused),
+        events::RESUMED => id!(RequestResumed),
+        events::COMPLETED => id!(RequestCompleted),
+        events::REJECTED => id!(RequestRejected),
+        events::WITHDRAWN => id!(RequestWithdrawn),
+        events::DUE_SOON => id!(RequestDueSoon),
+        events::OVERDUE => id!(RequestOverdue),
+        _ => None,
+    }
+}
+
+/// The deadlines of a request whose clock starts at `at`, or why there are none.
+pub fn deadlines_at(
+    tenant: &Tenant,
+    t: RequestType,
+    at: i64,
+    how: ClockStart,
+    extended: bool,
+) -> Deadlines {
+    compute(tenant, t, at, how, extended).unwrap_or_else(|e| Deadlines {
+        clock_started_at: Some(privacy_vocab::time::timestamp(at)),
+        clock_start: how.as_str().into(),
+        error: e.to_string(),
+        ..Default::default()
+    })
+}
+
+impl RequestsDomain {
+    pub fn new(ctx: &ServiceContext) -> RequestsDomain {
+        RequestsDomain {
+            reader: RequestsReader {
+                view: ctx
+                    .projector
+                    .view(REQUESTS_VIEW)
+                    .expect("the requests view is registered by SPEC"),
+            },
+            steps: Arc::default(),
+        }
+    }
+
+    fn check_step(&self, tenant: &Tenant, env: &Envelope, body: &[u8]) -> Result<(), Rejection> {
+        let t = env.event_type.as_str();
+        if t == events::OPENED {
+            return Ok(());
+        }
+        let id = request_id_of(t, body).ok_or_else(|| {
+            Rejection::new(RejectionCode::Malformed, t, format!("{t} does not decode"))
+        })?;
+        let request = self
+            .reader
+            .get(&tenant.id, &id)
+            .ok()
+            .flatten()
+            .ok_or_else(|| forbidden("request_id", "no such request".into()))?;
+        check_transition(request.state(), t)?;
+        match t {
+            events::EXTENDED => {
+                let d = request.deadlines.as_ref();
+                if request.extended {
+                    return Err(forbidden(
+                        "request_id",
+                        "the request was extended before; the law allows one extension".into(),
+                    ));
+                }
+                if !d.is_some_and(|d| d.extension_allowed) {
+                    return Err(forbidden(
+                        "request_id",
+                        format!(
+                            "{} allows no extension of this request type (or its clock has not \
+                             started)",
+                            tenant.jurisdiction
+                        ),
+                    ));
+                }
+                if let Some(due) = d.and_then(binding_due_at)
+                    && micros_or_zero(env.occurred_at.as_ref()) >= due
+                {
+                    return Err(forbidden(
+                        "request_id",
+                        "the deadline has passed: an extension must be given before it ends".into(),
+                    ));
+                }
+            }
+            events::DUE_SOON if request.due_soon => {
+                return Err(forbidden("request_id", "already flagged due soon".into()));
+            }
+            events::OVERDUE if request.overdue => {
+                return Err(forbidden("request_id", "already flagged overdue".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether the request is open (for callers that only need to know).
+    pub fn is_open(&self, tenant: &str, id: &str) -> bool {
+        self.reader
+            .get(tenant, id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| is_open(r.state()))
+    }
+}
+
+impl DomainService for RequestsDomain {
+    fn check(&self, tenant: &Tenant, envelope: &Envelope) -> Result<(), Rejection> {
+        match &envelope.payload {
+            Some(Payload::RequestReceived(r)) => {
+                if r.request_type == RequestType::Unspecified as i32 {
+                    return Err(Rejection::new(
+                        RejectionCode::MissingField,
+                        "request_received.request_type",
+                        "request_received.request_type is required",
+                    ));
+                }
+                Ok(())
+            }
+            Some(Payload::DomainEvent(d)) => self.check_step(tenant, envelope, &d.body),
+            _ => Ok(()),
+        }
+    }
+
+    fn derive(&self, tenant: &Tenant, envelope: &Envelope) -> Vec<Derived> {
+        let Some(Payload::RequestReceived(r)) = &envelope.payload else {
+            return Vec::new();
+        };
+        let t = r.request_type();
+        let received = micros_or_zero(envelope.occurred_at.as_ref());
+        // The clock starts now unless the law counts from proof of identity.
+        let deadlines = match clock_start(tenant, t, received) {
+            ClockStart::Received => Some(deadlines_at(
+                tenant,
+                t,
+                received,
+                ClockStart::Received,
+                false,
+            )),
+            ClockStart::IdentityVerified => None,
+        };
+        vec![Derived::domain(
+            "opened",
+            RequestOpened {
+                request_id: envelope.event_id.clone(),
+                request_type: r.request_type,
+                deadlines,
+            },
+        )]
+    }
+
+    fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {
+        crate::grpc::add_routes(ctx, self.clone(), routes);
+    }
+
+    fn tasks(&self, ctx: &ServiceContext, shutdown: CancellationToken) -> Vec<DomainTask> {
+        vec![DomainTask {
+            name: "the deadline watcher",
+            run: Box::pin(crate::watch::run(ctx.clone(), self.clone(), shutdown)),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn illegal_steps_name_the_state() {
+        assert!(check_transition(RequestState::Received, events::IDENTITY_VERIFIED).is_ok());
+        let e = check_transition(RequestState::Completed, events::STARTED).unwrap_err();
+        assert_eq!(e.code, RejectionCode::Forbidden);
+        assert!(e.reason.contains("completed"), "{e}");
+        assert!(e.reason.contains("identity_verified"), "{e}");
+        assert!(check_transition(RequestState::Received, events::COMPLETED).is_err());
+        assert!(check_transition(RequestState::Paused, events::RESUMED).is_ok());
+        assert!(check_transition(RequestState::Withdrawn, events::WITHDRAWN).is_err());
+    }
+
+    #[test]
+    fn codes_refuse_free_text_without_repeating_it() {
+        assert!(check_code("reason", "legal_hold", true).is_ok());
+        assert!(check_code("reason", "", false).is_ok());
+        let e = check_code("reason", "Ann Example asked", true).unwrap_err();
+        assert!(!e.reason.contains("Ann"), "{e}");
+    }
+}

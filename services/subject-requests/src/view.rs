@@ -1,0 +1,318 @@
+//! The `requests` projection: every request as the service knows it, and an index of the open
+//! ones by the instant their binding deadline ends, for the deadline watcher.
+//!
+//! Keys: `r tenant 0 request_id` → `SubjectRequest` · `o due_at(i64 BE, offset) tenant 0
+//! request_id` → empty, while a request is open, has a binding deadline and is not yet flagged
+//! overdue.
+
+use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::*;
+use privacy_service_kit::projection::{decode_body, decode_stored};
+use prost::Message;
+
+use crate::deadlines::binding_due_at;
+use crate::events;
+
+/// Name of the projection.
+pub const REQUESTS_VIEW: &str = "requests";
+
+fn request_key(tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Sortable bytes of a signed instant.
+fn instant_bytes(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn instant_of(bytes: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+fn open_key(due_at: i64, tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = vec![b'o'];
+    k.extend_from_slice(&instant_bytes(due_at));
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Whether a request in `state` is still open.
+pub fn is_open(state: RequestState) -> bool {
+    matches!(
+        state,
+        RequestState::Received
+            | RequestState::IdentityVerified
+            | RequestState::InProgress
+            | RequestState::Paused
+    )
+}
+
+/// Folds requests and their steps.
+pub struct RequestsView;
+
+fn step(event: &RecordedEvent, env: &Envelope, state: RequestState, reason: &str) -> RequestStep {
+    RequestStep {
+        seq: event.seq,
+        event_type: env.event_type.clone(),
+        at: env.occurred_at,
+        state: state as i32,
+        reason: reason.to_owned(),
+    }
+}
+
+/// The index entry of a request, if it belongs in the index.
+fn index_entry(r: &SubjectRequest) -> Option<Vec<u8>> {
+    let due = r.deadlines.as_ref().and_then(binding_due_at)?;
+    (is_open(r.state()) && !r.overdue).then(|| open_key(due, &r.tenant, &r.request_id))
+}
+
+impl RequestsView {
+    /// Applies `change` to the stored request `id` of `tenant` (skipped if unknown: a domain
+    /// event always follows its request's receipt in the log), keeping the index in step.
+    fn change(
+        view: &mut ViewWriter<'_>,
+        tenant: &str,
+        id: &str,
+        change: impl FnOnce(&mut SubjectRequest),
+    ) -> Result<(), StoreError> {
+        let key = request_key(tenant, id);
+        let Some(bytes) = view.get(&key)? else {
+            return Ok(());
+        };
+        let mut r = SubjectRequest::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            seq: 0,
+            reason: format!("request {id} does not decode: {e}"),
+        })?;
+        let before = index_entry(&r);
+        change(&mut r);
+        let after = index_entry(&r);
+        if before != after {
+            if let Some(k) = before {
+                view.remove(&k);
+            }
+            if let Some(k) = &after {
+                view.put(k, Vec::new());
+            }
+        }
+        view.put(&key, r.encode_to_vec());
+        Ok(())
+    }
+}
+
+impl Projection for RequestsView {
+    fn name(&self) -> &'static str {
+        REQUESTS_VIEW
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
+        let env: Envelope = decode_stored(event)?;
+        let tenant = env.tenant.clone();
+        let body = match &env.payload {
+            Some(Payload::RequestReceived(r)) => {
+                let request = SubjectRequest {
+                    tenant: tenant.clone(),
+                    request_id: env.event_id.clone(),
+                    subject_id: env.subject_id.clone(),
+                    request_type: r.request_type,
+                    state: RequestState::Received as i32,
+                    received_at: env.occurred_at,
+                    channel: r.channel.clone(),
+                    steps: vec![step(event, &env, RequestState::Received, "")],
+                    ..Default::default()
+                };
+                view.put(
+                    &request_key(&tenant, &env.event_id),
+                    request.encode_to_vec(),
+                );
+                return Ok(());
+            }
+            Some(Payload::DomainEvent(d)) => &d.body,
+            _ => return Ok(()),
+        };
+        let t = env.event_type.as_str();
+        macro_rules! body {
+            ($ty:ty) => {
+                decode_body::<$ty>(event, t, body)?
+            };
+        }
+        match t {
+            events::OPENED => {
+                let b = body!(RequestOpened);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.deadlines = b.deadlines;
+                })
+            }
+            events::IDENTITY_VERIFIED => {
+                let b = body!(RequestIdentityVerified);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.state = RequestState::IdentityVerified as i32;
+                    if b.deadlines.is_some() {
+                        r.deadlines = b.deadlines;
+                    }
+                    r.steps
+                        .push(step(event, &env, RequestState::IdentityVerified, &b.method));
+                })
+            }
+            events::STARTED => {
+                let b = body!(RequestStarted);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.state = RequestState::InProgress as i32;
+                    r.steps
+                        .push(step(event, &env, RequestState::InProgress, ""));
+                })
+            }
+            events::EXTENDED => {
+                let b = body!(RequestExtended);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.extended = true;
+                    r.deadlines = b.deadlines;
+                    r.due_soon = false;
+                    r.overdue = false;
+                    r.steps.push(step(event, &env, r.state(), &b.reason));
+                })
+            }
+            events::PAUSED => {
+                let b = body!(RequestPaused);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.paused_from = r.state;
+                    r.state = RequestState::Paused as i32;
+                    r.pause_reason = b.reason.clone();
+                    r.steps
+                        .push(step(event, &env, RequestState::Paused, &b.reason));
+                })
+            }
+            events::RESUMED => {
+                let b = body!(RequestResumed);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.state = r.paused_from;
+                    r.paused_from = 0;
+                    r.pause_reason.clear();
+                    r.steps.push(step(event, &env, r.state(), ""));
+                })
+            }
+            events::COMPLETED => {
+                let b = body!(RequestCompleted);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    let state = if b.parts_not_done.is_empty() {
+                        RequestState::Completed
+                    } else {
+                        RequestState::PartiallyCompleted
+                    };
+                    r.state = state as i32;
+                    r.parts_not_done = b.parts_not_done;
+                    r.closed_at = env.occurred_at;
+                    r.steps.push(step(event, &env, state, ""));
+                })
+            }
+            events::REJECTED => {
+                let b = body!(RequestRejected);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.state = RequestState::Rejected as i32;
+                    r.reject_reason = b.reason.clone();
+                    r.legal_ground = b.legal_ground;
+                    r.closed_at = env.occurred_at;
+                    r.steps
+                        .push(step(event, &env, RequestState::Rejected, &b.reason));
+                })
+            }
+            events::WITHDRAWN => {
+                let b = body!(RequestWithdrawn);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.state = RequestState::Withdrawn as i32;
+                    r.closed_at = env.occurred_at;
+                    r.steps.push(step(event, &env, RequestState::Withdrawn, ""));
+                })
+            }
+            events::DUE_SOON => {
+                let b = body!(RequestDueSoon);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.due_soon = true;
+                    r.steps.push(step(event, &env, r.state(), ""));
+                })
+            }
+            events::OVERDUE => {
+                let b = body!(RequestOverdue);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.overdue = true;
+                    r.steps.push(step(event, &env, r.state(), ""));
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads of the requests view.
+#[derive(Clone)]
+pub struct RequestsReader {
+    pub view: View,
+}
+
+fn decode(bytes: &[u8]) -> Result<SubjectRequest, StoreError> {
+    SubjectRequest::decode(bytes).map_err(|e| StoreError::Corrupt {
+        seq: 0,
+        reason: format!("a request does not decode: {e}"),
+    })
+}
+
+impl RequestsReader {
+    pub fn get(&self, tenant: &str, id: &str) -> Result<Option<SubjectRequest>, StoreError> {
+        self.view
+            .get(&request_key(tenant, id))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Every request of a tenant.
+    pub fn all(&self, tenant: &str) -> Result<Vec<SubjectRequest>, StoreError> {
+        let mut prefix = vec![b'r'];
+        prefix.extend_from_slice(tenant.as_bytes());
+        prefix.push(0);
+        self.view
+            .scan_prefix(&prefix)?
+            .iter()
+            .map(|(_, v)| decode(v))
+            .collect()
+    }
+
+    /// Open requests (any tenant) not yet flagged overdue whose binding deadline ends before
+    /// `before`, soonest first, at most `limit`: (tenant, request id, due at).
+    pub fn open_due_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let mut from = vec![b'o'];
+        from.extend_from_slice(&instant_bytes(i64::MIN));
+        let mut to = vec![b'o'];
+        to.extend_from_slice(&instant_bytes(before));
+        Ok(self
+            .view
+            .range(&from, &to, limit)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let due = instant_of(&k[1..9]);
+                let rest = &k[9..];
+                let zero = rest.iter().position(|b| *b == 0)?;
+                Some((
+                    String::from_utf8_lossy(&rest[..zero]).into_owned(),
+                    String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
+                    due,
+                ))
+            })
+            .collect())
+    }
+}
