@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench_kit;
 pub mod door_fuzz;
 
 use std::collections::BTreeMap;
@@ -301,7 +302,12 @@ pub async fn publish_acked(js: &async_nats::jetstream::Context, env: &Envelope) 
 
 /// Messages `PRIVACY_IN` holds (user events some consumer has yet to store).
 pub async fn in_stream_messages(js: &async_nats::jetstream::Context) -> u64 {
-    js.get_stream("PRIVACY_IN")
+    stream_messages(js, "PRIVACY_IN").await
+}
+
+/// Messages a JetStream stream holds.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
         .await
         .unwrap()
         .info()

@@ -233,15 +233,7 @@ async fn no_personal_value_rests_in_the_clear_in_data_or_logs() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dlq = js
-        .get_stream("PRIVACY_DLQ")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let dlq = stream_messages(&js, "PRIVACY_DLQ").await;
     assert_eq!(
         dlq,
         refused.len() as u64,

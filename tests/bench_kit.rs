@@ -1,0 +1,167 @@
+//! What the gRPC benchmarks share: the floor (a raw tonic echo server, no auth, no work), a
+//! driver that spreads calls over concurrent tasks on one channel, and alternating rounds of the
+//! floor and the real call so that drift on a shared machine hits both alike.
+
+use std::time::{Duration, Instant};
+
+use privacy_proto::bench::EchoMessage;
+use privacy_proto::bench::echo_client::EchoClient;
+use privacy_proto::bench::echo_server::{Echo, EchoServer};
+use tonic::transport::Channel;
+
+/// A count from the environment variable `name`, or `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The multi-threaded runtime a benchmark runs in.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The echo floor: answers what it is sent.
+struct EchoImpl;
+
+#[tonic::async_trait]
+impl Echo for EchoImpl {
+    async fn echo(
+        &self,
+        request: tonic::Request<EchoMessage>,
+    ) -> Result<tonic::Response<EchoMessage>, tonic::Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+}
+
+/// Starts the echo floor on a free loopback port; a channel to it.
+pub async fn echo_floor() -> Channel {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoServer::new(EchoImpl))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One echo call carrying `size` bytes.
+pub async fn echo_call(channel: Channel, size: usize) {
+    EchoClient::new(channel)
+        .echo(EchoMessage {
+            payload: vec![7; size],
+        })
+        .await
+        .unwrap();
+}
+
+/// Throughput and latency of a set of calls.
+pub struct Stats {
+    pub calls_per_s: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Stats {
+    fn of(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+        Stats {
+            calls_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
+    /// `<calls/s> calls/s p50 <µs> µs p99 <µs> µs`.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>7.0} calls/s p50 {:>6.0} µs p99 {:>6.0} µs",
+            self.calls_per_s,
+            self.p50.as_secs_f64() * 1e6,
+            self.p99.as_secs_f64() * 1e6
+        )
+    }
+}
+
+/// Runs `calls` calls of `call` spread over `concurrency` tasks sharing one channel; returns
+/// every call's latency.
+pub async fn measure<F, Fut>(
+    channel: Channel,
+    calls: usize,
+    concurrency: usize,
+    call: F,
+) -> Vec<Duration>
+where
+    F: Fn(Channel, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let channel = channel.clone();
+        let call = call.clone();
+        let share = calls / concurrency;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            for i in 0..share {
+                let begin = Instant::now();
+                call(channel.clone(), t * share + i).await;
+                latencies.push(begin.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::with_capacity(calls);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// `calls` calls of the floor and of the real call at `concurrency`, in five alternating
+/// rounds: (floor, real).
+pub async fn compare<F, Ff, G, Gf>(
+    floor: (Channel, F),
+    real: (Channel, G),
+    calls: usize,
+    concurrency: usize,
+) -> (Stats, Stats)
+where
+    F: Fn(Channel, usize) -> Ff + Clone + Send + 'static,
+    Ff: std::future::Future<Output = ()> + Send,
+    G: Fn(Channel, usize) -> Gf + Clone + Send + 'static,
+    Gf: std::future::Future<Output = ()> + Send,
+{
+    let rounds = 5;
+    let (mut floor_lat, mut real_lat) = (Vec::new(), Vec::new());
+    let (mut floor_time, mut real_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        floor_lat.extend(
+            measure(
+                floor.0.clone(),
+                calls / rounds,
+                concurrency,
+                floor.1.clone(),
+            )
+            .await,
+        );
+        floor_time += t.elapsed();
+        let t = Instant::now();
+        real_lat.extend(measure(real.0.clone(), calls / rounds, concurrency, real.1.clone()).await);
+        real_time += t.elapsed();
+    }
+    (
+        Stats::of(floor_lat, floor_time),
+        Stats::of(real_lat, real_time),
+    )
+}
