@@ -116,13 +116,11 @@ fn check_reserved<T: FreeText>(root: &Root, payload: &T) -> Result<(), Rejection
         return Ok(());
     };
     match T::TEXT.iter().find(|name| map.contains_key(**name)) {
-        Some(name) => Err(Rejection::invalid(
-            root.field(&format!("{}.{name}", T::MAP)),
-            format!(
-                "{} is reserved for the {name} field: publish it there",
-                root.field(&format!("{}.{name}", T::MAP))
-            ),
-        )),
+        Some(name) => {
+            let field = root.field(&format!("{}.{name}", T::MAP));
+            let reason = format!("{field} is reserved for the {name} field: publish it there");
+            Err(Rejection::invalid(field, reason))
+        }
         None => Ok(()),
     }
 }
@@ -150,13 +148,11 @@ pub fn restore_free_text(payload: &mut Payload) {
     if let Some(t) = free_text_of(payload) {
         for (name, field) in t.fields {
             if let Some(PersonalValue {
-                value: Some(v1::personal_value::Value::Clear(_)),
-            }) = t.map.get(name)
-                && let Some(PersonalValue {
-                    value: Some(v1::personal_value::Value::Clear(text)),
-                }) = t.map.remove(name)
+                value: Some(v1::personal_value::Value::Clear(text)),
+            }) = t.map.get_mut(name)
             {
-                *field = text;
+                *field = std::mem::take(text);
+                t.map.remove(name);
             }
         }
     }

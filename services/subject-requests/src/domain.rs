@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadlines::{ClockStart, binding_due_at, clock_start, compute};
 use crate::events;
-use crate::view::{REQUESTS_VIEW, RequestsReader, is_open};
+use crate::view::{REQUESTS_VIEW, RequestsReader};
 
 /// The lifecycle rules, over the requests view.
 #[derive(Clone)]
@@ -214,15 +214,6 @@ impl RequestsDomain {
             _ => {}
         }
         Ok(())
-    }
-
-    /// Whether the request is open (for callers that only need to know).
-    pub fn is_open(&self, tenant: &str, id: &str) -> bool {
-        self.reader
-            .get(tenant, id)
-            .ok()
-            .flatten()
-            .is_some_and(|r| is_open(r.state()))
     }
 }
 

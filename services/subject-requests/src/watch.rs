@@ -36,6 +36,25 @@ pub fn due_soon_window(tenant: &Tenant) -> i64 {
     hours * HOUR
 }
 
+/// Where a flag goes and the key that makes it unique.
+struct Flag<'a> {
+    tenant: &'a str,
+    subject_id: &'a str,
+    key: String,
+}
+
+impl Flag<'_> {
+    fn emit<B>(self, body: B) -> Emit<B> {
+        Emit {
+            tenant: self.tenant.to_owned(),
+            subject_id: self.subject_id.to_owned(),
+            body,
+            stream: StreamKey::Subject,
+            event_id: Some(self.key),
+        }
+    }
+}
+
 /// What one scan emitted: (event type, request id).
 pub type Flagged = Vec<(&'static str, String)>;
 
@@ -70,31 +89,19 @@ pub async fn scan(
         };
         // A deadline extended is a new deadline: its flags have their own keys.
         let generation = if request.extended { "-extended" } else { "" };
+        let flag = |name: &str| Flag {
+            tenant: &tenant_id,
+            subject_id: &request.subject_id,
+            key: format!("{id}/{name}{generation}"),
+        };
+        let (request_id, due_at) = (id.clone(), Some(timestamp(due)));
         let event_type = if due <= now && !request.overdue {
-            ctx.emit(Emit {
-                tenant: tenant_id.clone(),
-                subject_id: request.subject_id.clone(),
-                body: RequestOverdue {
-                    request_id: id.clone(),
-                    due_at: Some(timestamp(due)),
-                },
-                stream: StreamKey::Subject,
-                event_id: Some(format!("{id}/overdue{generation}")),
-            })
-            .await?;
+            ctx.emit(flag("overdue").emit(RequestOverdue { request_id, due_at }))
+                .await?;
             crate::events::OVERDUE
         } else if due > now && due - window <= now && !request.due_soon {
-            ctx.emit(Emit {
-                tenant: tenant_id.clone(),
-                subject_id: request.subject_id.clone(),
-                body: RequestDueSoon {
-                    request_id: id.clone(),
-                    due_at: Some(timestamp(due)),
-                },
-                stream: StreamKey::Subject,
-                event_id: Some(format!("{id}/due_soon{generation}")),
-            })
-            .await?;
+            ctx.emit(flag("due_soon").emit(RequestDueSoon { request_id, due_at }))
+                .await?;
             crate::events::DUE_SOON
         } else {
             continue;
