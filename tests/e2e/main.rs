@@ -12,6 +12,7 @@ mod fuzz;
 mod ingest;
 mod markers;
 mod natsauth;
+mod orders;
 mod outbox;
 mod rebuild;
 mod requests;

@@ -56,6 +56,14 @@ fn service_publish(config: &BusConfig, service: &str) -> Vec<String> {
         // The outbox reads its last published event back at start-up.
         format!("$JS.API.STREAM.MSG.GET.{}", config.evt_stream()),
     ];
+    // A service that issues orders publishes them on its tenants' backends' subjects.
+    let issues_orders = privacy_proto::catalogue::ORDER_EVENTS
+        .iter()
+        .filter_map(|t| privacy_proto::catalogue::domain_event(t))
+        .any(|d| d.publisher == service);
+    if issues_orders {
+        allow.push(format!("{p}.out.>"));
+    }
     for (stream, _) in config.streams() {
         for action in ["INFO", "CREATE", "UPDATE"] {
             allow.push(format!("$JS.API.STREAM.{action}.{stream}"));

@@ -70,6 +70,11 @@ impl BusConfig {
         format!("{}.evt.{service}.{tenant}.{event_type}", self.prefix)
     }
 
+    /// The subject of an order to a tenant's backend system (`<prefix>.out.<tenant>.<system>.<action>`).
+    pub fn out_subject(&self, tenant: &str, system: &str, action: &str) -> String {
+        format!("{}.out.{tenant}.{system}.{action}", self.prefix)
+    }
+
     /// Every domain-event subject of a service.
     pub fn domain_subjects(&self, service: &str) -> String {
         format!("{}.evt.{service}.>", self.prefix)

@@ -21,6 +21,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_event_store::{EventStore, RecordedEvent};
+use privacy_proto::catalogue::{ORDER_EVENTS, order_of};
+use privacy_proto::v1::Envelope;
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::{BusConfig, BusError};
@@ -191,9 +194,16 @@ impl OutboxRelay {
         let subject = self
             .config
             .domain_subject(&self.service, &event.scope, &event.event_type);
+        let order = self.order_message(event);
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.publish(&subject, event).await {
+            let attempt = async {
+                if let Some((subject, id, bytes)) = &order {
+                    self.send(subject, id, bytes.clone(), None).await?;
+                }
+                self.publish(&subject, event).await
+            };
+            match attempt.await {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(seq = event.seq, error = %e, "outbox publish failed; retrying in {delay:?}");
@@ -207,15 +217,50 @@ impl OutboxRelay {
         }
     }
 
+    /// The order an event carries, as (subject, `Nats-Msg-Id`, bytes); `None` for other events.
+    /// An order event whose order does not decode is stored evidence of a bug: it is logged
+    /// and relayed as a domain event only.
+    fn order_message(&self, event: &RecordedEvent) -> Option<(String, String, Vec<u8>)> {
+        if !ORDER_EVENTS.contains(&event.event_type.as_str()) {
+            return None;
+        }
+        let order = Envelope::decode(event.data.as_slice())
+            .ok()
+            .and_then(|e| order_of(&e));
+        let Some(order) = order else {
+            tracing::error!(seq = event.seq, event_type = %event.event_type, "an order event without a readable order; not sent to any system");
+            return None;
+        };
+        let subject = self
+            .config
+            .out_subject(&order.tenant, &order.system, &order.action);
+        let id = format!("{}:{}", order.tenant, order.order_id);
+        Some((subject, id, order.encode_to_vec()))
+    }
+
     async fn publish(&self, subject: &str, event: &RecordedEvent) -> Result<(), BusError> {
+        self.send(subject, &msg_id(event), event.data.clone(), Some(event.seq))
+            .await
+    }
+
+    /// Publishes protobuf `bytes` and waits for JetStream's ack.
+    async fn send(
+        &self,
+        subject: &str,
+        id: &str,
+        bytes: Vec<u8>,
+        seq: Option<u64>,
+    ) -> Result<(), BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Content-Type", "application/protobuf");
-        headers.insert("Privacy-Seq", event.seq.to_string().as_str());
+        if let Some(seq) = seq {
+            headers.insert("Privacy-Seq", seq.to_string().as_str());
+        }
         privacy_telemetry::inject_nats(&mut headers);
         let msg = PublishMessage::build()
-            .payload(event.data.clone().into())
+            .payload(bytes.into())
             .headers(headers)
-            .message_id(msg_id(event));
+            .message_id(id);
         let err = |reason: String| BusError::Publish {
             subject: subject.to_owned(),
             reason,

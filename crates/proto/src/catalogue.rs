@@ -81,7 +81,12 @@ macro_rules! free_text {
     )*};
 }
 
-no_free_text!(SubjectUpdated, ConsentSignal, RequestReceived);
+no_free_text!(
+    SubjectUpdated,
+    ConsentSignal,
+    RequestReceived,
+    OrderConfirmed
+);
 
 free_text! {
     SubjectRegistered: personal [birth_date, age_band];
@@ -319,6 +324,8 @@ catalogue! {
             consumers ["retention"], personal [personal];
         RequestReceived = "request.received", request_received,
             consumers ["subject-requests"], personal [personal];
+        OrderConfirmed = "order.confirmed", order_confirmed,
+            consumers ["subject-requests"], personal [];
     }
     domain {
         PolicyPublished = "policy.published", publisher "consent", personal [];
@@ -336,7 +343,37 @@ catalogue! {
         RequestWithdrawn = "request.withdrawn", publisher "subject-requests", personal [];
         RequestDueSoon = "request.due_soon", publisher "subject-requests", personal [];
         RequestOverdue = "request.overdue", publisher "subject-requests", personal [];
+        RequestOrderIssued = "request.order_issued", publisher "subject-requests", personal [];
+        RequestErasureRequested = "request.erasure_requested", publisher "subject-requests",
+            personal [];
     }
+}
+
+/// The domain events that carry an [`v1::Order`] to a backend (as field 1 of their body): the
+/// outbox relay also publishes that order on `<prefix>.out.<tenant>.<system>.<action>`.
+pub const ORDER_EVENTS: &[&str] = &["request.order_issued"];
+
+/// The actions an order may name (the last token of its `privacy.out` subject).
+pub const ORDER_ACTIONS: &[&str] = &["rectify", "restrict", "deactivate", "erase"];
+
+/// Any body that carries an order as its field 1.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OrderCarrier {
+    #[prost(message, optional, tag = "1")]
+    order: Option<v1::Order>,
+}
+
+/// The order a stored domain event carries, if it is one of [`ORDER_EVENTS`] and decodes.
+pub fn order_of(envelope: &v1::Envelope) -> Option<v1::Order> {
+    if !ORDER_EVENTS.contains(&envelope.event_type.as_str()) {
+        return None;
+    }
+    let Some(Payload::DomainEvent(d)) = &envelope.payload else {
+        return None;
+    };
+    <OrderCarrier as prost::Message>::decode(d.body.as_slice())
+        .ok()?
+        .order
 }
 
 /// The channels a subject request may arrive through.
@@ -495,6 +532,25 @@ impl Contract for v1::RequestReceived {
     }
 }
 
+impl Contract for v1::OrderConfirmed {
+    fn check(&self, f: &Root, limits: &Limits) -> Result<(), Rejection> {
+        check_id(&f.field("order_id"), &self.order_id, limits)?;
+        check_id(&f.field("system"), &self.system, limits)?;
+        check_enum::<v1::OrderOutcome>(&f.field("outcome"), self.outcome)?;
+        let explained = matches!(
+            self.outcome(),
+            v1::OrderOutcome::Refused | v1::OrderOutcome::Failed
+        );
+        if explained && self.reason.is_empty() {
+            return Err(Rejection::missing(f.field("reason")));
+        }
+        if !self.reason.is_empty() {
+            check_id(&f.field("reason"), &self.reason, limits)?;
+        }
+        Ok(())
+    }
+}
+
 impl EventType {
     /// The NATS subject a backend publishes this event of `tenant` on, under `prefix`
     /// (normally `privacy`): `<prefix>.in.<tenant>.<event_type>`.
@@ -604,7 +660,10 @@ mod tests {
             EventType::filters_for("retention"),
             ["*.subject.deactivated", "*.data.collected", "*.data.erased"]
         );
-        assert_eq!(EventType::filters_for("subject-requests"), ["*.request.*"]);
+        assert_eq!(
+            EventType::filters_for("subject-requests"),
+            ["*.request.*", "*.order.*"]
+        );
         assert!(EventType::filters_for("nobody").is_empty());
     }
 
@@ -645,6 +704,12 @@ mod tests {
             Payload::RequestReceived(_) => Payload::RequestReceived(RequestReceived {
                 request_type: RequestType::Access as i32,
                 ..Default::default()
+            }),
+            Payload::OrderConfirmed(_) => Payload::OrderConfirmed(OrderConfirmed {
+                order_id: "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b/order-crm".into(),
+                system: "crm".into(),
+                outcome: OrderOutcome::Done as i32,
+                reason: String::new(),
             }),
             other => other,
         };

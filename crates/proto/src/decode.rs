@@ -80,6 +80,20 @@ pub fn envelope_to_json(envelope: &Envelope) -> Result<Vec<u8>, DecodeError> {
     serde_json::to_vec(&dynamic).map_err(|e| DecodeError::Json(e.to_string()))
 }
 
+/// A message of the contract (`full_name`, e.g. `privacy.v1.ConsentHistoryEntry`) in the proto3
+/// JSON mapping, as a JSON value.
+pub fn message_to_json<M: Message>(
+    full_name: &str,
+    message: &M,
+) -> Result<serde_json::Value, DecodeError> {
+    let desc = POOL
+        .get_message_by_name(full_name)
+        .ok_or_else(|| DecodeError::Json(format!("{full_name} is not in the descriptor set")))?;
+    let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
+        .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    serde_json::to_value(&dynamic).map_err(|e| DecodeError::Json(e.to_string()))
+}
+
 /// The envelope without its payload: what an index over every event (the subject timeline)
 /// needs. Decoding it skips the payload's bytes. Its tags are those of `privacy.v1.Envelope`; a
 /// test checks them against the descriptor, so the two cannot drift apart.

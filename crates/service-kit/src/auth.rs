@@ -172,6 +172,7 @@ scoped!(Tenant:
     WithdrawRequestRequest,
     GetRequestRequest,
     ListRequestsRequest,
+    GetAccessReportRequest,
 );
 scoped!(Filter: StreamEventsRequest);
 

@@ -35,7 +35,18 @@ pub struct ServiceConfig {
     pub fsync: bool,
     /// Where the vault's master key comes from.
     pub master_key: MasterKeySource,
+    /// The gRPC address of each of the four services (`PRIVACY_<SERVICE>_URL`), for the
+    /// services that assemble answers from the others (the access report).
+    pub peers: BTreeMap<&'static str, String>,
 }
+
+/// The four services: (name, URL key, default port) — DESIGN §7.
+pub const PEERS: &[(&str, &str, u16)] = &[
+    ("consent", "CONSENT_URL", 50051),
+    ("subject-requests", "SUBJECT_REQUESTS_URL", 50052),
+    ("retention", "RETENTION_URL", 50053),
+    ("disclosure-log", "DISCLOSURE_LOG_URL", 50054),
+];
 
 /// Where the master key that wraps the vault's data keys comes from.
 #[derive(Debug, Clone)]
@@ -70,6 +81,10 @@ pub const KEYS: &[&str] = &[
     "FSYNC",
     "MASTER_KEY",
     "MASTER_KEY_FILE",
+    "CONSENT_URL",
+    "SUBJECT_REQUESTS_URL",
+    "RETENTION_URL",
+    "DISCLOSURE_LOG_URL",
 ];
 
 impl ServiceConfig {
@@ -226,7 +241,19 @@ impl ServiceConfig {
             (None, Some(file)) => MasterKeySource::File(PathBuf::from(file)),
             (None, None) => MasterKeySource::Development,
         };
+        let mut peers = BTreeMap::new();
+        for (service, key, port) in PEERS {
+            let url = get(key).unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    key,
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+            peers.insert(*service, url);
+        }
         Ok(ServiceConfig {
+            peers,
             bus,
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| ".data".into())),
             tenants_dir: PathBuf::from(

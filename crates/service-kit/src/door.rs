@@ -53,6 +53,8 @@ pub struct ServiceContext {
     pub tenants: Arc<TenantRegistry>,
     pub auth: AuthInterceptor,
     pub limits: Limits,
+    /// The other services' gRPC URLs, by service name (from the configuration).
+    pub peers: Arc<BTreeMap<&'static str, String>>,
     domain: Arc<OnceLock<Arc<dyn DomainService>>>,
 }
 
@@ -210,6 +212,7 @@ impl ServiceContext {
         projector: Projector,
         tenants: Arc<TenantRegistry>,
         auth: AuthInterceptor,
+        peers: BTreeMap<&'static str, String>,
     ) -> ServiceContext {
         ServiceContext {
             spec,
@@ -218,6 +221,7 @@ impl ServiceContext {
             projector,
             tenants,
             auth,
+            peers: Arc::new(peers),
             limits: Limits::default(),
             domain: Arc::default(),
         }
@@ -483,8 +487,9 @@ impl ServiceContext {
     }
 
     /// Records a domain event of the catalogue that an operator's command produces (e.g. a
-    /// policy version): the domain checks it, its personal fields are sealed, and it is
-    /// published if the spec says so.
+    /// policy version): the domain checks it, the events it implies ([`DomainService::derive`])
+    /// are appended with it atomically, personal fields are sealed, and it is published if the
+    /// spec says so.
     pub async fn emit<B: DomainBody + Send + 'static>(
         &self,
         emit: Emit<B>,
@@ -540,13 +545,18 @@ impl ServiceContext {
             };
             self.check(domain.as_ref(), tenant, &envelope).await?;
             let content = keyed.map_or_else(|| digest_of(&envelope), |(_, c)| c);
+            // What this step implies (e.g. the orders a started request sends), appended with
+            // it in one commit.
+            let mut derived = Vec::new();
+            for d in domain.derive(tenant, &envelope) {
+                derived.push(self.derived(&envelope, &content, &stream, d)?);
+            }
             let mut seal = self.seal(&emit.tenant, &emit.subject_id);
             let body = Box::new(emit.body).seal_and_encode(&mut seal)?;
             envelope.payload = Some(Payload::DomainEvent(DomainEvent { body }));
             let event_id = envelope.event_id.clone();
-            let position = self
-                .append(vec![self.new_event(&envelope, stream, content)], expected)
-                .await?;
+            derived.insert(0, self.new_event(&envelope, stream, content));
+            let position = self.append(derived, expected).await?;
             Ok::<_, DoorError>(Recorded { event_id, position })
         };
         run.await.map_err(DoorError::status)

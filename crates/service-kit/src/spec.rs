@@ -2,6 +2,7 @@
 //! projections, its domain) and a [`DomainService`] (its rules, the domain events a user event
 //! implies, its gRPC service). What a service consumes comes from the event catalogue.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -135,7 +136,7 @@ pub(crate) enum Body {
 
 /// A domain event implied by a stored event; the door builds its envelope.
 pub struct Derived {
-    pub(crate) suffix: &'static str,
+    pub(crate) suffix: Cow<'static, str>,
     pub(crate) body: Body,
 }
 
@@ -143,15 +144,19 @@ impl Derived {
     /// A derived user event (stored as if the backend had published it).
     pub fn user<E: UserEvent>(suffix: &'static str, event: E) -> Derived {
         Derived {
-            suffix,
+            suffix: Cow::Borrowed(suffix),
             body: Body::User(Box::new(event.into_payload())),
         }
     }
 
-    /// A derived domain event of the catalogue.
-    pub fn domain<B: DomainBody + Send + 'static>(suffix: &'static str, body: B) -> Derived {
+    /// A derived domain event of the catalogue; `suffix` tells it apart from the other events
+    /// the same parent implies (e.g. `order-crm`).
+    pub fn domain<B: DomainBody + Send + 'static>(
+        suffix: impl Into<Cow<'static, str>>,
+        body: B,
+    ) -> Derived {
         Derived {
-            suffix,
+            suffix: suffix.into(),
             body: Body::Domain(Box::new(body)),
         }
     }

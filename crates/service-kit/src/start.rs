@@ -283,6 +283,7 @@ pub async fn start(
         projector.clone(),
         tenants.clone(),
         auth.clone(),
+        config.peers.clone(),
     );
     let domain = ctx.install_domain();
     let audit = Audit {

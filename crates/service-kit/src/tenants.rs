@@ -165,6 +165,18 @@ pub fn parse(text: &str) -> Result<Tenant, String> {
     }
     jiff::tz::TimeZone::get(&tenant.time_zone)
         .map_err(|_| format!("time_zone {:?} is not an IANA time zone", tenant.time_zone))?;
+    let mut systems = std::collections::BTreeSet::new();
+    for system in &tenant.systems {
+        // A system is a token of the `privacy.out.<tenant>.<system>.<action>` subject.
+        if !privacy_proto::validate::is_tenant_id(system) {
+            return Err(format!(
+                "system {system:?} is not a NATS-safe token: use 1-63 of a-z, 0-9 and -"
+            ));
+        }
+        if !systems.insert(system.as_str()) {
+            return Err(format!("system {system:?} is listed twice"));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for p in &tenant.purposes {
         if !seen.insert(p.id.as_str()) {
@@ -204,6 +216,11 @@ access_days = 30
         let t = parse(ok).unwrap();
         assert_eq!(t.purpose("marketing").unwrap().legal_basis, "consent");
         assert!(t.extra.contains_key("promises"));
+        assert!(
+            parse(&ok.replace("[\"crm\"]", "[\"crm.eu\"]"))
+                .unwrap_err()
+                .contains("crm.eu")
+        );
         assert!(
             parse(&ok.replace("\"EU\"", "\"XX\""))
                 .unwrap_err()

@@ -1,6 +1,10 @@
 //! [`RequestsDomain`]: the lifecycle rules the kit's door applies to every step of a request —
-//! which state each step may follow, reason codes, the one extension — and the `request.opened`
-//! (with its deadlines) that a `request.received` implies when the clock starts at receipt.
+//! which state each step may follow, reason codes, the one extension — and what steps imply:
+//! the `request.opened` (with its deadlines) of a `request.received` when the clock starts at
+//! receipt; the orders a started rectification, restriction or deactivation sends to each of
+//! the tenant's systems (`request.order_issued`, also published on `privacy.out`); the hand-off
+//! of a started erasure to retention (`request.erasure_requested`). A system's
+//! `order.confirmed` must name an order of this service, sent to that system, not yet answered.
 //!
 //! Steps are decided one at a time ([`RequestsDomain::steps`] is held from the check to the
 //! append), so two operators cannot both move a request out of the same state.
@@ -133,6 +137,34 @@ fn request_id_of(event_type: &str, body: &[u8]) -> Option<String> {
     }
 }
 
+/// The order action a request type sends to each system, if it sends orders.
+pub fn order_action(t: RequestType) -> Option<&'static str> {
+    match t {
+        RequestType::Rectification => Some("rectify"),
+        RequestType::Restriction => Some("restrict"),
+        RequestType::Deactivation => Some("deactivate"),
+        _ => None,
+    }
+}
+
+/// Default time a system has to answer an order.
+pub const DEFAULT_ORDER_REPLY_HOURS: i64 = 72;
+/// The longest a tenant may give.
+pub const MAX_ORDER_REPLY_HOURS: i64 = 24 * 30;
+const HOUR: i64 = 3_600_000_000;
+
+/// How long the tenant's systems have to answer an order (`[requests] order_reply_hours`).
+pub fn order_reply_window(tenant: &Tenant) -> i64 {
+    tenant
+        .extra
+        .get("requests")
+        .and_then(|r| r.get("order_reply_hours"))
+        .and_then(|v| v.as_integer())
+        .unwrap_or(DEFAULT_ORDER_REPLY_HOURS)
+        .clamp(1, MAX_ORDER_REPLY_HOURS)
+        * HOUR
+}
+
 /// The deadlines of a request whose clock starts at `at`, or why there are none.
 pub fn deadlines_at(
     tenant: &Tenant,
@@ -160,6 +192,110 @@ impl RequestsDomain {
             },
             steps: Arc::default(),
         }
+    }
+
+    /// A system's answer must name an order of this tenant, sent to that system, unanswered.
+    fn check_confirmation(&self, tenant: &Tenant, c: &OrderConfirmed) -> Result<(), Rejection> {
+        let field = |name: &str| format!("order_confirmed.{name}");
+        let unknown = || {
+            Rejection::new(
+                RejectionCode::Forbidden,
+                field("order_id"),
+                format!("tenant {} sent no such order", tenant.id),
+            )
+        };
+        let request_id = self
+            .reader
+            .order_request(&tenant.id, &c.order_id)
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)?;
+        let request = self
+            .reader
+            .get(&tenant.id, &request_id)
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)?;
+        let order = request
+            .orders
+            .iter()
+            .find(|o| o.order_id == c.order_id)
+            .ok_or_else(unknown)?;
+        if order.system != c.system {
+            return Err(forbidden(
+                "order_confirmed.system",
+                format!(
+                    "the order was sent to system {}, not to the confirming one",
+                    order.system
+                ),
+            ));
+        }
+        if order.outcome != OrderOutcome::Unspecified as i32 {
+            return Err(forbidden(
+                "order_confirmed.order_id",
+                format!(
+                    "the order was answered before (event {}); an answer is final",
+                    order.confirmation_seq
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The orders (or the hand-off to retention) a started request implies.
+    fn started(&self, tenant: &Tenant, env: &Envelope, body: &[u8]) -> Vec<Derived> {
+        let Ok(started) = RequestStarted::decode(body) else {
+            return Vec::new();
+        };
+        let Ok(Some(request)) = self.reader.get(&tenant.id, &started.request_id) else {
+            return Vec::new();
+        };
+        let t = request.request_type();
+        if t == RequestType::Erasure {
+            return vec![Derived::domain(
+                "erasure",
+                RequestErasureRequested {
+                    request_id: request.request_id,
+                },
+            )];
+        }
+        let Some(action) = order_action(t) else {
+            return Vec::new();
+        };
+        let now = micros_or_zero(env.occurred_at.as_ref());
+        let mut reply_by = now.saturating_add(order_reply_window(tenant));
+        // An answer after the binding deadline is too late for the request.
+        if let Some(due) = request.deadlines.as_ref().and_then(binding_due_at)
+            && due > now
+        {
+            reply_by = reply_by.min(due);
+        }
+        tenant
+            .systems
+            .iter()
+            .map(|system| {
+                Derived::domain(
+                    format!("order-{system}"),
+                    RequestOrderIssued {
+                        order: Some(Order {
+                            order_id: format!("{}:{system}", request.request_id),
+                            tenant: tenant.id.clone(),
+                            subject_id: request.subject_id.clone(),
+                            system: system.clone(),
+                            action: action.into(),
+                            categories: Vec::new(),
+                            request_id: request.request_id.clone(),
+                            issued_at: env.occurred_at,
+                            reply_by: Some(privacy_vocab::time::timestamp(reply_by)),
+                            issuer: crate::SPEC.name.into(),
+                            confirm_with: <OrderConfirmed as privacy_proto::UserEvent>::TYPE
+                                .as_str()
+                                .into(),
+                        }),
+                    },
+                )
+            })
+            .collect()
     }
 
     fn check_step(&self, tenant: &Tenant, env: &Envelope, body: &[u8]) -> Result<(), Rejection> {
@@ -230,14 +366,19 @@ impl DomainService for RequestsDomain {
                 }
                 Ok(())
             }
+            Some(Payload::OrderConfirmed(c)) => self.check_confirmation(tenant, c),
             Some(Payload::DomainEvent(d)) => self.check_step(tenant, envelope, &d.body),
             _ => Ok(()),
         }
     }
 
     fn derive(&self, tenant: &Tenant, envelope: &Envelope) -> Vec<Derived> {
-        let Some(Payload::RequestReceived(r)) = &envelope.payload else {
-            return Vec::new();
+        let r = match &envelope.payload {
+            Some(Payload::RequestReceived(r)) => r,
+            Some(Payload::DomainEvent(d)) if envelope.event_type == events::STARTED => {
+                return self.started(tenant, envelope, &d.body);
+            }
+            _ => return Vec::new(),
         };
         let t = r.request_type();
         let received = micros_or_zero(envelope.occurred_at.as_ref());

@@ -341,4 +341,29 @@ impl SubjectRequestService for RequestsApi {
         requests.truncate(limit);
         Ok(Response::new(ListRequestsResponse { requests }))
     }
+
+    async fn get_access_report(
+        &self,
+        request: Request<GetAccessReportRequest>,
+    ) -> Result<Response<GetAccessReportResponse>, Status> {
+        require(&request, &[Role::Operator, Role::Auditor])?;
+        let credentials = request.metadata().get("authorization").cloned();
+        let req = request.into_inner();
+        self.ctx.tenant(&req.tenant)?;
+        if req.subject_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "subject_id: subject_id is required",
+            ));
+        }
+        let report = crate::report::Report {
+            ctx: &self.ctx,
+            reader: &self.domain.reader,
+            credentials,
+        };
+        let (json, missing) = report.build(&req.tenant, &req.subject_id).await?;
+        Ok(Response::new(GetAccessReportResponse {
+            json: json.to_string(),
+            missing,
+        }))
+    }
 }

@@ -7,6 +7,7 @@
 //!   and the `request.opened` a `request.received` implies;
 //! - [`view`]: the `requests` projection (each request, and the open ones by deadline);
 //! - [`watch`]: `request.due_soon` / `request.overdue`, once each, against an explicit clock;
+//! - [`report`]: the access report, assembled over gRPC from the other services;
 //! - [`grpc`]: the `SubjectRequestService` handlers.
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod deadlines;
 pub mod domain;
 pub mod grpc;
+pub mod report;
 pub mod view;
 pub mod watch;
 
@@ -40,6 +42,8 @@ pub mod events {
     pub const WITHDRAWN: &str = <RequestWithdrawn as DomainBody>::EVENT_TYPE;
     pub const DUE_SOON: &str = <RequestDueSoon as DomainBody>::EVENT_TYPE;
     pub const OVERDUE: &str = <RequestOverdue as DomainBody>::EVENT_TYPE;
+    pub const ORDER_ISSUED: &str = <RequestOrderIssued as DomainBody>::EVENT_TYPE;
+    pub const ERASURE_REQUESTED: &str = <RequestErasureRequested as DomainBody>::EVENT_TYPE;
 
     /// Every one of them, in lifecycle order.
     pub const ALL: &[&str] = &[
@@ -54,6 +58,8 @@ pub mod events {
         WITHDRAWN,
         DUE_SOON,
         OVERDUE,
+        ORDER_ISSUED,
+        ERASURE_REQUESTED,
     ];
 }
 

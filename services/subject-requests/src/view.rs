@@ -3,13 +3,17 @@
 //!
 //! Keys: `r tenant 0 request_id` → `SubjectRequest` · `o due_at(i64 BE, offset) tenant 0
 //! request_id` → empty, while a request is open, has a binding deadline and is not yet flagged
-//! overdue.
+//! overdue · `p settle_at tenant 0 request_id` → empty, while a request in progress has orders
+//! out: `settle_at` is the earliest reply-by of its unanswered orders, or the lowest instant
+//! once all are answered (it can complete now) · `O tenant 0 order_id` → the order's request id.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
 use privacy_service_kit::projection::{decode_body, decode_stored};
 use prost::Message;
+
+use privacy_vocab::time::micros;
 
 use crate::deadlines::binding_due_at;
 use crate::events;
@@ -36,15 +40,6 @@ fn instant_of(bytes: &[u8]) -> i64 {
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
 }
 
-fn open_key(due_at: i64, tenant: &str, id: &str) -> Vec<u8> {
-    let mut k = vec![b'o'];
-    k.extend_from_slice(&instant_bytes(due_at));
-    k.extend_from_slice(tenant.as_bytes());
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 /// Whether a request in `state` is still open.
 pub fn is_open(state: RequestState) -> bool {
     matches!(
@@ -69,10 +64,79 @@ fn step(event: &RecordedEvent, env: &Envelope, state: RequestState, reason: &str
     }
 }
 
-/// The index entry of a request, if it belongs in the index.
-fn index_entry(r: &SubjectRequest) -> Option<Vec<u8>> {
-    let due = r.deadlines.as_ref().and_then(binding_due_at)?;
-    (is_open(r.state()) && !r.overdue).then(|| open_key(due, &r.tenant, &r.request_id))
+fn instant_key(tag: u8, at: i64, tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(&instant_bytes(at));
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn order_key(tenant: &str, order_id: &str) -> Vec<u8> {
+    let mut k = vec![b'O'];
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(order_id.as_bytes());
+    k
+}
+
+/// When a request's orders can be settled: `i64::MIN` once every order is answered, else the
+/// earliest reply-by of the unanswered ones; `None` without orders.
+pub fn settle_at(r: &SubjectRequest) -> Option<i64> {
+    if r.orders.is_empty() {
+        return None;
+    }
+    let unanswered = r
+        .orders
+        .iter()
+        .filter(|o| o.outcome == OrderOutcome::Unspecified as i32)
+        .map(|o| o.reply_by.as_ref().map_or(i64::MIN, micros));
+    Some(unanswered.min().unwrap_or(i64::MIN))
+}
+
+/// The index entries of a request.
+fn index_entries(r: &SubjectRequest) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    if let Some(due) = r.deadlines.as_ref().and_then(binding_due_at)
+        && is_open(r.state())
+        && !r.overdue
+    {
+        keys.push(instant_key(b'o', due, &r.tenant, &r.request_id));
+    }
+    if let Some(at) = settle_at(r)
+        && r.state() == RequestState::InProgress
+    {
+        keys.push(instant_key(b'p', at, &r.tenant, &r.request_id));
+    }
+    keys
+}
+
+/// (tenant, request id, instant) of the index entries under `tag` before `before`.
+fn instants_before(
+    view: &View,
+    tag: u8,
+    before: i64,
+    limit: usize,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let mut from = vec![tag];
+    from.extend_from_slice(&instant_bytes(i64::MIN));
+    let mut to = vec![tag];
+    to.extend_from_slice(&instant_bytes(before));
+    Ok(view
+        .range(&from, &to, limit)?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let at = instant_of(&k[1..9]);
+            let rest = &k[9..];
+            let zero = rest.iter().position(|b| *b == 0)?;
+            Some((
+                String::from_utf8_lossy(&rest[..zero]).into_owned(),
+                String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
+                at,
+            ))
+        })
+        .collect())
 }
 
 impl RequestsView {
@@ -92,16 +156,14 @@ impl RequestsView {
             seq: 0,
             reason: format!("request {id} does not decode: {e}"),
         })?;
-        let before = index_entry(&r);
+        let before = index_entries(&r);
         change(&mut r);
-        let after = index_entry(&r);
-        if before != after {
-            if let Some(k) = before {
-                view.remove(&k);
-            }
-            if let Some(k) = &after {
-                view.put(k, Vec::new());
-            }
+        let after = index_entries(&r);
+        for k in before.iter().filter(|k| !after.contains(k)) {
+            view.remove(k);
+        }
+        for k in after.iter().filter(|k| !before.contains(k)) {
+            view.put(k, Vec::new());
         }
         view.put(&key, r.encode_to_vec());
         Ok(())
@@ -114,7 +176,7 @@ impl Projection for RequestsView {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -140,6 +202,20 @@ impl Projection for RequestsView {
                 return Ok(());
             }
             Some(Payload::DomainEvent(d)) => &d.body,
+            Some(Payload::OrderConfirmed(c)) => {
+                let Some(id) = view.get(&order_key(&tenant, &c.order_id))? else {
+                    return Ok(());
+                };
+                let id = String::from_utf8_lossy(&id).into_owned();
+                return Self::change(view, &tenant, &id, |r| {
+                    if let Some(o) = r.orders.iter_mut().find(|o| o.order_id == c.order_id) {
+                        o.outcome = c.outcome;
+                        o.reason = c.reason.clone();
+                        o.confirmed_at = env.occurred_at;
+                        o.confirmation_seq = event.seq;
+                    }
+                });
+            }
             _ => return Ok(()),
         };
         let t = env.event_type.as_str();
@@ -250,6 +326,30 @@ impl Projection for RequestsView {
                     r.steps.push(step(event, &env, r.state(), ""));
                 })
             }
+            events::ORDER_ISSUED => {
+                let Some(o) = body!(RequestOrderIssued).order else {
+                    return Ok(());
+                };
+                view.put(
+                    &order_key(&tenant, &o.order_id),
+                    o.request_id.clone().into_bytes(),
+                );
+                Self::change(view, &tenant, &o.request_id, |r| {
+                    r.orders.push(OrderStatus {
+                        order_id: o.order_id.clone(),
+                        system: o.system.clone(),
+                        action: o.action.clone(),
+                        reply_by: o.reply_by,
+                        ..Default::default()
+                    });
+                })
+            }
+            events::ERASURE_REQUESTED => {
+                let b = body!(RequestErasureRequested);
+                Self::change(view, &tenant, &b.request_id, |r| {
+                    r.waiting_on.push("retention".into());
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -295,24 +395,28 @@ impl RequestsReader {
         before: i64,
         limit: usize,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let mut from = vec![b'o'];
-        from.extend_from_slice(&instant_bytes(i64::MIN));
-        let mut to = vec![b'o'];
-        to.extend_from_slice(&instant_bytes(before));
+        instants_before(&self.view, b'o', before, limit)
+    }
+
+    /// Requests in progress whose orders can be settled before `before` (all answered, or one
+    /// past its reply-by), at most `limit`: (tenant, request id, settle at).
+    pub fn settle_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        instants_before(&self.view, b'p', before, limit)
+    }
+
+    /// The request an order belongs to.
+    pub fn order_request(
+        &self,
+        tenant: &str,
+        order_id: &str,
+    ) -> Result<Option<String>, StoreError> {
         Ok(self
             .view
-            .range(&from, &to, limit)?
-            .into_iter()
-            .filter_map(|(k, _)| {
-                let due = instant_of(&k[1..9]);
-                let rest = &k[9..];
-                let zero = rest.iter().position(|b| *b == 0)?;
-                Some((
-                    String::from_utf8_lossy(&rest[..zero]).into_owned(),
-                    String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
-                    due,
-                ))
-            })
-            .collect())
+            .get(&order_key(tenant, order_id))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 }

@@ -4,10 +4,18 @@
 //! because each is emitted under a key derived from the request (`<id>/overdue`) that the door
 //! stores at most once. [`scan`] takes the instant to judge by, so tests drive it with an
 //! explicit clock; [`run`] calls it with the wall clock every [`SCAN_EVERY`].
+//!
+//! The same scan settles requests whose orders are all answered, or past their reply-by:
+//! `request.completed`, partially when a system refused, failed or did not answer (each such
+//! system a part not done, `no_confirmation` for silence). [`run`] also scans as soon as a
+//! system's `order.confirmed` is stored, so the last answer completes the request at once.
 
 use std::time::Duration;
 
-use privacy_proto::v1::{RequestDueSoon, RequestOverdue};
+use privacy_proto::v1::{
+    OrderOutcome, PartNotDone, RequestCompleted, RequestDueSoon, RequestOverdue, RequestState,
+    SubjectRequest,
+};
 use privacy_service_kit::{Emit, ServiceContext, StreamKey, Tenant};
 use privacy_vocab::time::{now_micros, timestamp};
 use tokio_util::sync::CancellationToken;
@@ -109,7 +117,95 @@ pub async fn scan(
         tracing::info!(tenant = %tenant_id, request = %id, event_type, "flagged");
         flagged.push((event_type, id));
     }
+    settle(ctx, domain, now, &mut flagged).await?;
     Ok(flagged)
+}
+
+/// The parts of a request's orders not done as of `now`, or `None` while some order may still
+/// be answered in time.
+pub fn orders_outcome(r: &SubjectRequest, now: i64) -> Option<Vec<PartNotDone>> {
+    let mut parts = Vec::new();
+    for o in &r.orders {
+        let part = format!("{}:{}", o.action, o.system);
+        match o.outcome() {
+            OrderOutcome::Done | OrderOutcome::NotHeld => {}
+            OrderOutcome::Refused | OrderOutcome::Failed => parts.push(PartNotDone {
+                part,
+                reason: o.reason.clone(),
+            }),
+            OrderOutcome::Unspecified => {
+                if o.reply_by
+                    .as_ref()
+                    .map_or(i64::MIN, privacy_vocab::time::micros)
+                    > now
+                {
+                    return None;
+                }
+                parts.push(PartNotDone {
+                    part,
+                    reason: "no_confirmation".into(),
+                });
+            }
+        }
+    }
+    Some(parts)
+}
+
+/// Completes every request in progress whose orders are settled as of `now`.
+async fn settle(
+    ctx: &ServiceContext,
+    domain: &RequestsDomain,
+    now: i64,
+    flagged: &mut Flagged,
+) -> Result<(), tonic::Status> {
+    let candidates = domain
+        .reader
+        .settle_before(now.saturating_add(1), SCAN_LIMIT)
+        .map_err(privacy_service_kit::audit::status_of)?;
+    for (tenant_id, id, _) in candidates {
+        let _step = domain.steps.lock().await;
+        let Some(request) = domain
+            .reader
+            .get(&tenant_id, &id)
+            .map_err(privacy_service_kit::audit::status_of)?
+        else {
+            continue;
+        };
+        if request.state() != RequestState::InProgress {
+            continue;
+        }
+        let Some(parts_not_done) = orders_outcome(&request, now) else {
+            continue;
+        };
+        let flag = Flag {
+            tenant: &tenant_id,
+            subject_id: &request.subject_id,
+            key: format!("{id}/orders-settled"),
+        };
+        ctx.emit(flag.emit(RequestCompleted {
+            request_id: id.clone(),
+            parts_not_done,
+        }))
+        .await?;
+        tracing::info!(tenant = %tenant_id, request = %id, "orders settled; request completed");
+        flagged.push((crate::events::COMPLETED, id));
+    }
+    Ok(())
+}
+
+/// Waits until an `order.confirmed` is stored and folded by the views.
+async fn next_confirmation(
+    ctx: &ServiceContext,
+    sub: &mut privacy_event_store::Subscription,
+) -> Result<(), String> {
+    const CONFIRMED: &str = privacy_proto::EventType::OrderConfirmed.as_str();
+    loop {
+        let batch = sub.next_batch(1024).await.map_err(|e| e.to_string())?;
+        if let Some(last) = batch.iter().rev().find(|e| e.event_type == CONFIRMED) {
+            ctx.projector.wait_for(last.seq, SCAN_EVERY).await;
+            return Ok(());
+        }
+    }
 }
 
 /// Scans with the wall clock every [`SCAN_EVERY`] until `shutdown`. A failed scan (the store
@@ -119,6 +215,7 @@ pub async fn run(
     domain: RequestsDomain,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
+    let mut confirmations = ctx.store.subscribe(ctx.store.head().seq + 1);
     loop {
         if let Err(e) = scan(&ctx, &domain, now_micros()).await {
             tracing::warn!(error = %e, "deadline scan failed; retrying at the next tick");
@@ -126,6 +223,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(SCAN_EVERY) => {}
+            woke = next_confirmation(&ctx, &mut confirmations) => woke?,
         }
     }
 }
