@@ -45,7 +45,9 @@ pub async fn echo_floor() -> Channel {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(EchoServer::new(EchoImpl))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

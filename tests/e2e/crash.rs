@@ -1,6 +1,7 @@
 //! Kill -9 a service process while it ingests 20k events, restart it: every event is present
 //! exactly once, the chain verifies, and the projection equals a rebuild from scratch. Then
-//! SIGTERM stops it with exit code 0.
+//! SIGTERM stops it with exit code 0. The same for subject-requests under a burst of requests
+//! on NATS and on gRPC at once.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     let url = format!("http://127.0.0.1:{port}");
     let mut env = service_env(&nats.url(), data.path(), port);
     env.insert("PRIVACY_INGEST_BATCH".into(), "250".into());
+    // The batch in flight at a kill is redelivered after the ack wait: keep it short.
+    env.insert("PRIVACY_ACK_WAIT_SECS".into(), "2".into());
     // The consent service must know the policy version the grants name.
     let mut process = ServiceProcess::spawn("privacy-consent", &env);
     wait_serving(&url).await;
@@ -138,6 +141,170 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
         assert_eq!(r.applied, total);
     }
 
+    let status = process
+        .terminate(Duration::from_secs(20))
+        .expect("exit status");
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+}
+
+/// A request of the test tenant, as `request.received` on NATS or `OpenRequest` on gRPC.
+fn request_received(i: usize) -> Envelope {
+    envelope(
+        &format!("u-{i}"),
+        Payload::RequestReceived(RequestReceived {
+            request_type: RequestType::Access as i32,
+            channel: "web".into(),
+            ..Default::default()
+        }),
+    )
+}
+
+/// Kill -9 the subject-requests service during a burst of requests on NATS and on gRPC: after a
+/// restart every request published and every call answered OK is stored exactly once with its
+/// deadlines, a retried call finds its request, and the view equals its rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_requests_service_loses_no_request() {
+    use futures::StreamExt;
+    use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
+
+    const ON_NATS: usize = 3_000;
+    const ON_GRPC: usize = 600;
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut env = service_env(&nats.url(), data.path(), port);
+    env.insert("PRIVACY_INGEST_BATCH".into(), "100".into());
+    env.insert("PRIVACY_ACK_WAIT_SECS".into(), "2".into());
+    let mut process = ServiceProcess::spawn("privacy-subject-requests", &env);
+    wait_serving(&url).await;
+
+    let mut published = BTreeSet::new();
+    let mut acks = Vec::new();
+    for i in 0..ON_NATS {
+        let env = request_received(i);
+        published.insert(env.event_id.clone());
+        let msg = PublishMessage::build()
+            .payload(env.encode_to_vec().into())
+            .message_id(&env.event_id);
+        acks.push(
+            js.send_publish(format!("privacy.in.{}.{}", env.tenant, env.event_type), msg)
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+
+    // gRPC callers, 16 at a time, while the process is killed under them.
+    let calls: Vec<Envelope> = (ON_NATS..ON_NATS + ON_GRPC).map(request_received).collect();
+    let open = |url: String, e: Envelope| async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await;
+        let Ok(channel) = channel else {
+            return (e, false);
+        };
+        let mut c =
+            SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)));
+        let Some(Payload::RequestReceived(r)) = e.payload.clone() else {
+            unreachable!()
+        };
+        let ok = c
+            .open_request(OpenRequestRequest {
+                tenant: e.tenant.clone(),
+                subject_id: e.subject_id.clone(),
+                request_type: r.request_type,
+                channel: r.channel,
+                event_id: e.event_id.clone(),
+                received_at: e.occurred_at,
+                source: e.source.clone(),
+                ..Default::default()
+            })
+            .await
+            .is_ok();
+        (e, ok)
+    };
+    let burst = tokio::spawn({
+        let (url, calls) = (url.clone(), calls.clone());
+        async move {
+            futures::stream::iter(calls)
+                .map(|e| open(url.clone(), e))
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+        }
+    });
+    let killed_at = wait_past(&url, 1_000).await;
+    process.kill9();
+    let answered = burst.await.unwrap();
+    let mut process = ServiceProcess::spawn("privacy-subject-requests", &env);
+    wait_serving(&url).await;
+    let ok: Vec<&Envelope> = answered
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(e, _)| e)
+        .collect();
+    eprintln!(
+        "killed with SIGKILL at head {killed_at}; {} of {ON_GRPC} calls answered OK before",
+        ok.len()
+    );
+
+    // A caller retries what failed, with the same idempotency key: every call now succeeds.
+    let retried = futures::stream::iter(answered.iter().map(|(e, _)| e.clone()))
+        .map(|e| open(url.clone(), e))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let failed = retried.iter().filter(|(_, ok)| !ok).count();
+    assert_eq!(failed, 0, "retried OpenRequest calls failed");
+    let mut audit = audit_client(&url, Some(AUDITOR_TOKEN)).await;
+    // Each request is two events: request.received and the request.opened it implies.
+    let total = 2 * (ON_NATS + ON_GRPC) as u64;
+    wait_for_head(&mut audit, total, Duration::from_secs(120)).await;
+    let stored = all_events(&mut audit).await;
+    assert_eq!(
+        stored.len() as u64,
+        total,
+        "no request lost or stored twice"
+    );
+    let received: Vec<String> = stored
+        .iter()
+        .map(|e| e.envelope.as_ref().unwrap())
+        .filter(|e| e.event_type == "request.received")
+        .map(|e| e.event_id.clone())
+        .collect();
+    let unique: BTreeSet<String> = received.iter().cloned().collect();
+    assert_eq!(unique.len(), received.len(), "a request stored twice");
+    let mut expected = published.clone();
+    expected.extend(calls.iter().map(|e| e.event_id.clone()));
+    assert_eq!(unique, expected);
+    assert_log_intact(&mut audit, &stored, total).await;
+
+    let live = audit
+        .projection_status(ProjectionStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut operator = audit_client(&url, Some(OPERATOR_TOKEN)).await;
+    let mut progress = operator
+        .rebuild_projections(RebuildProjectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(p) = progress.message().await.unwrap() {
+        if p.done {
+            let before = live.projections.iter().find(|l| l.name == p.name).unwrap();
+            assert_eq!(
+                p.digest, before.digest,
+                "{} differs from its rebuild",
+                p.name
+            );
+        }
+    }
     let status = process
         .terminate(Duration::from_secs(20))
         .expect("exit status");

@@ -135,7 +135,14 @@ async fn refused_messages_reach_the_dlq_with_reason_and_original_bytes() {
             None,
         ),
     ];
-    for (subject, bytes, _) in &cases {
+    for (i, (subject, bytes, _)) in cases.iter().enumerate() {
+        if i == 1 {
+            // The first event is stored before its id is reused: which of two events with one
+            // id wins is the order of their commits, and a nak'ed batch may commit after the
+            // next one.
+            let mut audit = audit_client(&consent.url(), Some(AUDITOR_TOKEN)).await;
+            wait_for_head(&mut audit, 2, Duration::from_secs(20)).await;
+        }
         js.send_publish(
             subject.to_string(),
             PublishMessage::build().payload(bytes.clone().into()),

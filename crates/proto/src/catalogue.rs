@@ -706,7 +706,7 @@ mod tests {
                 ..Default::default()
             }),
             Payload::OrderConfirmed(_) => Payload::OrderConfirmed(OrderConfirmed {
-                order_id: "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b/order-crm".into(),
+                order_id: "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b:crm".into(),
                 system: "crm".into(),
                 outcome: OrderOutcome::Done as i32,
                 reason: String::new(),
