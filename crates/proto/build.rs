@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "privacy/v1/audit.proto",
     "privacy/v1/consent.proto",
     "privacy/v1/requests.proto",
+    "privacy/v1/retention.proto",
     "privacy/bench/v1/echo.proto",
 ];
 

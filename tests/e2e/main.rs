@@ -16,6 +16,7 @@ mod orders;
 mod outbox;
 mod rebuild;
 mod requests;
+mod retention;
 mod tamper;
 mod tenants;
 mod tidy;

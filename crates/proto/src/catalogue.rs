@@ -346,6 +346,8 @@ catalogue! {
         RequestOrderIssued = "request.order_issued", publisher "subject-requests", personal [];
         RequestErasureRequested = "request.erasure_requested", publisher "subject-requests",
             personal [];
+        HoldPlaced = "hold.placed", publisher "retention", personal [];
+        HoldReleased = "hold.released", publisher "retention", personal [];
     }
 }
 

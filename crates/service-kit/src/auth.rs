@@ -173,6 +173,11 @@ scoped!(Tenant:
     GetRequestRequest,
     ListRequestsRequest,
     GetAccessReportRequest,
+    GetSubjectHoldingsRequest,
+    ListDueRequest,
+    PlaceLegalHoldRequest,
+    ReleaseLegalHoldRequest,
+    ListLegalHoldsRequest,
 );
 scoped!(Filter: StreamEventsRequest);
 

@@ -118,6 +118,37 @@ pub fn rejection_status(r: Rejection) -> Status {
     }
 }
 
+/// A code an operator gives (a reason, a method, who placed a hold): letters, digits and
+/// `- _ . : ( )`, 1–64 characters — never free text, which could name a person.
+pub fn check_code(field: &str, code: &str, required: bool) -> Result<(), Rejection> {
+    if code.is_empty() {
+        return if required {
+            Err(Rejection::new(
+                RejectionCode::MissingField,
+                field,
+                format!("{field} is required"),
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    if code.len() > 64
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:()".contains(&b))
+    {
+        return Err(Rejection::new(
+            RejectionCode::InvalidField,
+            field,
+            format!(
+                "{field} is a code: at most 64 letters, digits and - _ . : ( ) (the value is not \
+                 repeated here)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn conflicting(event_id: &str, seq: Option<u64>) -> Rejection {
     let at = seq.map_or_else(String::new, |s| format!(" (event {s})"));
     Rejection::new(

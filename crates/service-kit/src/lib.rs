@@ -33,7 +33,8 @@ pub use auth::{Readiness, Role, Tokens};
 pub use cli::main;
 pub use config::{MasterKeySource, ServiceConfig};
 pub use door::{
-    Admitted, Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, rejection_status,
+    Admitted, Command, DoorError, Emit, Recorded, ServiceContext, StreamKey, check_code,
+    rejection_status,
 };
 pub use spec::{Derived, DomainService, DomainTask, NoDomain, ServiceSpec};
 pub use start::{RunningService, StartError, start};

@@ -1,18 +1,55 @@
-//! The retention service: data inventory, retention schedules, legal holds and erasure.
+//! The retention service: what each system holds of each subject, the tenant's retention
+//! schedules, when each holding falls due, and the legal holds that keep it (DESIGN §6
+//! "Retention").
 //!
-//! Today a skeleton over the service kit — it consumes its subjects, stores them in its own
-//! event store, keeps the subject timeline and serves AuditService. Its domain (commands,
-//! aggregates, projections, gRPC service) is added by its own issue.
+//! - [`schedules`]: `[[retention]]` schedules of the tenant file, the one governing a holding,
+//!   and when its action falls due;
+//! - [`view`]: the `inventory` projection (holdings, deactivations, legal holds);
+//! - [`domain`]: [`RetentionDomain`], the rules for legal holds;
+//! - [`grpc`]: the `RetentionService` handlers.
+//!
+//! Not yet (the rest of issue #11): erasure plans, erase orders and their confirmations,
+//! `subject.erased` and the shredding it triggers in every service, certificates, anonymisation,
+//! `PutSchedule`, and the triggers that come from other services' events (consent withdrawn).
 
 #![forbid(unsafe_code)]
 
-use privacy_service_kit::ServiceSpec;
+pub mod domain;
+pub mod grpc;
+pub mod schedules;
+pub mod view;
+
+use std::sync::Arc;
+
+use privacy_event_store::Projection;
+use privacy_service_kit::{DomainService, ServiceContext, ServiceSpec};
+
+pub use domain::RetentionDomain;
+
+/// The domain events of the service, by catalogue name.
+pub mod events {
+    use privacy_proto::DomainBody;
+    use privacy_proto::v1::*;
+
+    pub const HOLD_PLACED: &str = <HoldPlaced as DomainBody>::EVENT_TYPE;
+    pub const HOLD_RELEASED: &str = <HoldReleased as DomainBody>::EVENT_TYPE;
+
+    pub const ALL: &[&str] = &[HOLD_PLACED, HOLD_RELEASED];
+}
 
 /// What the retention service is to the kit (what it consumes comes from the event catalogue).
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "retention",
     default_port: 50053,
-    publishes: &[],
-    projections: ServiceSpec::no_projections,
-    domain: ServiceSpec::no_domain,
+    publishes: events::ALL,
+    projections,
+    domain,
 };
+
+fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(view::InventoryView)]
+}
+
+fn domain(ctx: &ServiceContext) -> Arc<dyn DomainService> {
+    Arc::new(RetentionDomain::new(ctx))
+}

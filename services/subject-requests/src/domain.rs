@@ -84,36 +84,6 @@ pub fn check_transition(state: RequestState, step: &str) -> Result<(), Rejection
     ))
 }
 
-/// A reason or method code: letters, digits and `- _ . :`, 1–64 characters.
-pub fn check_code(field: &str, code: &str, required: bool) -> Result<(), Rejection> {
-    if code.is_empty() {
-        return if required {
-            Err(Rejection::new(
-                RejectionCode::MissingField,
-                field,
-                format!("{field} is required"),
-            ))
-        } else {
-            Ok(())
-        };
-    }
-    if code.len() > 64
-        || !code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:()".contains(&b))
-    {
-        return Err(Rejection::new(
-            RejectionCode::InvalidField,
-            field,
-            format!(
-                "{field} is a code: at most 64 letters, digits and - _ . : ( ) (the value is not \
-                 repeated here)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// The request id a step's body names.
 fn request_id_of(event_type: &str, body: &[u8]) -> Option<String> {
     macro_rules! id {
@@ -417,6 +387,8 @@ impl DomainService for RequestsDomain {
 
 #[cfg(test)]
 mod tests {
+    use privacy_service_kit::check_code;
+
     use super::*;
 
     #[test]

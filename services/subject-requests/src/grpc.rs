@@ -12,14 +12,14 @@ use privacy_proto::v1::*;
 use privacy_proto::{DomainBody, Rejection};
 use privacy_service_kit::audit::status_of;
 use privacy_service_kit::auth::{Role, require};
-use privacy_service_kit::{Command, Emit, ServiceContext, StreamKey, rejection_status};
+use privacy_service_kit::{Command, Emit, ServiceContext, StreamKey, check_code, rejection_status};
 use privacy_vocab::time::{micros, now_micros};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::RequestsDomain;
 use crate::deadlines::{ClockStart, binding_due_at};
-use crate::domain::{check_code, check_transition, deadlines_at};
+use crate::domain::{check_transition, deadlines_at};
 use crate::view::is_open;
 
 /// Registers `SubjectRequestService` behind the role interceptor.

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use privacy_proto::v1::audit_service_client::AuditServiceClient;
 use privacy_proto::v1::consent_service_client::ConsentServiceClient;
+use privacy_proto::v1::retention_service_client::RetentionServiceClient;
 use privacy_proto::v1::*;
 use privacy_proto::{DecodeError, message_to_json};
 use privacy_service_kit::ServiceContext;
@@ -106,6 +107,24 @@ impl Report<'_> {
         Ok(json!({ "log_position": head, "entries": entries }))
     }
 
+    async fn holdings(&self, tenant: &str, subject: &str) -> Result<Value, Missing> {
+        let fail = |s: Status| Missing::unavailable("retention", &s);
+        let channel = self.channel("retention").await.map_err(fail)?;
+        let answer = RetentionServiceClient::new(channel)
+            .get_subject_holdings(self.request(GetSubjectHoldingsRequest {
+                tenant: tenant.into(),
+                subject_id: subject.into(),
+            }))
+            .await
+            .map_err(fail)?
+            .into_inner();
+        let mut holdings = Vec::new();
+        for h in &answer.holdings {
+            holdings.push(json_of("privacy.v1.Holding", h).map_err(fail)?);
+        }
+        Ok(json!({ "log_position": answer.log_position, "holdings": holdings }))
+    }
+
     /// A section whose service has no query for it yet: named as such when the service
     /// answers, as unavailable when it does not.
     async fn not_served(&self, service: &str, what: &str) -> Missing {
@@ -143,7 +162,7 @@ impl Report<'_> {
     pub async fn build(&self, tenant: &str, subject: &str) -> Result<(Value, Vec<String>), Status> {
         let (consent, holdings, disclosures) = tokio::join!(
             self.consent_history(tenant, subject),
-            self.not_served("retention", "a subject's holdings"),
+            self.holdings(tenant, subject),
             self.not_served("disclosure-log", "a subject's disclosures"),
         );
         let mut sections = serde_json::Map::new();
@@ -166,7 +185,7 @@ impl Report<'_> {
             sections.insert(name.to_owned(), v);
         };
         section("consent_history", "consent", consent);
-        section("holdings", "retention", Err(holdings));
+        section("holdings", "retention", holdings);
         section("disclosures", "disclosure-log", Err(disclosures));
         let own = self.requests(tenant, subject)?;
         section("requests", crate::SPEC.name, Ok(own));

@@ -1,0 +1,200 @@
+//! The `inventory` projection: what each system holds of each subject (from `data.collected`,
+//! `data.erased`), when each subject's account was deactivated (`subject.deactivated`), and the
+//! tenant's legal holds (`hold.placed`, `hold.released`). Schedules and due instants are not
+//! stored: they are worked out when read, from the tenant file ([`crate::schedules`]).
+//!
+//! Keys: `h tenant 0 subject 0 system 0 category` → `Holding` · `d tenant 0 subject` →
+//! deactivation instant (i64 BE microseconds) · `H tenant 0 hold_id` → `LegalHold`.
+
+use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
+use privacy_proto::v1::envelope::Payload;
+use privacy_proto::v1::*;
+use privacy_service_kit::projection::{decode_body, decode_stored};
+use privacy_vocab::time::micros;
+use prost::Message;
+
+use crate::events;
+
+/// Name of the projection.
+pub const INVENTORY_VIEW: &str = "inventory";
+
+fn key(tag: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = vec![tag];
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+fn corrupt(what: &str, e: prost::DecodeError) -> StoreError {
+    StoreError::Corrupt {
+        seq: 0,
+        reason: format!("{what} does not decode: {e}"),
+    }
+}
+
+/// Folds the inventory.
+pub struct InventoryView;
+
+impl InventoryView {
+    fn change(
+        view: &mut ViewWriter<'_>,
+        k: Vec<u8>,
+        change: impl FnOnce(&mut Holding),
+    ) -> Result<(), StoreError> {
+        let mut h = match view.get(&k)? {
+            Some(b) => Holding::decode(b.as_slice()).map_err(|e| corrupt("a holding", e))?,
+            None => Holding::default(),
+        };
+        change(&mut h);
+        view.put(&k, h.encode_to_vec());
+        Ok(())
+    }
+}
+
+impl Projection for InventoryView {
+    fn name(&self) -> &'static str {
+        INVENTORY_VIEW
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
+        let env: Envelope = decode_stored(event)?;
+        let (tenant, subject) = (env.tenant.as_str(), env.subject_id.as_str());
+        match &env.payload {
+            Some(Payload::DataCollected(c)) => {
+                let k = key(b'h', &[tenant, subject, &c.system, &c.category]);
+                Self::change(view, k, |h| {
+                    h.subject_id = subject.to_owned();
+                    h.system = c.system.clone();
+                    h.category = c.category.clone();
+                    if !c.purpose.is_empty() && !h.purposes.contains(&c.purpose) {
+                        h.purposes.push(c.purpose.clone());
+                    }
+                    if h.first_collected_at.is_none() || h.erased_at.is_some() {
+                        h.first_collected_at = env.occurred_at;
+                    }
+                    h.last_collected_at = env.occurred_at;
+                    // Collected again after an erasure: held again.
+                    h.erased_at = None;
+                    h.erase_order_id.clear();
+                    h.kept = false;
+                    h.seq = event.seq;
+                })
+            }
+            Some(Payload::DataErased(e)) => {
+                let k = key(b'h', &[tenant, subject, &e.system, &e.category]);
+                let kept = e.personal.contains_key("kept_reason") || !e.kept_reason.is_empty();
+                Self::change(view, k, |h| {
+                    h.subject_id = subject.to_owned();
+                    h.system = e.system.clone();
+                    h.category = e.category.clone();
+                    h.erase_order_id = e.order_id.clone();
+                    h.kept = kept;
+                    h.erased_at = if kept { None } else { env.occurred_at };
+                    h.seq = event.seq;
+                })
+            }
+            Some(Payload::SubjectDeactivated(_)) => {
+                let at = env.occurred_at.as_ref().map_or(0, micros);
+                view.put(&key(b'd', &[tenant, subject]), at.to_be_bytes().to_vec());
+                Ok(())
+            }
+            Some(Payload::DomainEvent(d)) => match env.event_type.as_str() {
+                events::HOLD_PLACED => {
+                    let b: HoldPlaced = decode_body(event, &env.event_type, &d.body)?;
+                    let Some(hold) = b.hold else { return Ok(()) };
+                    view.put(&key(b'H', &[tenant, &hold.hold_id]), hold.encode_to_vec());
+                    Ok(())
+                }
+                events::HOLD_RELEASED => {
+                    let b: HoldReleased = decode_body(event, &env.event_type, &d.body)?;
+                    let k = key(b'H', &[tenant, &b.hold_id]);
+                    let Some(bytes) = view.get(&k)? else {
+                        return Ok(());
+                    };
+                    let mut hold = LegalHold::decode(bytes.as_slice())
+                        .map_err(|e| corrupt("a legal hold", e))?;
+                    hold.released_at = env.occurred_at;
+                    hold.release_reason = b.reason;
+                    view.put(&k, hold.encode_to_vec());
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads of the inventory.
+#[derive(Clone)]
+pub struct InventoryReader {
+    pub view: View,
+}
+
+impl InventoryReader {
+    /// The subject's holdings, by system and category.
+    pub fn holdings(&self, tenant: &str, subject: &str) -> Result<Vec<Holding>, StoreError> {
+        let mut prefix = key(b'h', &[tenant, subject]);
+        prefix.push(0);
+        self.decode_all(&prefix)
+    }
+
+    /// Every holding of the tenant.
+    pub fn all_holdings(&self, tenant: &str) -> Result<Vec<Holding>, StoreError> {
+        let mut prefix = key(b'h', &[tenant]);
+        prefix.push(0);
+        self.decode_all(&prefix)
+    }
+
+    fn decode_all(&self, prefix: &[u8]) -> Result<Vec<Holding>, StoreError> {
+        self.view
+            .scan_prefix(prefix)?
+            .iter()
+            .map(|(_, v)| Holding::decode(v.as_slice()).map_err(|e| corrupt("a holding", e)))
+            .collect()
+    }
+
+    /// When the subject's account was deactivated.
+    pub fn deactivated_at(&self, tenant: &str, subject: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .view
+            .get(&key(b'd', &[tenant, subject]))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// A legal hold of the tenant.
+    pub fn hold(&self, tenant: &str, id: &str) -> Result<Option<LegalHold>, StoreError> {
+        self.view
+            .get(&key(b'H', &[tenant, id]))?
+            .map(|b| LegalHold::decode(b.as_slice()).map_err(|e| corrupt("a legal hold", e)))
+            .transpose()
+    }
+
+    /// The tenant's legal holds, released ones too.
+    pub fn holds(&self, tenant: &str) -> Result<Vec<LegalHold>, StoreError> {
+        let mut prefix = key(b'H', &[tenant]);
+        prefix.push(0);
+        self.view
+            .scan_prefix(&prefix)?
+            .iter()
+            .map(|(_, v)| LegalHold::decode(v.as_slice()).map_err(|e| corrupt("a legal hold", e)))
+            .collect()
+    }
+}
+
+/// Whether a live hold covers a holding.
+pub fn covers(hold: &LegalHold, h: &Holding) -> bool {
+    hold.released_at.is_none()
+        && (hold.subject_id.is_empty() || hold.subject_id == h.subject_id)
+        && (hold.category.is_empty() || hold.category == h.category)
+        && (hold.system.is_empty() || hold.system == h.system)
+}
