@@ -78,7 +78,7 @@ async fn each_service_stores_exactly_its_own_events_once() {
             envelope(
                 "u-2",
                 Payload::DataErased(DataErased {
-                    order_id: "o-1".into(),
+                    // An erasure the system made on its own: no order to name.
                     category: "contact".into(),
                     system: "accounts".into(),
                     ..Default::default()

@@ -157,7 +157,8 @@ async fn no_personal_value_rests_in_the_clear_in_data_or_logs() {
         envelope(
             "u-m2",
             Payload::DataErased(DataErased {
-                order_id: "o-1".into(),
+                // An erasure the system made on its own: no order to name.
+                order_id: String::new(),
                 category: "contact".into(),
                 system: "accounts".into(),
                 kept_reason: m("kept_reason"),

@@ -283,3 +283,283 @@ async fn holdings_fall_due_under_their_schedule_and_holds_keep_them() {
     requests.stop().await;
     svc.stop().await;
 }
+
+async fn erasure(c: &mut Retention, id: &str) -> Erasure {
+    c.get_erasure(GetErasureRequest {
+        tenant: TENANT.into(),
+        erasure_id: id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .erasure
+    .unwrap()
+}
+
+/// At least `want` messages of `stream` under `filter` (at most 20 s).
+async fn out_orders(js: &jetstream::Context, filter: &str, want: usize) -> Vec<Order> {
+    use futures::StreamExt;
+    use prost::Message;
+    let consumer = js
+        .get_stream("PRIVACY_OUT")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {want} orders",
+            got.len()
+        );
+        let mut batch = consumer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_millis(200))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            let order = Order::decode(m.payload.as_ref()).unwrap();
+            assert_eq!(
+                m.subject.as_str(),
+                format!("privacy.out.{}.{}.erase", order.tenant, order.system)
+            );
+            got.push(order);
+        }
+    }
+    got
+}
+
+/// The `Privacy-Error-Field` of the first `want` dead letters of retention, sorted.
+async fn dead_fields(js: &jetstream::Context, want: usize) -> Vec<String> {
+    use futures::StreamExt;
+    let consumer = js
+        .get_stream("PRIVACY_DLQ")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: "privacy.dlq.retention.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut fields = Vec::new();
+    while fields.len() < want {
+        let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .expect("a dead letter within 20 s")
+            .unwrap()
+            .unwrap();
+        let field = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Privacy-Error-Field"));
+        fields.push(field.map(|v| v.as_str().to_owned()).unwrap_or_default());
+    }
+    fields.sort();
+    fields
+}
+
+fn answer(order: &Order, system: &str, kept_reason: &str) -> Envelope {
+    let mut env = envelope(
+        &order.subject_id,
+        Payload::DataErased(DataErased {
+            order_id: order.order_id.clone(),
+            category: order.categories[0].clone(),
+            system: system.into(),
+            kept_reason: kept_reason.into(),
+            ..Default::default()
+        }),
+    );
+    env.source = system.into();
+    env
+}
+
+/// An erasure end to end inside retention: the plan keeps what a legal hold or a legal duty
+/// keeps, erase orders go to the systems on PRIVACY_OUT, a wrong system's answer is refused, the
+/// service restarts between the answers, and once both systems answered (one keeping data, with
+/// its reason) the subject is erased and shredded here exactly once, and the certificate says
+/// what was erased, what was kept and why, and which services have not shredded yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_orders_the_systems_and_ends_in_a_certificate() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let s = "u-erase";
+    let today = "2026-11-20";
+    for env in [
+        event(
+            s,
+            today,
+            collected("contact", "accounts", "provide_service"),
+        ),
+        event(s, today, collected("contact", "mailer", "marketing")),
+        event(s, today, collected("billing", "billing", "provide_service")),
+        event(s, today, collected("account", "gateway", "provide_service")),
+    ] {
+        publish_acked(&js, &env).await;
+    }
+    let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
+    wait_for_head(&mut audit, 4, Duration::from_secs(20)).await;
+    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    c.place_legal_hold(PlaceLegalHoldRequest {
+        tenant: TENANT.into(),
+        system: "gateway".into(),
+        reason: "regulator_request".into(),
+        placed_by: "ops-2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let request = |dry_run| PlanErasureRequest {
+        tenant: TENANT.into(),
+        subject_id: s.into(),
+        reason: "subject_request".into(),
+        dry_run,
+        ..Default::default()
+    };
+    let dry = c.plan_erasure(request(true)).await.unwrap().into_inner();
+    assert_eq!(dry.seq, 0, "a dry run records nothing");
+    let plan = dry.erasure.unwrap();
+    let items = |list: &[PlannedItem]| -> Vec<(String, String)> {
+        let mut v: Vec<_> = list
+            .iter()
+            .map(|i| (i.system.clone(), i.reason.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        items(&plan.goes),
+        [
+            ("accounts".into(), String::new()),
+            ("mailer".into(), String::new())
+        ]
+    );
+    assert_eq!(
+        items(&plan.stays),
+        [
+            ("billing".into(), "legal_obligation".into()),
+            ("gateway".into(), "legal_hold".into())
+        ]
+    );
+    let billing = plan.stays.iter().find(|i| i.system == "billing").unwrap();
+    assert!(billing.citation.contains("Accounting"), "{billing:?}");
+    assert!(billing.until.is_some());
+
+    let planned = c.plan_erasure(request(false)).await.unwrap().into_inner();
+    let id = planned.erasure.unwrap().erasure_id;
+    let orders = out_orders(&js, "privacy.out.vn-apihub.*.erase", 2).await;
+    let order = |system: &str| orders.iter().find(|o| o.system == system).unwrap().clone();
+    assert_eq!(order("mailer").categories, ["contact"]);
+    let early = c
+        .get_erasure_certificate(GetErasureRequest {
+            tenant: TENANT.into(),
+            erasure_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    assert!(early.message().contains("mailer"), "{early}");
+
+    // The accounts system answers; a wrong system's answer to the mailer's order is refused.
+    publish_acked(&js, &answer(&order("accounts"), "accounts", "")).await;
+    publish_acked(&js, &answer(&order("mailer"), "billing", "")).await;
+    let mut seen = 0;
+    while erasure(&mut c, &id)
+        .await
+        .orders
+        .iter()
+        .all(|o| !o.answered)
+    {
+        seen += 1;
+        assert!(seen < 800, "the accounts answer never folded");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Both refusals are dead-lettered naming the field: the wrong system, and an unknown order.
+    let mut unknown = order("accounts");
+    unknown.order_id = "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b:accounts".into();
+    publish_acked(&js, &answer(&unknown, "accounts", "")).await;
+    assert_eq!(
+        dead_fields(&js, 2).await,
+        ["data_erased.order_id", "data_erased.system"]
+    );
+
+    // A restart between the answers; then the mailer keeps part of it, with a reason.
+    svc.stop().await;
+    let svc = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    publish_acked(&js, &answer(&order("mailer"), "mailer", "tax law, 5 years")).await;
+    let mut seen = 0;
+    let done = loop {
+        let e = erasure(&mut c, &id).await;
+        if e.shredded_at.is_some() {
+            break e;
+        }
+        seen += 1;
+        assert!(seen < 800, "the erasure never finished: {e:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(done.erased_at.is_some() && done.erased_seq < done.shredded_seq);
+    let ctx = &svc.service.context;
+    assert!(
+        !ctx.vault.has_live_key(TENANT, s).unwrap(),
+        "the key is shredded"
+    );
+
+    let cert = c
+        .get_erasure_certificate(GetErasureRequest {
+            tenant: TENANT.into(),
+            erasure_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cert.confirmations.len(), 2);
+    assert!(
+        cert.confirmations
+            .iter()
+            .all(|o| o.answered && o.confirmation_seq > 0)
+    );
+    assert_eq!(
+        items(&cert.kept),
+        [
+            ("billing".into(), "legal_obligation".into()),
+            ("gateway".into(), "legal_hold".into()),
+            ("mailer".into(), "kept_by_system".into())
+        ]
+    );
+    assert_eq!(cert.shreds.len(), 1);
+    assert_eq!(cert.shreds[0].service, "retention");
+    assert_eq!(cert.shreds[0].seq, done.shredded_seq);
+    assert!(
+        cert.missing.iter().any(|m| m.starts_with("consent")),
+        "{:?}",
+        cert.missing
+    );
+
+    // Once: one subject.erased and one subject.shredded, and the chain verifies.
+    let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
+    let events = all_events(&mut audit).await;
+    let count = |t: &str| {
+        events
+            .iter()
+            .filter(|e| e.envelope.as_ref().unwrap().event_type == t)
+            .count()
+    };
+    assert_eq!((count("subject.erased"), count("subject.shredded")), (1, 1));
+    assert_eq!(count("erasure.ordered"), 2);
+    assert_log_intact(&mut audit, &events, events.len() as u64).await;
+    svc.stop().await;
+}

@@ -348,12 +348,16 @@ catalogue! {
             personal [];
         HoldPlaced = "hold.placed", publisher "retention", personal [];
         HoldReleased = "hold.released", publisher "retention", personal [];
+        ErasurePlanned = "erasure.planned", publisher "retention", personal [];
+        ErasureOrdered = "erasure.ordered", publisher "retention", personal [];
+        SubjectErased = "subject.erased", publisher "retention", personal [];
+        SubjectShredded = "subject.shredded", publisher "retention", personal [];
     }
 }
 
 /// The domain events that carry an [`v1::Order`] to a backend (as field 1 of their body): the
 /// outbox relay also publishes that order on `<prefix>.out.<tenant>.<system>.<action>`.
-pub const ORDER_EVENTS: &[&str] = &["request.order_issued"];
+pub const ORDER_EVENTS: &[&str] = &["request.order_issued", "erasure.ordered"];
 
 /// The actions an order may name (the last token of its `privacy.out` subject).
 pub const ORDER_ACTIONS: &[&str] = &["rectify", "restrict", "deactivate", "erase"];

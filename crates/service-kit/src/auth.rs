@@ -178,6 +178,8 @@ scoped!(Tenant:
     PlaceLegalHoldRequest,
     ReleaseLegalHoldRequest,
     ListLegalHoldsRequest,
+    PlanErasureRequest,
+    GetErasureRequest,
 );
 scoped!(Filter: StreamEventsRequest);
 

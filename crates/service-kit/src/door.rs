@@ -269,6 +269,27 @@ impl ServiceContext {
         self.domain.get().ok_or(DoorError::NoDomain)
     }
 
+    /// Waits until `sub` yields an event of one of `types` and the views have folded it (or
+    /// `fold_wait` passed): what a domain task that reacts to stored events waits on.
+    pub async fn stored(
+        &self,
+        sub: &mut privacy_event_store::Subscription,
+        types: &[&str],
+        fold_wait: Duration,
+    ) -> Result<(), StoreError> {
+        loop {
+            let batch = sub.next_batch(1024).await?;
+            if let Some(last) = batch
+                .iter()
+                .rev()
+                .find(|e| types.contains(&e.event_type.as_str()))
+            {
+                self.projector.wait_for(last.seq, fold_wait).await;
+                return Ok(());
+            }
+        }
+    }
+
     /// A tenant of the registry, or NOT_FOUND naming the field.
     pub fn tenant(&self, id: &str) -> Result<&Tenant, Status> {
         if id.is_empty() {

@@ -1,14 +1,18 @@
-//! [`RetentionDomain`]: the rules the kit's door applies to retention's own events — a hold
-//! names a scope and codes, a release names a live hold — and the tenants' schedules, checked
-//! once at start (an unusable schedule is logged and named by every query that needs it).
+//! [`RetentionDomain`]: the rules the kit's door applies to retention's events — a hold names a
+//! scope, a release names a live hold, a system's `data.erased` naming an order answers an
+//! erase order sent to it, once — the erase orders an `erasure.planned` implies, the erasure
+//! task, and the tenants' schedules, checked once at start (an unusable schedule is logged and
+//! named by every query that needs it).
 
 use std::collections::BTreeMap;
 
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
 use privacy_proto::{Rejection, RejectionCode};
-use privacy_service_kit::{DomainService, ServiceContext, Tenant};
+use privacy_service_kit::{Derived, DomainService, DomainTask, ServiceContext, Tenant};
+use privacy_vocab::time::micros_or_zero;
 use prost::Message;
+use tokio_util::sync::CancellationToken;
 
 use crate::events;
 use crate::schedules::{ScheduleError, schedules};
@@ -20,6 +24,8 @@ pub struct RetentionDomain {
     pub reader: InventoryReader,
     /// Each tenant's schedules, or why they cannot be used.
     pub schedules: std::sync::Arc<BTreeMap<String, Result<Vec<Schedule>, ScheduleError>>>,
+    /// Held while an erasure step is decided and appended.
+    pub steps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn forbidden(field: &str, reason: impl Into<String>) -> Rejection {
@@ -45,6 +51,7 @@ impl RetentionDomain {
                     .expect("the inventory view is registered by SPEC"),
             },
             schedules: std::sync::Arc::new(all),
+            steps: Default::default(),
         }
     }
 
@@ -96,14 +103,91 @@ impl RetentionDomain {
             _ => Ok(()),
         }
     }
+
+    /// A system's answer to an erase order: the order exists, went to that system, and was not
+    /// answered before.
+    fn check_answer(&self, tenant: &Tenant, e: &DataErased) -> Result<(), Rejection> {
+        let unknown = || forbidden("data_erased.order_id", "this service sent no such order");
+        let id = self
+            .reader
+            .order_erasure(&tenant.id, &e.order_id)
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)?;
+        let erasure = self
+            .reader
+            .erasure(&tenant.id, &id)
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)?;
+        let order = erasure
+            .orders
+            .iter()
+            .find(|o| o.order_id == e.order_id)
+            .ok_or_else(unknown)?;
+        if order.system != e.system {
+            return Err(forbidden(
+                "data_erased.system",
+                format!(
+                    "the order was sent to system {}, not to this one",
+                    order.system
+                ),
+            ));
+        }
+        if order.answered {
+            return Err(forbidden(
+                "data_erased.order_id",
+                format!(
+                    "the order was answered before (event {}); an answer is final",
+                    order.confirmation_seq
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl DomainService for RetentionDomain {
     fn check(&self, tenant: &Tenant, envelope: &Envelope) -> Result<(), Rejection> {
         match &envelope.payload {
             Some(Payload::DomainEvent(d)) => self.check_domain(tenant, envelope, &d.body),
+            Some(Payload::DataErased(e)) if !e.order_id.is_empty() => self.check_answer(tenant, e),
             _ => Ok(()),
         }
+    }
+
+    fn derive(&self, tenant: &Tenant, envelope: &Envelope) -> Vec<Derived> {
+        let Some(Payload::DomainEvent(d)) = &envelope.payload else {
+            return Vec::new();
+        };
+        if envelope.event_type != events::ERASURE_PLANNED {
+            return Vec::new();
+        }
+        let Some(erasure) = ErasurePlanned::decode(d.body.as_slice())
+            .ok()
+            .and_then(|p| p.erasure)
+        else {
+            return Vec::new();
+        };
+        let at = micros_or_zero(envelope.occurred_at.as_ref());
+        crate::erasure::orders(tenant, &erasure, at)
+            .into_iter()
+            .map(|o| {
+                let system = o
+                    .order
+                    .as_ref()
+                    .map(|o| o.system.clone())
+                    .unwrap_or_default();
+                Derived::domain(format!("erase-{system}"), o)
+            })
+            .collect()
+    }
+
+    fn tasks(&self, ctx: &ServiceContext, shutdown: CancellationToken) -> Vec<DomainTask> {
+        vec![DomainTask {
+            name: "the erasure task",
+            run: Box::pin(crate::erasure::run(ctx.clone(), self.clone(), shutdown)),
+        }]
     }
 
     fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {

@@ -1,6 +1,7 @@
 //! `RetentionService` over gRPC: holdings with their schedule, due instant and holds, read from
 //! the inventory view and the tenant file; legal holds placed and released as domain events on
-//! the tenant's `-holds` stream (two operators at once: the second gets ABORTED).
+//! the tenant's `-holds` stream (two operators at once: the second gets ABORTED); erasures
+//! planned (`erasure.planned`, with its erase orders in the same commit) and their certificates.
 
 use std::time::SystemTime;
 
@@ -77,6 +78,20 @@ impl RetentionApi {
             .map(|hold| hold.hold_id.clone())
             .collect();
         Ok(h)
+    }
+
+    fn erasure(&self, req: &GetErasureRequest) -> Result<Erasure, Status> {
+        self.ctx.tenant(&req.tenant)?;
+        if req.erasure_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "erasure_id: erasure_id is required",
+            ));
+        }
+        self.domain
+            .reader
+            .erasure(&req.tenant, &req.erasure_id)
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found("erasure_id: no such erasure"))
     }
 
     fn holds(&self, tenant: &str) -> Result<Vec<LegalHold>, Status> {
@@ -256,5 +271,103 @@ impl RetentionService for RetentionApi {
             .filter(|h| req.include_released || h.released_at.is_none())
             .collect();
         Ok(Response::new(ListLegalHoldsResponse { holds }))
+    }
+
+    async fn plan_erasure(
+        &self,
+        request: Request<PlanErasureRequest>,
+    ) -> Result<Response<ErasureResponse>, Status> {
+        require(&request, &[Role::Operator])?;
+        let req = request.into_inner();
+        self.ctx.tenant(&req.tenant)?;
+        privacy_proto::validate::check_subject_id(&req.subject_id, &self.ctx.limits)
+            .map_err(rejection_status)?;
+        check_code("reason", &req.reason, true).map_err(rejection_status)?;
+        check_code("request_id", &req.request_id, false).map_err(rejection_status)?;
+        let schedules = self.schedules(&req.tenant)?.to_vec();
+        let reader = &self.domain.reader;
+        let _step = self.domain.steps.lock().await;
+        let holdings = reader
+            .holdings(&req.tenant, &req.subject_id)
+            .map_err(status_of)?;
+        let deactivated = reader
+            .deactivated_at(&req.tenant, &req.subject_id)
+            .map_err(status_of)?;
+        let holds = self.holds(&req.tenant)?;
+        let now = privacy_vocab::time::now_micros();
+        let (goes, stays) = crate::erasure::plan(&schedules, &holdings, &holds, deactivated, now);
+        let erasure = Erasure {
+            erasure_id: uuid::Uuid::now_v7().to_string(),
+            subject_id: req.subject_id.clone(),
+            reason: req.reason,
+            request_id: req.request_id,
+            goes,
+            stays,
+            planned_at: Some(timestamp(now)),
+            ..Default::default()
+        };
+        if req.dry_run {
+            return Ok(Response::new(ErasureResponse {
+                erasure: Some(erasure),
+                seq: 0,
+            }));
+        }
+        let id = erasure.erasure_id.clone();
+        let recorded = self
+            .ctx
+            .emit(Emit {
+                tenant: req.tenant.clone(),
+                subject_id: req.subject_id,
+                body: ErasurePlanned {
+                    erasure: Some(erasure),
+                },
+                stream: StreamKey::Subject,
+                event_id: None,
+            })
+            .await?;
+        Ok(Response::new(ErasureResponse {
+            erasure: reader.erasure(&req.tenant, &id).map_err(status_of)?,
+            seq: recorded.position.seq,
+        }))
+    }
+
+    async fn get_erasure(
+        &self,
+        request: Request<GetErasureRequest>,
+    ) -> Result<Response<ErasureResponse>, Status> {
+        require(&request, &[Role::Operator, Role::Auditor])?;
+        let req = request.into_inner();
+        let erasure = self.erasure(&req)?;
+        Ok(Response::new(ErasureResponse {
+            erasure: Some(erasure),
+            seq: 0,
+        }))
+    }
+
+    async fn get_erasure_certificate(
+        &self,
+        request: Request<GetErasureRequest>,
+    ) -> Result<Response<ErasureCertificate>, Status> {
+        require(&request, &[Role::Operator, Role::Auditor])?;
+        let req = request.into_inner();
+        let position = self.ctx.projector.checkpoint();
+        let erasure = self.erasure(&req)?;
+        if erasure.erased_at.is_none() {
+            let waiting: Vec<&str> = erasure
+                .orders
+                .iter()
+                .filter(|o| !o.answered)
+                .map(|o| o.system.as_str())
+                .collect();
+            return Err(Status::failed_precondition(format!(
+                "erasure_id: the erasure is not finished: waiting for {}",
+                waiting.join(", ")
+            )));
+        }
+        Ok(Response::new(crate::erasure::certificate(
+            &req.tenant,
+            &erasure,
+            position,
+        )))
     }
 }

@@ -5,16 +5,19 @@
 //! - [`schedules`]: `[[retention]]` schedules of the tenant file, the one governing a holding,
 //!   and when its action falls due;
 //! - [`view`]: the `inventory` projection (holdings, deactivations, legal holds);
-//! - [`domain`]: [`RetentionDomain`], the rules for legal holds;
+//! - [`domain`]: [`RetentionDomain`], the rules for legal holds and answers to erase orders;
+//! - [`erasure`]: erasure plans, erase orders, settling (`subject.erased`, the shred here,
+//!   `subject.shredded`) and certificates;
 //! - [`grpc`]: the `RetentionService` handlers.
 //!
-//! Not yet (the rest of issue #11): erasure plans, erase orders and their confirmations,
-//! `subject.erased` and the shredding it triggers in every service, certificates, anonymisation,
-//! `PutSchedule`, and the triggers that come from other services' events (consent withdrawn).
+//! Not yet (the rest of issue #11): shredding in the other services on `subject.erased`,
+//! re-sending unanswered orders, anonymisation, `PutSchedule`, and taking other services'
+//! events (an erasure request, a withdrawal, a child flagged).
 
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod erasure;
 pub mod grpc;
 pub mod schedules;
 pub mod view;
@@ -33,8 +36,19 @@ pub mod events {
 
     pub const HOLD_PLACED: &str = <HoldPlaced as DomainBody>::EVENT_TYPE;
     pub const HOLD_RELEASED: &str = <HoldReleased as DomainBody>::EVENT_TYPE;
+    pub const ERASURE_PLANNED: &str = <ErasurePlanned as DomainBody>::EVENT_TYPE;
+    pub const ERASURE_ORDERED: &str = <ErasureOrdered as DomainBody>::EVENT_TYPE;
+    pub const SUBJECT_ERASED: &str = <SubjectErased as DomainBody>::EVENT_TYPE;
+    pub const SUBJECT_SHREDDED: &str = <SubjectShredded as DomainBody>::EVENT_TYPE;
 
-    pub const ALL: &[&str] = &[HOLD_PLACED, HOLD_RELEASED];
+    pub const ALL: &[&str] = &[
+        HOLD_PLACED,
+        HOLD_RELEASED,
+        ERASURE_PLANNED,
+        ERASURE_ORDERED,
+        SUBJECT_ERASED,
+        SUBJECT_SHREDDED,
+    ];
 }
 
 /// What the retention service is to the kit (what it consumes comes from the event catalogue).

@@ -3,8 +3,13 @@
 //! tenant's legal holds (`hold.placed`, `hold.released`). Schedules and due instants are not
 //! stored: they are worked out when read, from the tenant file ([`crate::schedules`]).
 //!
+//! Erasures (`erasure.planned`, `erasure.ordered`, the systems' `data.erased` naming an order,
+//! `subject.erased`, `subject.shredded`) are folded here too.
+//!
 //! Keys: `h tenant 0 subject 0 system 0 category` → `Holding` · `d tenant 0 subject` →
-//! deactivation instant (i64 BE microseconds) · `H tenant 0 hold_id` → `LegalHold`.
+//! deactivation instant (i64 BE microseconds) · `H tenant 0 hold_id` → `LegalHold` ·
+//! `E tenant 0 erasure_id` → `Erasure` · `e tenant 0 erasure_id` → empty while the erasure is
+//! not finished (not yet shredded here) · `O tenant 0 order_id` → the order's erasure id.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
@@ -55,13 +60,32 @@ impl InventoryView {
     }
 }
 
+impl InventoryView {
+    /// Applies `change` to a stored erasure (skipped if unknown: its plan comes first).
+    fn erasure(
+        view: &mut ViewWriter<'_>,
+        tenant: &str,
+        id: &str,
+        change: impl FnOnce(&mut Erasure),
+    ) -> Result<(), StoreError> {
+        let k = key(b'E', &[tenant, id]);
+        let Some(bytes) = view.get(&k)? else {
+            return Ok(());
+        };
+        let mut e = Erasure::decode(bytes.as_slice()).map_err(|e| corrupt("an erasure", e))?;
+        change(&mut e);
+        view.put(&k, e.encode_to_vec());
+        Ok(())
+    }
+}
+
 impl Projection for InventoryView {
     fn name(&self) -> &'static str {
         INVENTORY_VIEW
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -91,6 +115,19 @@ impl Projection for InventoryView {
             Some(Payload::DataErased(e)) => {
                 let k = key(b'h', &[tenant, subject, &e.system, &e.category]);
                 let kept = e.personal.contains_key("kept_reason") || !e.kept_reason.is_empty();
+                if !e.order_id.is_empty()
+                    && let Some(id) = view.get(&key(b'O', &[tenant, &e.order_id]))?
+                {
+                    let id = String::from_utf8_lossy(&id).into_owned();
+                    Self::erasure(view, tenant, &id, |er| {
+                        if let Some(o) = er.orders.iter_mut().find(|o| o.order_id == e.order_id) {
+                            o.answered = true;
+                            o.kept |= kept;
+                            o.confirmed_at = env.occurred_at;
+                            o.confirmation_seq = event.seq;
+                        }
+                    })?;
+                }
                 Self::change(view, k, |h| {
                     h.subject_id = subject.to_owned();
                     h.system = e.system.clone();
@@ -125,6 +162,49 @@ impl Projection for InventoryView {
                     hold.release_reason = b.reason;
                     view.put(&k, hold.encode_to_vec());
                     Ok(())
+                }
+                events::ERASURE_PLANNED => {
+                    let b: ErasurePlanned = decode_body(event, &env.event_type, &d.body)?;
+                    let Some(mut erasure) = b.erasure else {
+                        return Ok(());
+                    };
+                    erasure.planned_at = env.occurred_at;
+                    let id = erasure.erasure_id.clone();
+                    view.put(&key(b'E', &[tenant, &id]), erasure.encode_to_vec());
+                    view.put(&key(b'e', &[tenant, &id]), Vec::new());
+                    Ok(())
+                }
+                events::ERASURE_ORDERED => {
+                    let b: ErasureOrdered = decode_body(event, &env.event_type, &d.body)?;
+                    let Some(o) = b.order else { return Ok(()) };
+                    view.put(
+                        &key(b'O', &[tenant, &o.order_id]),
+                        b.erasure_id.clone().into_bytes(),
+                    );
+                    Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        er.orders.push(ErasureOrder {
+                            order_id: o.order_id.clone(),
+                            system: o.system.clone(),
+                            categories: o.categories.clone(),
+                            reply_by: o.reply_by,
+                            ..Default::default()
+                        });
+                    })
+                }
+                events::SUBJECT_ERASED => {
+                    let b: SubjectErased = decode_body(event, &env.event_type, &d.body)?;
+                    Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        er.erased_at = env.occurred_at;
+                        er.erased_seq = event.seq;
+                    })
+                }
+                events::SUBJECT_SHREDDED => {
+                    let b: SubjectShredded = decode_body(event, &env.event_type, &d.body)?;
+                    view.remove(&key(b'e', &[tenant, &b.erasure_id]));
+                    Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        er.shredded_at = env.occurred_at;
+                        er.shredded_seq = event.seq;
+                    })
                 }
                 _ => Ok(()),
             },
@@ -188,6 +268,45 @@ impl InventoryReader {
             .iter()
             .map(|(_, v)| LegalHold::decode(v.as_slice()).map_err(|e| corrupt("a legal hold", e)))
             .collect()
+    }
+}
+
+impl InventoryReader {
+    /// An erasure of the tenant.
+    pub fn erasure(&self, tenant: &str, id: &str) -> Result<Option<Erasure>, StoreError> {
+        self.view
+            .get(&key(b'E', &[tenant, id]))?
+            .map(|b| Erasure::decode(b.as_slice()).map_err(|e| corrupt("an erasure", e)))
+            .transpose()
+    }
+
+    /// The erasure an order belongs to.
+    pub fn order_erasure(
+        &self,
+        tenant: &str,
+        order_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .view
+            .get(&key(b'O', &[tenant, order_id]))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Unfinished erasures of every tenant: (tenant, erasure id), at most `limit`.
+    pub fn unfinished(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .view
+            .range(b"e", b"f", limit)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let rest = &k[1..];
+                let zero = rest.iter().position(|b| *b == 0)?;
+                Some((
+                    String::from_utf8_lossy(&rest[..zero]).into_owned(),
+                    String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
+                ))
+            })
+            .collect())
     }
 }
 

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RequestsDomain;
 
+/// What wakes [`run`] before its tick: a system's answer to an order.
+const CONFIRMED: &[&str] = &[privacy_proto::EventType::OrderConfirmed.as_str()];
 /// How often [`run`] scans.
 pub const SCAN_EVERY: Duration = Duration::from_secs(30);
 /// Default warning time before a deadline.
@@ -193,21 +195,6 @@ async fn settle(
     Ok(())
 }
 
-/// Waits until an `order.confirmed` is stored and folded by the views.
-async fn next_confirmation(
-    ctx: &ServiceContext,
-    sub: &mut privacy_event_store::Subscription,
-) -> Result<(), String> {
-    const CONFIRMED: &str = privacy_proto::EventType::OrderConfirmed.as_str();
-    loop {
-        let batch = sub.next_batch(1024).await.map_err(|e| e.to_string())?;
-        if let Some(last) = batch.iter().rev().find(|e| e.event_type == CONFIRMED) {
-            ctx.projector.wait_for(last.seq, SCAN_EVERY).await;
-            return Ok(());
-        }
-    }
-}
-
 /// Scans with the wall clock every [`SCAN_EVERY`] until `shutdown`. A failed scan (the store
 /// busy, views behind) is logged and retried at the next tick.
 pub async fn run(
@@ -223,7 +210,9 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(SCAN_EVERY) => {}
-            woke = next_confirmation(&ctx, &mut confirmations) => woke?,
+            woke = ctx.stored(&mut confirmations, CONFIRMED, SCAN_EVERY) => {
+                woke.map_err(|e| e.to_string())?;
+            }
         }
     }
 }

@@ -1,0 +1,249 @@
+//! Erasure: the plan (what goes, what stays and why), the orders it implies, and settling —
+//! once every system answered its order, `subject.erased`; then this service shreds the
+//! subject's data key in its vault and records `subject.shredded`. Each of the two is emitted
+//! under a key derived from the erasure, so it exists once, also across restarts and a crash
+//! between the shred and its record (the shred is idempotent). [`settle`] is driven by [`run`]
+//! every [`SETTLE_EVERY`] and as soon as a `data.erased` is stored.
+
+use std::time::Duration;
+
+use privacy_proto::v1::*;
+use privacy_service_kit::{Emit, ServiceContext, StreamKey, Tenant};
+use privacy_vocab::time::{now_micros, timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::RetentionDomain;
+use crate::schedules::{due_at, governing};
+use crate::view::covers;
+
+/// How often [`run`] settles without being woken.
+pub const SETTLE_EVERY: Duration = Duration::from_secs(30);
+/// How long a system has to answer an erase order.
+pub const ORDER_REPLY_HOURS: i64 = 72;
+const HOUR: i64 = 3_600_000_000;
+/// Erasures looked at per pass.
+const SETTLE_LIMIT: usize = 10_000;
+
+/// What an erasure of the subject's `holdings` (not yet erased) erases and keeps, as of `now`:
+/// a holding stays under a live legal hold, or while a schedule whose basis is a legal
+/// obligation has not run out; everything else goes.
+pub fn plan(
+    schedules: &[Schedule],
+    holdings: &[Holding],
+    holds: &[LegalHold],
+    deactivated_at: Option<i64>,
+    now: i64,
+) -> (Vec<PlannedItem>, Vec<PlannedItem>) {
+    let (mut goes, mut stays) = (Vec::new(), Vec::new());
+    for h in holdings.iter().filter(|h| h.erased_at.is_none()) {
+        let item = |reason: &str, citation: String, until: Option<i64>| PlannedItem {
+            system: h.system.clone(),
+            category: h.category.clone(),
+            reason: reason.into(),
+            citation,
+            until: until.map(timestamp),
+        };
+        let held: Vec<&str> = holds
+            .iter()
+            .filter(|hold| covers(hold, h))
+            .map(|hold| hold.hold_id.as_str())
+            .collect();
+        if !held.is_empty() {
+            stays.push(item("legal_hold", held.join(" "), None));
+            continue;
+        }
+        let duty = governing(schedules, h).filter(|s| s.basis == "legal_obligation");
+        if let Some(s) = duty {
+            // A duty whose trigger has not been observed still binds: keep, until unknown.
+            match due_at(s, h, deactivated_at) {
+                Ok(until) if until <= now => {}
+                Ok(until) => {
+                    stays.push(item(&s.basis, s.citation.clone(), Some(until)));
+                    continue;
+                }
+                Err(_) => {
+                    stays.push(item(&s.basis, s.citation.clone(), None));
+                    continue;
+                }
+            }
+        }
+        goes.push(item("", String::new(), None));
+    }
+    (goes, stays)
+}
+
+/// One erase order per system the plan erases from, its categories grouped.
+pub fn orders(tenant: &Tenant, erasure: &Erasure, issued_at: i64) -> Vec<ErasureOrdered> {
+    let mut systems: Vec<&str> = erasure.goes.iter().map(|i| i.system.as_str()).collect();
+    systems.sort_unstable();
+    systems.dedup();
+    systems
+        .into_iter()
+        .map(|system| ErasureOrdered {
+            erasure_id: erasure.erasure_id.clone(),
+            order: Some(Order {
+                order_id: format!("{}:{system}", erasure.erasure_id),
+                tenant: tenant.id.clone(),
+                subject_id: erasure.subject_id.clone(),
+                system: system.to_owned(),
+                action: "erase".into(),
+                categories: erasure
+                    .goes
+                    .iter()
+                    .filter(|i| i.system == system)
+                    .map(|i| i.category.clone())
+                    .collect(),
+                request_id: erasure.request_id.clone(),
+                issued_at: Some(timestamp(issued_at)),
+                reply_by: Some(timestamp(
+                    issued_at.saturating_add(ORDER_REPLY_HOURS * HOUR),
+                )),
+                issuer: crate::SPEC.name.into(),
+                confirm_with: privacy_proto::EventType::DataErased.as_str().into(),
+            }),
+        })
+        .collect()
+}
+
+/// What one pass settled: (event type, erasure id).
+pub type Settled = Vec<(&'static str, String)>;
+
+fn keyed<B>(tenant: &str, subject: &str, key: String, body: B) -> Emit<B> {
+    Emit {
+        tenant: tenant.to_owned(),
+        subject_id: subject.to_owned(),
+        body,
+        stream: StreamKey::Subject,
+        event_id: Some(key),
+    }
+}
+
+/// Moves every unfinished erasure on: `subject.erased` once all its orders are answered, then
+/// the shred of the subject's key here and `subject.shredded`.
+pub async fn settle(ctx: &ServiceContext, domain: &RetentionDomain) -> Result<Settled, String> {
+    let mut settled = Vec::new();
+    let unfinished = domain
+        .reader
+        .unfinished(SETTLE_LIMIT)
+        .map_err(|e| e.to_string())?;
+    for (tenant, id) in unfinished {
+        let _step = domain.steps.lock().await;
+        let Some(e) = domain
+            .reader
+            .erasure(&tenant, &id)
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        if e.erased_at.is_none() {
+            if !e.orders.iter().all(|o| o.answered) {
+                continue;
+            }
+            let body = SubjectErased {
+                erasure_id: id.clone(),
+            };
+            ctx.emit(keyed(&tenant, &e.subject_id, format!("{id}/erased"), body))
+                .await
+                .map_err(|s| s.message().to_owned())?;
+            settled.push((crate::events::SUBJECT_ERASED, id.clone()));
+        }
+        let at = now_micros();
+        ctx.vault
+            .shred(&tenant, &e.subject_id, at)
+            .and_then(|()| ctx.vault.sync())
+            .map_err(|e| e.to_string())?;
+        let body = SubjectShredded {
+            erasure_id: id.clone(),
+            service: crate::SPEC.name.into(),
+        };
+        ctx.emit(keyed(
+            &tenant,
+            &e.subject_id,
+            format!("{id}/shredded"),
+            body,
+        ))
+        .await
+        .map_err(|s| s.message().to_owned())?;
+        tracing::info!(tenant = %tenant, erasure = %id, "subject erased and shredded");
+        settled.push((crate::events::SUBJECT_SHREDDED, id));
+    }
+    Ok(settled)
+}
+
+/// Settles every [`SETTLE_EVERY`], and as soon as a system's `data.erased` is stored, until
+/// `shutdown`. A failed pass is logged and tried again.
+pub async fn run(
+    ctx: ServiceContext,
+    domain: RetentionDomain,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    const ERASED: &[&str] = &[privacy_proto::EventType::DataErased.as_str()];
+    let mut answers = ctx.store.subscribe(ctx.store.head().seq + 1);
+    loop {
+        if let Err(e) = settle(&ctx, &domain).await {
+            tracing::warn!(error = %e, "erasure pass failed; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(SETTLE_EVERY) => {}
+            woke = ctx.stored(&mut answers, ERASED, SETTLE_EVERY) => {
+                woke.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+/// The certificate of an erasure, as the view shows it now.
+pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCertificate {
+    let mut missing = Vec::new();
+    for o in e.orders.iter().filter(|o| !o.answered) {
+        missing.push(format!(
+            "system {} has not answered order {}",
+            o.system, o.order_id
+        ));
+    }
+    let mut shreds = Vec::new();
+    if let Some(at) = e.shredded_at {
+        shreds.push(ServiceShred {
+            service: crate::SPEC.name.into(),
+            shredded_at: Some(at),
+            seq: e.shredded_seq,
+        });
+    } else {
+        missing.push(format!(
+            "{} has not shredded the subject's key yet",
+            crate::SPEC.name
+        ));
+    }
+    for service in ["consent", "subject-requests", "disclosure-log"] {
+        missing.push(format!(
+            "{service} does not yet act on subject.erased: its copy of the subject's key is not \
+             shredded by this erasure"
+        ));
+    }
+    let mut kept = e.stays.clone();
+    for o in e.orders.iter().filter(|o| o.kept) {
+        kept.push(PlannedItem {
+            system: o.system.clone(),
+            category: o.categories.join(" "),
+            reason: "kept_by_system".into(),
+            citation: format!(
+                "the system's kept_reason, sealed in event {}",
+                o.confirmation_seq
+            ),
+            until: None,
+        });
+    }
+    ErasureCertificate {
+        tenant: tenant.into(),
+        erasure_id: e.erasure_id.clone(),
+        subject_id: e.subject_id.clone(),
+        planned_at: e.planned_at,
+        erased_at: e.erased_at,
+        confirmations: e.orders.clone(),
+        kept,
+        shreds,
+        missing,
+        log_position,
+    }
+}
