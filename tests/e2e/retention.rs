@@ -563,3 +563,98 @@ async fn an_erasure_orders_the_systems_and_ends_in_a_certificate() {
     assert_log_intact(&mut audit, &events, events.len() as u64).await;
     svc.stop().await;
 }
+
+/// An erase order nobody answers is sent again at its reply-by (same order id, next attempt,
+/// on an explicit clock), escalated once after the last attempt, and still completes the
+/// erasure when the answer finally comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
+    use privacy_retention::{RetentionDomain, erasure};
+
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let s = "u-silent";
+    publish_acked(
+        &js,
+        &event(
+            s,
+            "2026-11-20",
+            collected("contact", "accounts", "provide_service"),
+        ),
+    )
+    .await;
+    let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
+    wait_for_head(&mut audit, 1, Duration::from_secs(20)).await;
+    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    let id = c
+        .plan_erasure(PlanErasureRequest {
+            tenant: TENANT.into(),
+            subject_id: s.into(),
+            reason: "operator".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap()
+        .erasure_id;
+    let first = out_orders(&js, "privacy.out.vn-apihub.accounts.erase", 1).await;
+    assert_eq!(first[0].attempt, 1);
+
+    let ctx = &svc.service.context;
+    let domain = RetentionDomain::new(ctx);
+    let reply_by = |e: &Erasure| {
+        let t = e.orders[0].reply_by.unwrap();
+        t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+    };
+    let mine = |settled: erasure::Settled| -> Vec<&'static str> {
+        settled
+            .into_iter()
+            .filter(|(_, e)| *e == id)
+            .map(|(t, _)| t)
+            .collect()
+    };
+    let e = erasure(&mut c, &id).await;
+    assert!(
+        mine(
+            erasure::settle(ctx, &domain, reply_by(&e) - 1)
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    for attempt in 2..=erasure::MAX_ATTEMPTS {
+        let e = erasure(&mut c, &id).await;
+        assert_eq!(
+            mine(erasure::settle(ctx, &domain, reply_by(&e)).await.unwrap()),
+            ["erasure.ordered"]
+        );
+        let e = erasure(&mut c, &id).await;
+        assert_eq!(e.orders[0].attempts, attempt);
+    }
+    let sent = out_orders(&js, "privacy.out.vn-apihub.accounts.erase", 3).await;
+    let attempts: Vec<u32> = sent.iter().map(|o| o.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert!(sent.iter().all(|o| o.order_id == first[0].order_id));
+    let e = erasure(&mut c, &id).await;
+    let last = reply_by(&e);
+    assert_eq!(
+        mine(erasure::settle(ctx, &domain, last).await.unwrap()),
+        ["erasure.escalated"]
+    );
+    assert!(mine(erasure::settle(ctx, &domain, last + 1).await.unwrap()).is_empty());
+    assert!(erasure(&mut c, &id).await.orders[0].escalated);
+
+    // The answer comes after all: the erasure finishes.
+    publish_acked(&js, &answer(&first[0], "accounts", "")).await;
+    let mut seen = 0;
+    while erasure(&mut c, &id).await.shredded_at.is_none() {
+        seen += 1;
+        assert!(seen < 800, "the erasure never finished");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    svc.stop().await;
+}

@@ -234,7 +234,12 @@ impl OutboxRelay {
         let subject = self
             .config
             .out_subject(&order.tenant, &order.system, &order.action);
-        let id = format!("{}:{}", order.tenant, order.order_id);
+        // A re-sent order (attempt 2, 3…) is a new message to JetStream, the same order to the
+        // system.
+        let id = match order.attempt {
+            0 | 1 => format!("{}:{}", order.tenant, order.order_id),
+            n => format!("{}:{}:{n}", order.tenant, order.order_id),
+        };
         Some((subject, id, order.encode_to_vec()))
     }
 

@@ -350,6 +350,7 @@ catalogue! {
         HoldReleased = "hold.released", publisher "retention", personal [];
         ErasurePlanned = "erasure.planned", publisher "retention", personal [];
         ErasureOrdered = "erasure.ordered", publisher "retention", personal [];
+        ErasureEscalated = "erasure.escalated", publisher "retention", personal [];
         SubjectErased = "subject.erased", publisher "retention", personal [];
         SubjectShredded = "subject.shredded", publisher "retention", personal [];
     }

@@ -1,15 +1,17 @@
 //! Erasure: the plan (what goes, what stays and why), the orders it implies, and settling —
-//! once every system answered its order, `subject.erased`; then this service shreds the
-//! subject's data key in its vault and records `subject.shredded`. Each of the two is emitted
-//! under a key derived from the erasure, so it exists once, also across restarts and a crash
-//! between the shred and its record (the shred is idempotent). [`settle`] is driven by [`run`]
+//! an order unanswered by its reply-by is sent again (at most [`MAX_ATTEMPTS`] times in all),
+//! then escalated (`erasure.escalated`); once every system answered its order,
+//! `subject.erased`; then this service shreds the subject's data key in its vault and records
+//! `subject.shredded`. Each is emitted under a key derived from the erasure or order, so it
+//! exists once, also across restarts and a crash between the shred and its record (the shred is
+//! idempotent). [`settle`] takes the instant to judge by; [`run`] drives it with the wall clock
 //! every [`SETTLE_EVERY`] and as soon as a `data.erased` is stored.
 
 use std::time::Duration;
 
 use privacy_proto::v1::*;
 use privacy_service_kit::{Emit, ServiceContext, StreamKey, Tenant};
-use privacy_vocab::time::{now_micros, timestamp};
+use privacy_vocab::time::{micros, now_micros, timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::RetentionDomain;
@@ -18,8 +20,10 @@ use crate::view::covers;
 
 /// How often [`run`] settles without being woken.
 pub const SETTLE_EVERY: Duration = Duration::from_secs(30);
-/// How long a system has to answer an erase order.
+/// How long a system has to answer an erase order (each attempt).
 pub const ORDER_REPLY_HOURS: i64 = 72;
+/// How many times an order is sent before it is escalated.
+pub const MAX_ATTEMPTS: u32 = 3;
 const HOUR: i64 = 3_600_000_000;
 /// Erasures looked at per pass.
 const SETTLE_LIMIT: usize = 10_000;
@@ -100,6 +104,7 @@ pub fn orders(tenant: &Tenant, erasure: &Erasure, issued_at: i64) -> Vec<Erasure
                 )),
                 issuer: crate::SPEC.name.into(),
                 confirm_with: privacy_proto::EventType::DataErased.as_str().into(),
+                attempt: 1,
             }),
         })
         .collect()
@@ -118,14 +123,20 @@ fn keyed<B>(tenant: &str, subject: &str, key: String, body: B) -> Emit<B> {
     }
 }
 
-/// Moves every unfinished erasure on: `subject.erased` once all its orders are answered, then
-/// the shred of the subject's key here and `subject.shredded`.
-pub async fn settle(ctx: &ServiceContext, domain: &RetentionDomain) -> Result<Settled, String> {
+/// Moves every unfinished erasure on as of `now` (microseconds): re-sends or escalates orders
+/// past their reply-by, records `subject.erased` once all its orders are answered, then shreds
+/// the subject's key here and records `subject.shredded`.
+pub async fn settle(
+    ctx: &ServiceContext,
+    domain: &RetentionDomain,
+    now: i64,
+) -> Result<Settled, String> {
     let mut settled = Vec::new();
     let unfinished = domain
         .reader
         .unfinished(SETTLE_LIMIT)
         .map_err(|e| e.to_string())?;
+    let fail = |s: tonic::Status| s.message().to_owned();
     for (tenant, id) in unfinished {
         let _step = domain.steps.lock().await;
         let Some(e) = domain
@@ -135,35 +146,67 @@ pub async fn settle(ctx: &ServiceContext, domain: &RetentionDomain) -> Result<Se
         else {
             continue;
         };
+        let subject = e.subject_id.as_str();
         if e.erased_at.is_none() {
+            let late = e
+                .orders
+                .iter()
+                .filter(|o| !o.answered && o.reply_by.as_ref().is_some_and(|r| micros(r) <= now));
+            for o in late {
+                if o.attempts < MAX_ATTEMPTS {
+                    let Some(mut order) =
+                        orders(&ctx.tenant(&tenant).map_err(fail)?.clone(), &e, now)
+                            .into_iter()
+                            .find(|x| x.order.as_ref().is_some_and(|x| x.order_id == o.order_id))
+                    else {
+                        continue;
+                    };
+                    let attempt = o.attempts + 1;
+                    if let Some(x) = order.order.as_mut() {
+                        x.attempt = attempt;
+                    }
+                    let key = format!("{}/attempt-{attempt}", o.order_id);
+                    ctx.emit(keyed(&tenant, subject, key, order))
+                        .await
+                        .map_err(fail)?;
+                    tracing::warn!(tenant = %tenant, order = %o.order_id, attempt, "erase order unanswered; sent again");
+                    settled.push((crate::events::ERASURE_ORDERED, id.clone()));
+                } else if !o.escalated {
+                    let body = ErasureEscalated {
+                        erasure_id: id.clone(),
+                        order_id: o.order_id.clone(),
+                        system: o.system.clone(),
+                    };
+                    let key = format!("{}/escalated", o.order_id);
+                    ctx.emit(keyed(&tenant, subject, key, body))
+                        .await
+                        .map_err(fail)?;
+                    tracing::error!(tenant = %tenant, order = %o.order_id, system = %o.system, "erase order unanswered after every attempt; escalated");
+                    settled.push((crate::events::ERASURE_ESCALATED, id.clone()));
+                }
+            }
             if !e.orders.iter().all(|o| o.answered) {
                 continue;
             }
             let body = SubjectErased {
                 erasure_id: id.clone(),
             };
-            ctx.emit(keyed(&tenant, &e.subject_id, format!("{id}/erased"), body))
+            ctx.emit(keyed(&tenant, subject, format!("{id}/erased"), body))
                 .await
-                .map_err(|s| s.message().to_owned())?;
+                .map_err(fail)?;
             settled.push((crate::events::SUBJECT_ERASED, id.clone()));
         }
-        let at = now_micros();
         ctx.vault
-            .shred(&tenant, &e.subject_id, at)
+            .shred(&tenant, subject, now)
             .and_then(|()| ctx.vault.sync())
             .map_err(|e| e.to_string())?;
         let body = SubjectShredded {
             erasure_id: id.clone(),
             service: crate::SPEC.name.into(),
         };
-        ctx.emit(keyed(
-            &tenant,
-            &e.subject_id,
-            format!("{id}/shredded"),
-            body,
-        ))
-        .await
-        .map_err(|s| s.message().to_owned())?;
+        ctx.emit(keyed(&tenant, subject, format!("{id}/shredded"), body))
+            .await
+            .map_err(fail)?;
         tracing::info!(tenant = %tenant, erasure = %id, "subject erased and shredded");
         settled.push((crate::events::SUBJECT_SHREDDED, id));
     }
@@ -180,7 +223,7 @@ pub async fn run(
     const ERASED: &[&str] = &[privacy_proto::EventType::DataErased.as_str()];
     let mut answers = ctx.store.subscribe(ctx.store.head().seq + 1);
     loop {
-        if let Err(e) = settle(&ctx, &domain).await {
+        if let Err(e) = settle(&ctx, &domain, now_micros()).await {
             tracing::warn!(error = %e, "erasure pass failed; retrying");
         }
         tokio::select! {

@@ -11,7 +11,7 @@
 //! - [`grpc`]: the `RetentionService` handlers.
 //!
 //! Not yet (the rest of issue #11): shredding in the other services on `subject.erased`,
-//! re-sending unanswered orders, anonymisation, `PutSchedule`, and taking other services'
+//! anonymisation, `PutSchedule`, and taking other services'
 //! events (an erasure request, a withdrawal, a child flagged).
 
 #![forbid(unsafe_code)]
@@ -38,6 +38,7 @@ pub mod events {
     pub const HOLD_RELEASED: &str = <HoldReleased as DomainBody>::EVENT_TYPE;
     pub const ERASURE_PLANNED: &str = <ErasurePlanned as DomainBody>::EVENT_TYPE;
     pub const ERASURE_ORDERED: &str = <ErasureOrdered as DomainBody>::EVENT_TYPE;
+    pub const ERASURE_ESCALATED: &str = <ErasureEscalated as DomainBody>::EVENT_TYPE;
     pub const SUBJECT_ERASED: &str = <SubjectErased as DomainBody>::EVENT_TYPE;
     pub const SUBJECT_SHREDDED: &str = <SubjectShredded as DomainBody>::EVENT_TYPE;
 
@@ -46,6 +47,7 @@ pub mod events {
         HOLD_RELEASED,
         ERASURE_PLANNED,
         ERASURE_ORDERED,
+        ERASURE_ESCALATED,
         SUBJECT_ERASED,
         SUBJECT_SHREDDED,
     ];

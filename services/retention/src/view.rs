@@ -182,13 +182,29 @@ impl Projection for InventoryView {
                         b.erasure_id.clone().into_bytes(),
                     );
                     Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        // Sent again: the same order, a new reply-by.
+                        if let Some(known) = er.orders.iter_mut().find(|k| k.order_id == o.order_id)
+                        {
+                            known.reply_by = o.reply_by;
+                            known.attempts = o.attempt.max(known.attempts);
+                            return;
+                        }
                         er.orders.push(ErasureOrder {
                             order_id: o.order_id.clone(),
                             system: o.system.clone(),
                             categories: o.categories.clone(),
                             reply_by: o.reply_by,
+                            attempts: o.attempt.max(1),
                             ..Default::default()
                         });
+                    })
+                }
+                events::ERASURE_ESCALATED => {
+                    let b: ErasureEscalated = decode_body(event, &env.event_type, &d.body)?;
+                    Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        if let Some(o) = er.orders.iter_mut().find(|o| o.order_id == b.order_id) {
+                            o.escalated = true;
+                        }
                     })
                 }
                 events::SUBJECT_ERASED => {

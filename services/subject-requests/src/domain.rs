@@ -261,6 +261,7 @@ impl RequestsDomain {
                             confirm_with: <OrderConfirmed as privacy_proto::UserEvent>::TYPE
                                 .as_str()
                                 .into(),
+                            attempt: 1,
                         }),
                     },
                 )
