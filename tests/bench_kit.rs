@@ -74,7 +74,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn of(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
+    pub fn of(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
         latencies.sort();
         let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
         Stats {
