@@ -341,3 +341,101 @@ pub async fn publish_policy_v1(url: &str) {
         Err(e) => panic!("PublishPolicy: {e}"),
     }
 }
+
+/// Rebuilds every projection of the service at `url` and checks each equals the live view
+/// (digest), having folded `total` events.
+pub async fn assert_rebuild_equals_live(url: &str, total: u64) {
+    let mut audit = audit_client(url, Some(AUDITOR_TOKEN)).await;
+    let live = audit
+        .projection_status(ProjectionStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut operator = audit_client(url, Some(OPERATOR_TOKEN)).await;
+    let mut progress = operator
+        .rebuild_projections(RebuildProjectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rebuilt = 0;
+    while let Some(p) = progress.message().await.unwrap() {
+        if !p.done {
+            continue;
+        }
+        let before = live.projections.iter().find(|l| l.name == p.name).unwrap();
+        assert_eq!(
+            p.digest, before.digest,
+            "{} differs from its rebuild",
+            p.name
+        );
+        assert_eq!(p.applied, total, "{} folded every event", p.name);
+        rebuilt += 1;
+    }
+    assert_eq!(rebuilt, live.projections.len(), "every projection rebuilt");
+}
+
+/// Publishes envelopes on their subjects (protobuf, `Nats-Msg-Id = event_id`), acks pipelined
+/// 500 at a time.
+pub async fn publish_pipelined(js: &async_nats::jetstream::Context, envs: Vec<Envelope>) {
+    use prost::Message;
+    let mut acks = Vec::new();
+    for env in envs {
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(env.encode_to_vec().into())
+            .message_id(&env.event_id);
+        acks.push(
+            js.send_publish(format!("privacy.in.{}.{}", env.tenant, env.event_type), msg)
+                .await
+                .unwrap(),
+        );
+        if acks.len() >= 500 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+/// At least `want` messages of `stream` under `filter`, read by a new consumer from the start
+/// (at most 20 s).
+pub async fn fetch_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: &str,
+    want: usize,
+) -> Vec<async_nats::jetstream::Message> {
+    use futures::StreamExt;
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{stream} {filter}: {} of {want} messages",
+            got.len()
+        );
+        let mut batch = consumer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_millis(200))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            got.push(m);
+        }
+    }
+    got
+}

@@ -26,29 +26,6 @@ const SYSTEMS: [&str; 3] = ["accounts", "mailer", "gateway"];
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-/// Publishes envelopes with pipelined acks.
-async fn publish_all(js: &jetstream::Context, envs: Vec<Envelope>) {
-    let mut acks = Vec::new();
-    for env in envs {
-        let msg = jetstream::message::PublishMessage::build()
-            .payload(env.encode_to_vec().into())
-            .message_id(&env.event_id);
-        acks.push(
-            js.send_publish(format!("privacy.in.{}.{}", env.tenant, env.event_type), msg)
-                .await
-                .unwrap(),
-        );
-        if acks.len() >= 500 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
-}
-
 /// The three systems: every erase order is answered with `data.erased` naming it.
 async fn backends(js: jetstream::Context) {
     let consumer = js
@@ -121,7 +98,7 @@ fn main() {
             }
         }
         let total = seed.len() as u64;
-        publish_all(&js, seed).await;
+        publish_pipelined(&js, seed).await;
         let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
         wait_for_head(&mut audit, total, Duration::from_secs(300)).await;
 

@@ -114,32 +114,7 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     assert_eq!(ids[1..].iter().cloned().collect::<BTreeSet<_>>(), published);
     assert_log_intact(&mut audit, &stored, total).await;
 
-    let live = audit
-        .projection_status(ProjectionStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut operator = audit_client(&url, Some(OPERATOR_TOKEN)).await;
-    let mut progress = operator
-        .rebuild_projections(RebuildProjectionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut rebuilt = Vec::new();
-    while let Some(p) = progress.message().await.unwrap() {
-        if p.done {
-            rebuilt.push(p);
-        }
-    }
-    for p in &live.projections {
-        let r = rebuilt.iter().find(|r| r.name == p.name).expect("rebuilt");
-        assert_eq!(
-            r.digest, p.digest,
-            "projection {} differs from its rebuild",
-            p.name
-        );
-        assert_eq!(r.applied, total);
-    }
+    assert_rebuild_equals_live(&url, total).await;
 
     let status = process
         .terminate(Duration::from_secs(20))
@@ -180,23 +155,9 @@ async fn a_killed_requests_service_loses_no_request() {
     let mut process = ServiceProcess::spawn("privacy-subject-requests", &env);
     wait_serving(&url).await;
 
-    let mut published = BTreeSet::new();
-    let mut acks = Vec::new();
-    for i in 0..ON_NATS {
-        let env = request_received(i);
-        published.insert(env.event_id.clone());
-        let msg = PublishMessage::build()
-            .payload(env.encode_to_vec().into())
-            .message_id(&env.event_id);
-        acks.push(
-            js.send_publish(format!("privacy.in.{}.{}", env.tenant, env.event_type), msg)
-                .await
-                .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    let burst: Vec<Envelope> = (0..ON_NATS).map(request_received).collect();
+    let published: BTreeSet<String> = burst.iter().map(|e| e.event_id.clone()).collect();
+    publish_pipelined(&js, burst).await;
 
     // gRPC callers, 16 at a time, while the process is killed under them.
     let calls: Vec<Envelope> = (ON_NATS..ON_NATS + ON_GRPC).map(request_received).collect();
@@ -284,27 +245,7 @@ async fn a_killed_requests_service_loses_no_request() {
     assert_eq!(unique, expected);
     assert_log_intact(&mut audit, &stored, total).await;
 
-    let live = audit
-        .projection_status(ProjectionStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut operator = audit_client(&url, Some(OPERATOR_TOKEN)).await;
-    let mut progress = operator
-        .rebuild_projections(RebuildProjectionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(p) = progress.message().await.unwrap() {
-        if p.done {
-            let before = live.projections.iter().find(|l| l.name == p.name).unwrap();
-            assert_eq!(
-                p.digest, before.digest,
-                "{} differs from its rebuild",
-                p.name
-            );
-        }
-    }
+    assert_rebuild_equals_live(&url, total).await;
     let status = process
         .terminate(Duration::from_secs(20))
         .expect("exit status");

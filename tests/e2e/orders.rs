@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use privacy_e2e::*;
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
@@ -119,45 +118,6 @@ async fn until(
     }
 }
 
-/// At least `want` messages of `stream` under `filter` (at most 20 s).
-async fn messages(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-    want: usize,
-) -> Vec<jetstream::Message> {
-    let consumer = js
-        .get_stream(stream)
-        .await
-        .unwrap()
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: filter.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    while got.len() < want {
-        assert!(
-            Instant::now() < deadline,
-            "{stream} {filter}: {} of {want} messages",
-            got.len()
-        );
-        let mut batch = consumer
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_millis(200))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(Ok(m)) = batch.next().await {
-            got.push(m);
-        }
-    }
-    got
-}
-
 fn confirmation(order: &Order, system: &str, outcome: OrderOutcome, reason: &str) -> Envelope {
     let mut env = envelope(
         &order.subject_id,
@@ -215,7 +175,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
     let mut systems: Vec<&str> = r.orders.iter().map(|o| o.system.as_str()).collect();
     systems.sort();
     assert_eq!(systems, ["crm", "mailer"]);
-    let sent = messages(&js, "PRIVACY_OUT", "privacy.out.eu-shop.>", 2).await;
+    let sent = fetch_messages(&js, "PRIVACY_OUT", "privacy.out.eu-shop.>", 2).await;
     let mut orders = Vec::new();
     for m in &sent {
         let order = Order::decode(m.payload.as_ref()).unwrap();
@@ -240,7 +200,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
 
     // The mailer's order answered by the crm is refused and goes to the DLQ, naming the field.
     publish_acked(&js, &confirmation(mailer, "crm", OrderOutcome::Done, "")).await;
-    let dead = messages(
+    let dead = fetch_messages(
         &js,
         "PRIVACY_DLQ",
         "privacy.dlq.subject-requests.eu-shop",
@@ -287,7 +247,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
     // A restriction both systems answer completes as soon as the last answer is stored; a
     // refusal is a part not done, with the system's reason.
     let r = started(&mut c, SHOP, RequestType::Restriction).await;
-    let sent = messages(&js, "PRIVACY_OUT", "privacy.out.eu-shop.*.restrict", 2).await;
+    let sent = fetch_messages(&js, "PRIVACY_OUT", "privacy.out.eu-shop.*.restrict", 2).await;
     for m in &sent {
         let order = Order::decode(m.payload.as_ref()).unwrap();
         let (outcome, reason) = if order.system == "crm" {
@@ -317,7 +277,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
         e.orders.is_empty(),
         "retention orders erasures, not this service"
     );
-    messages(
+    fetch_messages(
         &js,
         "PRIVACY_EVT",
         "privacy.evt.subject-requests.eu-shop.request.erasure_requested",

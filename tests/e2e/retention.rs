@@ -296,74 +296,32 @@ async fn erasure(c: &mut Retention, id: &str) -> Erasure {
     .unwrap()
 }
 
-/// At least `want` messages of `stream` under `filter` (at most 20 s).
+/// The first `want` erase orders under `filter` on PRIVACY_OUT, each on its system's subject.
 async fn out_orders(js: &jetstream::Context, filter: &str, want: usize) -> Vec<Order> {
-    use futures::StreamExt;
     use prost::Message;
-    let consumer = js
-        .get_stream("PRIVACY_OUT")
-        .await
-        .unwrap()
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: filter.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    while got.len() < want {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {want} orders",
-            got.len()
-        );
-        let mut batch = consumer
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_millis(200))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(Ok(m)) = batch.next().await {
-            let order = Order::decode(m.payload.as_ref()).unwrap();
-            assert_eq!(
-                m.subject.as_str(),
-                format!("privacy.out.{}.{}.erase", order.tenant, order.system)
-            );
-            got.push(order);
-        }
+    let mut orders = Vec::new();
+    for m in fetch_messages(js, "PRIVACY_OUT", filter, want).await {
+        let order = Order::decode(m.payload.as_ref()).unwrap();
+        let subject = format!("privacy.out.{}.{}.erase", order.tenant, order.system);
+        assert_eq!(m.subject.as_str(), subject);
+        orders.push(order);
     }
-    got
+    orders
 }
 
 /// The `Privacy-Error-Field` of the first `want` dead letters of retention, sorted.
 async fn dead_fields(js: &jetstream::Context, want: usize) -> Vec<String> {
-    use futures::StreamExt;
-    let consumer = js
-        .get_stream("PRIVACY_DLQ")
-        .await
-        .unwrap()
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: "privacy.dlq.retention.>".into(),
-            ..Default::default()
+    let dead = fetch_messages(js, "PRIVACY_DLQ", "privacy.dlq.retention.>", want).await;
+    let mut fields: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            let field = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Privacy-Error-Field"));
+            field.map(|v| v.as_str().to_owned()).unwrap_or_default()
         })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut fields = Vec::new();
-    while fields.len() < want {
-        let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
-            .await
-            .expect("a dead letter within 20 s")
-            .unwrap()
-            .unwrap();
-        let field = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Privacy-Error-Field"));
-        fields.push(field.map(|v| v.as_str().to_owned()).unwrap_or_default());
-    }
+        .collect();
     fields.sort();
     fields
 }
