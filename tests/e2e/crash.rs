@@ -6,12 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use privacy_e2e::*;
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
 use privacy_testkit::{NatsServer, ServiceProcess, free_port};
-use prost::Message;
 
 const EVENTS: usize = 20_000;
 
@@ -55,37 +54,21 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     wait_serving(&url).await;
     publish_policy_v1(&url).await;
 
-    let mut published = BTreeSet::new();
-    let mut acks = Vec::with_capacity(1000);
-    for i in 0..EVENTS {
-        let subject = format!("u-{}", i % 2000);
-        let payload = if i % 3 == 0 {
-            Payload::ConsentWithdrawn(ConsentWithdrawn {
-                purposes: vec!["marketing".into()],
-                ..Default::default()
-            })
-        } else {
-            granted(if i % 2 == 0 { "marketing" } else { "analytics" })
-        };
-        let env = envelope(&subject, payload);
-        published.insert(env.event_id.clone());
-        let msg = PublishMessage::build()
-            .payload(env.encode_to_vec().into())
-            .message_id(&env.event_id);
-        acks.push(
-            js.send_publish(format!("privacy.in.{}.{}", env.tenant, env.event_type), msg)
-                .await
-                .unwrap(),
-        );
-        if acks.len() == 1000 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks.drain(..) {
-        a.await.unwrap();
-    }
+    let events: Vec<Envelope> = (0..EVENTS)
+        .map(|i| {
+            let payload = if i % 3 == 0 {
+                Payload::ConsentWithdrawn(ConsentWithdrawn {
+                    purposes: vec!["marketing".into()],
+                    ..Default::default()
+                })
+            } else {
+                granted(if i % 2 == 0 { "marketing" } else { "analytics" })
+            };
+            envelope(&format!("u-{}", i % 2000), payload)
+        })
+        .collect();
+    let published: BTreeSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    publish_pipelined(&js, events).await;
 
     let mut kills = vec![wait_past(&url, 2_000).await];
     process.kill9();
