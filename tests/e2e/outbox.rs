@@ -68,7 +68,7 @@ async fn domain_events_are_published_once_in_order_across_a_nats_outage() {
         let publish = i % 4 != 3;
         let e = domain_event(i, publish);
         if publish {
-            expected.push(format!("acme:{}", e.event_id));
+            expected.push(format!("consent:acme:{}", e.event_id));
         }
         store.append(vec![e], ExpectedVersion::Any).await.unwrap();
     }
@@ -218,7 +218,7 @@ async fn a_restart_after_the_duplicate_window_does_not_publish_again() {
         .filter(|i| *i >= 30 || i % 5 != 4)
         .map(|i| {
             let id = domain_event(i, true).event_id;
-            (format!("acme:{id}"), (i + 1).to_string())
+            (format!("consent:acme:{id}"), (i + 1).to_string())
         })
         .collect();
     assert_eq!(

@@ -616,3 +616,160 @@ async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
     }
     svc.stop().await;
 }
+
+/// Erasure across the four services: retention's `subject.erased` makes consent,
+/// subject-requests and disclosure-log each shred the subject's key and say so; retention
+/// collects their `subject.shredded` into the certificate (four shreds, nothing missing);
+/// consent's receipt then shows the evidence as erased, and every chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
+    use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
+
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let requests = InProcess::start(privacy_subject_requests::SPEC, &nats.url(), data.path()).await;
+    let disclosures =
+        InProcess::start(privacy_disclosure_log::SPEC, &nats.url(), data.path()).await;
+    let retention = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let s = "u-everywhere";
+
+    // The subject in every service: a consent with sealed evidence, a request, a disclosure,
+    // data held in one system.
+    publish_policy_v1(&consent.url()).await;
+    let mut grant = envelope(s, granted("marketing"));
+    grant.occurred_at = Some(std::time::SystemTime::now().into());
+    publish_acked(&js, &grant).await;
+    publish_acked(
+        &js,
+        &envelope(
+            s,
+            Payload::DataDisclosed(DataDisclosed {
+                recipient: "Acme Logistics".into(),
+                recipient_role: RecipientRole::Processor as i32,
+                country: "VN".into(),
+                categories: vec!["contact".into()],
+                legal_basis: LegalBasis::Contract as i32,
+                system: "billing".into(),
+                ..Default::default()
+            }),
+        ),
+    )
+    .await;
+    publish_acked(
+        &js,
+        &event(
+            s,
+            "2026-11-20",
+            collected("contact", "accounts", "provide_service"),
+        ),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(requests.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)))
+        .open_request(OpenRequestRequest {
+            tenant: TENANT.into(),
+            subject_id: s.into(),
+            request_type: RequestType::Erasure as i32,
+            channel: "web".into(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (svc, head) in [(&consent, 2), (&disclosures, 1), (&retention, 1)] {
+        let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
+        wait_for_head(&mut audit, head, Duration::from_secs(20)).await;
+    }
+    // Consent holds the sealed evidence under the subject's key.
+    assert!(
+        consent
+            .service
+            .context
+            .vault
+            .has_live_key(TENANT, s)
+            .unwrap()
+    );
+
+    // The erasure: one order, answered; then every service shreds.
+    let mut c = client(&retention.url(), OPERATOR_TOKEN).await;
+    let id = c
+        .plan_erasure(PlanErasureRequest {
+            tenant: TENANT.into(),
+            subject_id: s.into(),
+            reason: "subject_request".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap()
+        .erasure_id;
+    let order = out_orders(&js, "privacy.out.vn-apihub.accounts.erase", 1).await;
+    publish_acked(&js, &answer(&order[0], "accounts", "")).await;
+    let mut seen = 0;
+    let done = loop {
+        let e = erasure(&mut c, &id).await;
+        if e.shredded_at.is_some() && e.shreds.len() == 3 {
+            break e;
+        }
+        seen += 1;
+        assert!(seen < 800, "not every service reported its shred: {e:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut services: Vec<&str> = done.shreds.iter().map(|s| s.service.as_str()).collect();
+    services.sort();
+    assert_eq!(services, ["consent", "disclosure-log", "subject-requests"]);
+    assert!(done.shreds.iter().all(|s| s.seq > 0), "{:?}", done.shreds);
+    let cert = c
+        .get_erasure_certificate(GetErasureRequest {
+            tenant: TENANT.into(),
+            erasure_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cert.shreds.len(), 4);
+    assert!(cert.missing.is_empty(), "{:?}", cert.missing);
+    for svc in [&consent, &requests, &disclosures, &retention] {
+        assert!(!svc.service.context.vault.has_live_key(TENANT, s).unwrap());
+        let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
+        let events = all_events(&mut audit).await;
+        assert_log_intact(&mut audit, &events, events.len() as u64).await;
+    }
+
+    // Consent's receipt shows the evidence as erased.
+    let mut consents = consent_client(&consent.url(), AUDITOR_TOKEN).await;
+    let history = consents
+        .get_consent_history(GetConsentHistoryRequest {
+            tenant: TENANT.into(),
+            subject_id: s.into(),
+            purpose: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let record = history.entries[0].record_id.clone();
+    let receipt = consents
+        .export_consent_receipt(ExportConsentReceiptRequest {
+            tenant: TENANT.into(),
+            subject_id: s.into(),
+            record_id: record,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt_json;
+    let receipt: serde_json::Value = serde_json::from_str(&receipt).unwrap();
+    assert_eq!(receipt["evidence"]["ip"]["erased"], true, "{receipt}");
+
+    for svc in [retention, disclosures, requests, consent] {
+        svc.stop().await;
+    }
+}

@@ -69,6 +69,15 @@ fn service_publish(config: &BusConfig, service: &str) -> Vec<String> {
             allow.push(format!("$JS.API.STREAM.{action}.{stream}"));
         }
     }
+    let events = config.evt_stream();
+    for (owner, name, _) in crate::reaction_consumers(config) {
+        if owner == service {
+            allow.push(format!("$JS.API.CONSUMER.INFO.{events}.{name}"));
+            allow.push(format!("$JS.API.CONSUMER.CREATE.{events}.{name}.>"));
+            allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{events}.{name}"));
+            allow.push(format!("$JS.ACK.{events}.{name}.>"));
+        }
+    }
     for (owner, filter) in catalogue_filters(config) {
         let name = consumer_name(owner, p, &filter);
         allow.push(format!("$JS.API.CONSUMER.INFO.{input}.{name}"));

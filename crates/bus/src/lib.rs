@@ -4,8 +4,11 @@
 //! - [`Ingest`]: a durable pull consumer feeding the event store — decode (protobuf or JSON),
 //!   validate, append (deduped by `event_id`), ack only after the group commit; invalid input to
 //!   the DLQ with its reason and original bytes, then ack; store failure: nak with back-off.
-//! - [`OutboxRelay`]: publishes stored domain events in order with `Nats-Msg-Id = event_id`
+//! - [`OutboxRelay`]: publishes stored domain events in order with `Nats-Msg-Id =
+//!   <service>:<tenant>:<event_id>`
 //!   and advances a durable cursor only after JetStream acked.
+//! - [`run_reactions`]: a service's durable consumers of other services' domain events, each
+//!   event acked only after the service's [`Reaction`] succeeded.
 //! - [`authz`]: the NATS authorization block confining each user to its subjects.
 
 #![forbid(unsafe_code)]
@@ -15,6 +18,7 @@ mod config;
 mod dlq;
 mod ingest;
 mod outbox;
+mod react;
 
 pub use config::{
     BusConfig, Credentials, catalogue_filters, connect, consumer_config, ensure_streams,
@@ -22,6 +26,7 @@ pub use config::{
 pub use dlq::{HEADER_ERROR, HEADER_ERROR_CODE, HEADER_ERROR_FIELD, HEADER_ORIGINAL_SUBJECT};
 pub use ingest::{Ingest, IngestHandler, IngestStats, Prepared, Transient};
 pub use outbox::{OutboxRelay, msg_id};
+pub use react::{Reaction, reaction_consumer_name, reaction_consumers, run_reactions};
 
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]

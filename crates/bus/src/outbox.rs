@@ -1,8 +1,9 @@
 //! The outbox relay: stored domain events reach the bus exactly as stored, in order.
 //!
 //! Events are committed to the store first (flagged for publishing); the relay reads them from
-//! its cursor, publishes each with `Nats-Msg-Id = <tenant>:<event_id>` (event ids are unique per
-//! tenant only) and `Privacy-Seq = seq`, waits for
+//! its cursor, publishes each with `Nats-Msg-Id = <service>:<tenant>:<event_id>` (event ids are
+//! unique per tenant and store only: two services may record events with one id, e.g. each
+//! its `<erasure>/shredded`) and `Privacy-Seq = seq`, waits for
 //! JetStream's ack, and only then moves on. One event is in flight at a time, so a failure can
 //! never let a later event overtake an earlier one.
 //!
@@ -42,10 +43,11 @@ pub struct OutboxRelay {
 
 const CURSOR: &str = "outbox.cursor";
 
-/// The `Nats-Msg-Id` of a published event: `<tenant>:<event_id>`, so that two tenants' events
-/// with one id are never taken for duplicates by JetStream.
-pub fn msg_id(event: &RecordedEvent) -> String {
-    format!("{}:{}", event.scope, event.event_id)
+/// The `Nats-Msg-Id` of an event `service` published: `<service>:<tenant>:<event_id>`, so that
+/// two tenants' or two services' events with one id are never taken for duplicates by
+/// JetStream.
+pub fn msg_id(service: &str, event: &RecordedEvent) -> String {
+    format!("{service}:{}:{}", event.scope, event.event_id)
 }
 /// The cursor is made durable at least this often (in published events).
 pub const CURSOR_EVERY: usize = 256;
@@ -111,7 +113,7 @@ impl OutboxRelay {
             return Ok(0);
         };
         match self.store.get(seq)? {
-            Some(e) if Some(msg_id(&e)) == header("Nats-Msg-Id") => Ok(seq),
+            Some(e) if Some(msg_id(&self.service, &e)) == header("Nats-Msg-Id") => Ok(seq),
             _ => {
                 tracing::warn!(
                     seq,
@@ -244,8 +246,13 @@ impl OutboxRelay {
     }
 
     async fn publish(&self, subject: &str, event: &RecordedEvent) -> Result<(), BusError> {
-        self.send(subject, &msg_id(event), event.data.clone(), Some(event.seq))
-            .await
+        self.send(
+            subject,
+            &msg_id(&self.service, event),
+            event.data.clone(),
+            Some(event.seq),
+        )
+        .await
     }
 
     /// Publishes protobuf `bytes` and waits for JetStream's ack.

@@ -352,8 +352,42 @@ catalogue! {
         ErasureOrdered = "erasure.ordered", publisher "retention", personal [];
         ErasureEscalated = "erasure.escalated", publisher "retention", personal [];
         SubjectErased = "subject.erased", publisher "retention", personal [];
-        SubjectShredded = "subject.shredded", publisher "retention", personal [];
+        SubjectShredded = "subject.shredded", publisher "*", personal [];
+        ErasureShredConfirmed = "erasure.shred_confirmed", publisher "retention", personal [];
     }
+}
+
+/// The publisher of a domain event every service emits through the kit (e.g. its own shred of
+/// a subject's key), not one service's.
+pub const ANY_SERVICE: &str = "*";
+
+/// The domain events a service takes from other services (from `<prefix>.evt.`): (event,
+/// consumers). `subject.erased` makes every other service shred the subject's key and say so
+/// with `subject.shredded`, which retention collects for the erasure's certificate.
+pub const CROSS_SERVICE: &[(&str, &[&str])] = &[
+    (
+        "subject.erased",
+        &["consent", "subject-requests", "disclosure-log"],
+    ),
+    ("subject.shredded", &["retention"]),
+];
+
+/// The `<prefix>.evt.` filters (after the prefix) of the domain events `service` takes from
+/// other services: `evt.<publisher or *>.*.<event>`.
+pub fn cross_service_filters(service: &str) -> Vec<(&'static str, String)> {
+    CROSS_SERVICE
+        .iter()
+        .filter(|(_, consumers)| consumers.contains(&service))
+        .filter_map(|(event, _)| {
+            let d = domain_event(event)?;
+            let publisher = if d.publisher == ANY_SERVICE {
+                "*"
+            } else {
+                d.publisher
+            };
+            Some((d.name, format!("evt.{publisher}.*.{}", d.name)))
+        })
+        .collect()
 }
 
 /// The domain events that carry an [`v1::Order`] to a backend (as field 1 of their body): the

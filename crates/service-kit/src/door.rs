@@ -447,7 +447,8 @@ impl ServiceContext {
     }
 
     fn check_publisher(&self, body: &dyn PendingBody) -> Result<(), Rejection> {
-        if body.publisher() != self.spec.name {
+        let any = body.publisher() == privacy_proto::catalogue::ANY_SERVICE;
+        if !any && body.publisher() != self.spec.name {
             return Err(Rejection::new(
                 RejectionCode::UnknownEventType,
                 "event_type",

@@ -11,6 +11,8 @@
 //! - [`audit`]: the `AuditService` every service serves over its own store;
 //! - [`personal`]: sealing and opening personal data with the key vault;
 //! - [`projection`]: helpers for a service's projections (decode a stored envelope);
+//! - `react`: other services' domain events — every service shreds on `subject.erased`, the
+//!   rest goes to the domain;
 //! - [`timeline`]: the per-subject timeline projection;
 //! - [`start`]: start-up in order (views, then bus, then SERVING) and graceful shutdown;
 //! - [`cli`]: the binary's `serve` / `healthcheck` entry point.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod door;
 pub mod personal;
 pub mod projection;
+mod react;
 pub mod spec;
 pub mod start;
 pub mod tenants;

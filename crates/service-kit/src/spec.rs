@@ -48,9 +48,12 @@ impl ServiceSpec {
         EventType::filters_for(self.name)
     }
 
-    /// Whether its outbox publishes events of this type.
+    /// Whether its outbox publishes events of this type: its own, and those every service
+    /// emits through the kit (publisher `*`, e.g. `subject.shredded`).
     pub fn publishes(&self, event_type: &str) -> bool {
         self.publishes.contains(&event_type)
+            || privacy_proto::catalogue::domain_event(event_type)
+                .is_some_and(|d| d.publisher == privacy_proto::catalogue::ANY_SERVICE)
     }
 }
 
@@ -62,6 +65,19 @@ pub trait DomainService: Send + Sync + 'static {
     /// again once the views have caught up with the log, so it is never final by accident.
     fn check(&self, _tenant: &Tenant, _envelope: &Envelope) -> Result<(), Rejection> {
         Ok(())
+    }
+
+    /// Acts on another service's domain event the catalogue routes here
+    /// (`privacy_proto::catalogue::CROSS_SERVICE`), other than `subject.erased`, which the kit
+    /// handles for every service. `seq` is its position in the publisher's log. The event is
+    /// acked once this succeeds and redelivered otherwise: record effects as keyed events.
+    fn react(
+        &self,
+        _ctx: &ServiceContext,
+        _envelope: Envelope,
+        _seq: Option<u64>,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Domain events a stored event implies, stored in the same atomic append. Each gets the id

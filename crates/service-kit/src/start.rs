@@ -447,11 +447,16 @@ impl Lifecycle {
         for task in self.domain.tasks(&self.ctx, self.shutdown.clone()) {
             parts.spawn(self.sup.supervise(task.name.into(), task.run));
         }
+        let reaction: Arc<dyn privacy_bus::Reaction> = Arc::new(crate::react::KitReaction {
+            ctx: self.ctx.clone(),
+            domain: self.domain.clone(),
+        });
         run_bus(
             self.spec,
             self.bus,
             self.store,
             self.handler,
+            reaction,
             self.stats,
             self.health,
             self.shutdown,
@@ -473,6 +478,7 @@ async fn run_bus(
     config: privacy_bus::BusConfig,
     store: EventStore,
     handler: Arc<dyn IngestHandler>,
+    reaction: Arc<dyn privacy_bus::Reaction>,
     stats: Arc<IngestStats>,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
@@ -521,6 +527,34 @@ async fn run_bus(
             while !shutdown.is_cancelled() {
                 if let Err(e) = ingest.run(&filter, shutdown.clone()).await {
                     tracing::warn!(error = %e, filter, "ingest loop failed; restarting");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Ok(())
+        }));
+    }
+    for (_, name, filter) in privacy_bus::reaction_consumers(&config)
+        .into_iter()
+        .filter(|(owner, _, _)| *owner == spec.name)
+    {
+        let (js, config, reaction) = (js.clone(), config.clone(), reaction.clone());
+        let shutdown = shutdown.clone();
+        let task = format!("the reaction loop of {filter}");
+        parts.spawn(sup.supervise(task, async move {
+            while !shutdown.is_cancelled() {
+                let run = privacy_bus::run_reactions(
+                    &js,
+                    &config,
+                    &name,
+                    &filter,
+                    reaction.clone(),
+                    shutdown.clone(),
+                );
+                if let Err(e) = run.await {
+                    tracing::warn!(error = %e, filter, "reaction loop failed; restarting");
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => {}

@@ -183,6 +183,47 @@ impl DomainService for RetentionDomain {
             .collect()
     }
 
+    /// Another service's `subject.shredded`: recorded against its erasure, for the certificate.
+    fn react(
+        &self,
+        ctx: &ServiceContext,
+        envelope: Envelope,
+        seq: Option<u64>,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            let Some(Payload::DomainEvent(d)) = &envelope.payload else {
+                return Ok(());
+            };
+            if envelope.event_type != events::SUBJECT_SHREDDED {
+                return Ok(());
+            }
+            let shredded = SubjectShredded::decode(d.body.as_slice()).map_err(|e| e.to_string())?;
+            if shredded.service == crate::SPEC.name {
+                return Ok(());
+            }
+            let key = format!("{}/shred-{}", shredded.erasure_id, shredded.service);
+            let body = ErasureShredConfirmed {
+                erasure_id: shredded.erasure_id,
+                shred: Some(ServiceShred {
+                    service: shredded.service,
+                    shredded_at: envelope.occurred_at,
+                    seq: seq.unwrap_or_default(),
+                }),
+            };
+            ctx.emit(privacy_service_kit::Emit {
+                tenant: envelope.tenant.clone(),
+                subject_id: envelope.subject_id.clone(),
+                body,
+                stream: privacy_service_kit::StreamKey::Subject,
+                event_id: Some(key),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_owned())
+        })
+    }
+
     fn tasks(&self, ctx: &ServiceContext, shutdown: CancellationToken) -> Vec<DomainTask> {
         vec![DomainTask {
             name: "the erasure task",

@@ -258,11 +258,15 @@ pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCerti
             crate::SPEC.name
         ));
     }
+    for shred in &e.shreds {
+        shreds.push(shred.clone());
+    }
     for service in ["consent", "subject-requests", "disclosure-log"] {
-        missing.push(format!(
-            "{service} does not yet act on subject.erased: its copy of the subject's key is not \
-             shredded by this erasure"
-        ));
+        if !e.shreds.iter().any(|s| s.service == service) {
+            missing.push(format!(
+                "{service} has not reported shredding the subject's key (subject.shredded)"
+            ));
+        }
     }
     let mut kept = e.stays.clone();
     for o in e.orders.iter().filter(|o| o.kept) {

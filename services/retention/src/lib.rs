@@ -40,7 +40,9 @@ pub mod events {
     pub const ERASURE_ORDERED: &str = <ErasureOrdered as DomainBody>::EVENT_TYPE;
     pub const ERASURE_ESCALATED: &str = <ErasureEscalated as DomainBody>::EVENT_TYPE;
     pub const SUBJECT_ERASED: &str = <SubjectErased as DomainBody>::EVENT_TYPE;
+    /// Emitted by every service through the kit (publisher `*`): not in [`ALL`].
     pub const SUBJECT_SHREDDED: &str = <SubjectShredded as DomainBody>::EVENT_TYPE;
+    pub const SHRED_CONFIRMED: &str = <ErasureShredConfirmed as DomainBody>::EVENT_TYPE;
 
     pub const ALL: &[&str] = &[
         HOLD_PLACED,
@@ -49,7 +51,7 @@ pub mod events {
         ERASURE_ORDERED,
         ERASURE_ESCALATED,
         SUBJECT_ERASED,
-        SUBJECT_SHREDDED,
+        SHRED_CONFIRMED,
     ];
 }
 

@@ -85,7 +85,7 @@ impl Projection for InventoryView {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -212,6 +212,15 @@ impl Projection for InventoryView {
                     Self::erasure(view, tenant, &b.erasure_id, |er| {
                         er.erased_at = env.occurred_at;
                         er.erased_seq = event.seq;
+                    })
+                }
+                events::SHRED_CONFIRMED => {
+                    let b: ErasureShredConfirmed = decode_body(event, &env.event_type, &d.body)?;
+                    let Some(shred) = b.shred else { return Ok(()) };
+                    Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        if !er.shreds.iter().any(|s| s.service == shred.service) {
+                            er.shreds.push(shred);
+                        }
                     })
                 }
                 events::SUBJECT_SHREDDED => {

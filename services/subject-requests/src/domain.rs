@@ -271,7 +271,8 @@ impl RequestsDomain {
 
     fn check_step(&self, tenant: &Tenant, env: &Envelope, body: &[u8]) -> Result<(), Rejection> {
         let t = env.event_type.as_str();
-        if t == events::OPENED {
+        // `request.opened` is implied, never stepped; events of the kit (a shred) are no step.
+        if t == events::OPENED || !events::ALL.contains(&t) {
             return Ok(());
         }
         let id = request_id_of(t, body).ok_or_else(|| {
