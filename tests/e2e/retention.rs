@@ -617,10 +617,13 @@ async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
     svc.stop().await;
 }
 
-/// Erasure across the four services: retention's `subject.erased` makes consent,
-/// subject-requests and disclosure-log each shred the subject's key and say so; retention
-/// collects their `subject.shredded` into the certificate (four shreds, nothing missing);
-/// consent's receipt then shows the evidence as erased, and every chain still verifies.
+/// Erasure across the four services, from the subject's request: subject-requests hands it to
+/// retention, which plans it (billing data stays under its legal duty) and orders the system;
+/// once it answered, retention's `subject.erased` makes consent, subject-requests and
+/// disclosure-log each shred the subject's key and say so, retention collects their
+/// `subject.shredded` into the certificate (four shreds, nothing missing), and the request is
+/// partially completed naming what was kept and why. Consent's receipt then shows the evidence
+/// as erased, and every chain still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
@@ -657,21 +660,28 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
         ),
     )
     .await;
-    publish_acked(
-        &js,
-        &event(
+    for env in [
+        event(
             s,
             "2026-11-20",
             collected("contact", "accounts", "provide_service"),
         ),
-    )
-    .await;
+        event(
+            s,
+            "2026-11-20",
+            collected("billing", "billing", "provide_service"),
+        ),
+    ] {
+        publish_acked(&js, &env).await;
+    }
     let channel = tonic::transport::Endpoint::from_shared(requests.url())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)))
+    let mut r =
+        SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)));
+    let request = r
         .open_request(OpenRequestRequest {
             tenant: TENANT.into(),
             subject_id: s.into(),
@@ -681,8 +691,11 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
             ..Default::default()
         })
         .await
+        .unwrap()
+        .into_inner()
+        .request
         .unwrap();
-    for (svc, head) in [(&consent, 2), (&disclosures, 1), (&retention, 1)] {
+    for (svc, head) in [(&consent, 2), (&disclosures, 1), (&retention, 2)] {
         let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
         wait_for_head(&mut audit, head, Duration::from_secs(20)).await;
     }
@@ -696,22 +709,30 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
             .unwrap()
     );
 
-    // The erasure: one order, answered; then every service shreds.
+    // The request is verified and started: retention takes the hand-off and orders the erasure.
+    let (tenant, request_id) = (TENANT.to_owned(), request.request_id.clone());
+    r.verify_identity(VerifyIdentityRequest {
+        tenant: tenant.clone(),
+        request_id: request_id.clone(),
+        method: "account_login".into(),
+    })
+    .await
+    .unwrap();
+    r.start_request(StartRequestRequest {
+        tenant: tenant.clone(),
+        request_id: request_id.clone(),
+    })
+    .await
+    .unwrap();
     let mut c = client(&retention.url(), OPERATOR_TOKEN).await;
-    let id = c
-        .plan_erasure(PlanErasureRequest {
-            tenant: TENANT.into(),
-            subject_id: s.into(),
-            reason: "subject_request".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap()
-        .erasure_id;
-    let order = out_orders(&js, "privacy.out.vn-apihub.accounts.erase", 1).await;
+    let order = out_orders(&js, "privacy.out.vn-apihub.*.erase", 1).await;
+    assert_eq!(
+        order.len(),
+        1,
+        "billing stays: only the accounts system is ordered"
+    );
+    assert_eq!(order[0].request_id, request_id);
+    let id = order[0].order_id.split(':').next().unwrap().to_owned();
     publish_acked(&js, &answer(&order[0], "accounts", "")).await;
     let mut seen = 0;
     let done = loop {
@@ -737,6 +758,36 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
         .into_inner();
     assert_eq!(cert.shreds.len(), 4);
     assert!(cert.missing.is_empty(), "{:?}", cert.missing);
+
+    // The request completed, naming what was kept and why.
+    let mut seen = 0;
+    let done = loop {
+        let got = r
+            .get_request(GetRequestRequest {
+                tenant: tenant.clone(),
+                request_id: request_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .request
+            .unwrap();
+        if got.state() != RequestState::InProgress {
+            break got;
+        }
+        seen += 1;
+        assert!(seen < 800, "the request never completed");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(done.state(), RequestState::PartiallyCompleted);
+    assert_eq!(
+        done.parts_not_done,
+        [PartNotDone {
+            part: "erase:billing:billing".into(),
+            reason: "legal_obligation".into()
+        }]
+    );
+    assert!(done.waiting_on.is_empty());
     for svc in [&consent, &requests, &disclosures, &retention] {
         assert!(!svc.service.context.vault.has_live_key(TENANT, s).unwrap());
         let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;

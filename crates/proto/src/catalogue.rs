@@ -363,13 +363,16 @@ pub const ANY_SERVICE: &str = "*";
 
 /// The domain events a service takes from other services (from `<prefix>.evt.`): (event,
 /// consumers). `subject.erased` makes every other service shred the subject's key and say so
-/// with `subject.shredded`, which retention collects for the erasure's certificate.
+/// with `subject.shredded`, which retention collects for the erasure's certificate;
+/// subject-requests also completes the request the erasure served. `request.erasure_requested`
+/// makes retention plan and order the erasure.
 pub const CROSS_SERVICE: &[(&str, &[&str])] = &[
     (
         "subject.erased",
         &["consent", "subject-requests", "disclosure-log"],
     ),
     ("subject.shredded", &["retention"]),
+    ("request.erasure_requested", &["retention"]),
 ];
 
 /// The `<prefix>.evt.` filters (after the prefix) of the domain events `service` takes from

@@ -1,7 +1,7 @@
-//! How a service takes other services' domain events (the bus's [`Reaction`]): `subject.erased`
-//! is the kit's own business in every service — shred the subject's data key in this service's
-//! vault, make it durable, and record `subject.shredded` (keyed by the erasure, so once) — and
-//! anything else the catalogue routes to the service goes to its domain
+//! How a service takes other services' domain events (the bus's [`Reaction`]): on
+//! `subject.erased` the kit, in every service, shreds the subject's data key in this service's
+//! vault, makes it durable, and records `subject.shredded` (keyed by the erasure, so once);
+//! then every event the catalogue routes to the service (that one too) goes to its domain
 //! ([`DomainService::react`]).
 
 use std::sync::Arc;
@@ -27,7 +27,7 @@ impl Reaction for KitReaction {
     fn react(&self, envelope: Envelope, seq: Option<u64>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             if envelope.event_type == SubjectErased::EVENT_TYPE {
-                return shred(&self.ctx, &envelope).await;
+                shred(&self.ctx, &envelope).await?;
             }
             self.domain.react(&self.ctx, envelope, seq).await
         })

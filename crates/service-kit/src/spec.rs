@@ -68,8 +68,8 @@ pub trait DomainService: Send + Sync + 'static {
     }
 
     /// Acts on another service's domain event the catalogue routes here
-    /// (`privacy_proto::catalogue::CROSS_SERVICE`), other than `subject.erased`, which the kit
-    /// handles for every service. `seq` is its position in the publisher's log. The event is
+    /// (`privacy_proto::catalogue::CROSS_SERVICE`); on `subject.erased` the kit has shredded the
+    /// subject's key here first. `seq` is its position in the publisher's log. The event is
     /// acked once this succeeds and redelivered otherwise: record effects as keyed events.
     fn react(
         &self,

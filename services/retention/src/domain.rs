@@ -55,6 +55,17 @@ impl RetentionDomain {
         }
     }
 
+    /// The tenant's schedules, or FAILED_PRECONDITION saying why they cannot be used.
+    pub fn tenant_schedules(&self, tenant: &str) -> Result<&[Schedule], tonic::Status> {
+        match self.schedules.get(tenant) {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(tonic::Status::failed_precondition(format!(
+                "the tenant file's retention schedules cannot be used: {e}"
+            ))),
+            None => Ok(&[]),
+        }
+    }
+
     fn check_domain(&self, tenant: &Tenant, env: &Envelope, body: &[u8]) -> Result<(), Rejection> {
         let malformed = || {
             Rejection::new(
@@ -147,6 +158,45 @@ impl RetentionDomain {
     }
 }
 
+/// The hand-off of an erasure request from subject-requests.
+const REQUEST_ERASURE_REQUESTED: &str =
+    <RequestErasureRequested as privacy_proto::DomainBody>::EVENT_TYPE;
+
+impl RetentionDomain {
+    /// Plans and orders the erasure a subject request asks for, once per request.
+    async fn erasure_requested(
+        &self,
+        ctx: &ServiceContext,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let asked = RequestErasureRequested::decode(body).map_err(|e| e.to_string())?;
+        let key = format!("{}/erasure", asked.request_id);
+        let known = ctx
+            .store
+            .lookup(&envelope.tenant, &key)
+            .map_err(|e| e.to_string())?;
+        if known.is_some() {
+            return Ok(());
+        }
+        crate::erasure::record_plan(
+            ctx,
+            self,
+            crate::erasure::PlanRequest {
+                tenant: &envelope.tenant,
+                subject_id: &envelope.subject_id,
+                reason: "subject_request",
+                request_id: &asked.request_id,
+                dry_run: false,
+                key: Some(key),
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_owned())
+    }
+}
+
 impl DomainService for RetentionDomain {
     fn check(&self, tenant: &Tenant, envelope: &Envelope) -> Result<(), Rejection> {
         match &envelope.payload {
@@ -184,17 +234,21 @@ impl DomainService for RetentionDomain {
     }
 
     /// Another service's `subject.shredded`: recorded against its erasure, for the certificate.
+    /// A subject request's `request.erasure_requested`: the erasure planned and ordered.
     fn react(
         &self,
         ctx: &ServiceContext,
         envelope: Envelope,
         seq: Option<u64>,
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
-        let ctx = ctx.clone();
+        let (ctx, this) = (ctx.clone(), self.clone());
         Box::pin(async move {
             let Some(Payload::DomainEvent(d)) = &envelope.payload else {
                 return Ok(());
             };
+            if envelope.event_type == REQUEST_ERASURE_REQUESTED {
+                return this.erasure_requested(&ctx, &envelope, &d.body).await;
+            }
             if envelope.event_type != events::SUBJECT_SHREDDED {
                 return Ok(());
             }

@@ -76,6 +76,76 @@ pub fn plan(
     (goes, stays)
 }
 
+/// What to plan an erasure for.
+pub struct PlanRequest<'a> {
+    pub tenant: &'a str,
+    pub subject_id: &'a str,
+    /// A code: `subject_request`, `operator`, `schedule`, `child_flagged`.
+    pub reason: &'a str,
+    pub request_id: &'a str,
+    pub dry_run: bool,
+    /// The event id of `erasure.planned` when it must exist once (a request's hand-off).
+    pub key: Option<String>,
+}
+
+/// Plans the subject's erasure as of now and, unless a dry run, records `erasure.planned` (its
+/// orders in the same commit); answers the erasure and the log position (0 for a dry run).
+pub async fn record_plan(
+    ctx: &ServiceContext,
+    domain: &RetentionDomain,
+    req: PlanRequest<'_>,
+) -> Result<(Erasure, u64), tonic::Status> {
+    use privacy_service_kit::{check_code, rejection_status};
+    ctx.tenant(req.tenant)?;
+    privacy_proto::validate::check_subject_id(req.subject_id, &ctx.limits)
+        .map_err(rejection_status)?;
+    check_code("reason", req.reason, true).map_err(rejection_status)?;
+    check_code("request_id", req.request_id, false).map_err(rejection_status)?;
+    let status = privacy_service_kit::audit::status_of;
+    let schedules = domain.tenant_schedules(req.tenant)?.to_vec();
+    let reader = &domain.reader;
+    let _step = domain.steps.lock().await;
+    let holdings = reader
+        .holdings(req.tenant, req.subject_id)
+        .map_err(status)?;
+    let deactivated = reader
+        .deactivated_at(req.tenant, req.subject_id)
+        .map_err(status)?;
+    let holds = reader.holds(req.tenant).map_err(status)?;
+    let now = now_micros();
+    let (goes, stays) = plan(&schedules, &holdings, &holds, deactivated, now);
+    let erasure = Erasure {
+        erasure_id: uuid::Uuid::now_v7().to_string(),
+        subject_id: req.subject_id.to_owned(),
+        reason: req.reason.to_owned(),
+        request_id: req.request_id.to_owned(),
+        goes,
+        stays,
+        planned_at: Some(timestamp(now)),
+        ..Default::default()
+    };
+    if req.dry_run {
+        return Ok((erasure, 0));
+    }
+    let id = erasure.erasure_id.clone();
+    let recorded = ctx
+        .emit(Emit {
+            tenant: req.tenant.to_owned(),
+            subject_id: req.subject_id.to_owned(),
+            body: ErasurePlanned {
+                erasure: Some(erasure),
+            },
+            stream: StreamKey::Subject,
+            event_id: req.key,
+        })
+        .await?;
+    let stored = reader
+        .erasure(req.tenant, &id)
+        .map_err(status)?
+        .ok_or_else(|| tonic::Status::internal("the planned erasure is not in the view"))?;
+    Ok((stored, recorded.position.seq))
+}
+
 /// One erase order per system the plan erases from, its categories grouped.
 pub fn orders(tenant: &Tenant, erasure: &Erasure, issued_at: i64) -> Vec<ErasureOrdered> {
     let mut systems: Vec<&str> = erasure.goes.iter().map(|i| i.system.as_str()).collect();
@@ -190,6 +260,8 @@ pub async fn settle(
             }
             let body = SubjectErased {
                 erasure_id: id.clone(),
+                request_id: e.request_id.clone(),
+                kept: kept(&e),
             };
             ctx.emit(keyed(&tenant, subject, format!("{id}/erased"), body))
                 .await
@@ -236,6 +308,24 @@ pub async fn run(
     }
 }
 
+/// What an erasure kept and why: the plan's stays and what systems kept.
+pub fn kept(e: &Erasure) -> Vec<PlannedItem> {
+    let mut kept = e.stays.clone();
+    for o in e.orders.iter().filter(|o| o.kept) {
+        kept.push(PlannedItem {
+            system: o.system.clone(),
+            category: o.categories.join(" "),
+            reason: "kept_by_system".into(),
+            citation: format!(
+                "the system's kept_reason, sealed in event {}",
+                o.confirmation_seq
+            ),
+            until: None,
+        });
+    }
+    kept
+}
+
 /// The certificate of an erasure, as the view shows it now.
 pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCertificate {
     let mut missing = Vec::new();
@@ -268,19 +358,6 @@ pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCerti
             ));
         }
     }
-    let mut kept = e.stays.clone();
-    for o in e.orders.iter().filter(|o| o.kept) {
-        kept.push(PlannedItem {
-            system: o.system.clone(),
-            category: o.categories.join(" "),
-            reason: "kept_by_system".into(),
-            citation: format!(
-                "the system's kept_reason, sealed in event {}",
-                o.confirmation_seq
-            ),
-            until: None,
-        });
-    }
     ErasureCertificate {
         tenant: tenant.into(),
         erasure_id: e.erasure_id.clone(),
@@ -288,7 +365,7 @@ pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCerti
         planned_at: e.planned_at,
         erased_at: e.erased_at,
         confirmations: e.orders.clone(),
-        kept,
+        kept: kept(e),
         shreds,
         missing,
         log_position,

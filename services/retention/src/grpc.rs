@@ -46,13 +46,7 @@ const MAX_LIST: usize = 1000;
 
 impl RetentionApi {
     fn schedules(&self, tenant: &str) -> Result<&[Schedule], Status> {
-        match self.domain.schedules.get(tenant) {
-            Some(Ok(s)) => Ok(s),
-            Some(Err(e)) => Err(Status::failed_precondition(format!(
-                "the tenant file's retention schedules cannot be used: {e}"
-            ))),
-            None => Ok(&[]),
-        }
+        self.domain.tenant_schedules(tenant)
     }
 
     /// Fills a holding's schedule, due instant and live holds.
@@ -279,55 +273,22 @@ impl RetentionService for RetentionApi {
     ) -> Result<Response<ErasureResponse>, Status> {
         require(&request, &[Role::Operator])?;
         let req = request.into_inner();
-        self.ctx.tenant(&req.tenant)?;
-        privacy_proto::validate::check_subject_id(&req.subject_id, &self.ctx.limits)
-            .map_err(rejection_status)?;
-        check_code("reason", &req.reason, true).map_err(rejection_status)?;
-        check_code("request_id", &req.request_id, false).map_err(rejection_status)?;
-        let schedules = self.schedules(&req.tenant)?.to_vec();
-        let reader = &self.domain.reader;
-        let _step = self.domain.steps.lock().await;
-        let holdings = reader
-            .holdings(&req.tenant, &req.subject_id)
-            .map_err(status_of)?;
-        let deactivated = reader
-            .deactivated_at(&req.tenant, &req.subject_id)
-            .map_err(status_of)?;
-        let holds = self.holds(&req.tenant)?;
-        let now = privacy_vocab::time::now_micros();
-        let (goes, stays) = crate::erasure::plan(&schedules, &holdings, &holds, deactivated, now);
-        let erasure = Erasure {
-            erasure_id: uuid::Uuid::now_v7().to_string(),
-            subject_id: req.subject_id.clone(),
-            reason: req.reason,
-            request_id: req.request_id,
-            goes,
-            stays,
-            planned_at: Some(timestamp(now)),
-            ..Default::default()
-        };
-        if req.dry_run {
-            return Ok(Response::new(ErasureResponse {
-                erasure: Some(erasure),
-                seq: 0,
-            }));
-        }
-        let id = erasure.erasure_id.clone();
-        let recorded = self
-            .ctx
-            .emit(Emit {
-                tenant: req.tenant.clone(),
-                subject_id: req.subject_id,
-                body: ErasurePlanned {
-                    erasure: Some(erasure),
-                },
-                stream: StreamKey::Subject,
-                event_id: None,
-            })
-            .await?;
+        let (erasure, seq) = crate::erasure::record_plan(
+            &self.ctx,
+            &self.domain,
+            crate::erasure::PlanRequest {
+                tenant: &req.tenant,
+                subject_id: &req.subject_id,
+                reason: &req.reason,
+                request_id: &req.request_id,
+                dry_run: req.dry_run,
+                key: None,
+            },
+        )
+        .await?;
         Ok(Response::new(ErasureResponse {
-            erasure: reader.erasure(&req.tenant, &id).map_err(status_of)?,
-            seq: recorded.position.seq,
+            erasure: Some(erasure),
+            seq,
         }))
     }
 

@@ -10,9 +10,12 @@
 //!   `subject.shredded`) and certificates;
 //! - [`grpc`]: the `RetentionService` handlers.
 //!
-//! Not yet (the rest of issue #11): shredding in the other services on `subject.erased`,
-//! anonymisation, `PutSchedule`, and taking other services'
-//! events (an erasure request, a withdrawal, a child flagged).
+//! Other services' events it takes (`CROSS_SERVICE`): a subject request's
+//! `request.erasure_requested` (plans and orders the erasure) and every service's
+//! `subject.shredded` (for the certificate).
+//!
+//! Not yet (the rest of issue #11): anonymisation, `PutSchedule`, and the consent withdrawals
+//! and child flags that should trigger schedules and erasures.
 
 #![forbid(unsafe_code)]
 

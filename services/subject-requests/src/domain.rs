@@ -3,8 +3,9 @@
 //! the `request.opened` (with its deadlines) of a `request.received` when the clock starts at
 //! receipt; the orders a started rectification, restriction or deactivation sends to each of
 //! the tenant's systems (`request.order_issued`, also published on `privacy.out`); the hand-off
-//! of a started erasure to retention (`request.erasure_requested`). A system's
-//! `order.confirmed` must name an order of this service, sent to that system, not yet answered.
+//! of a started erasure to retention (`request.erasure_requested`), whose `subject.erased`
+//! completes the request ([`RequestsDomain`]'s `react`). A system's `order.confirmed` must name
+//! an order of this service, sent to that system, not yet answered.
 //!
 //! Steps are decided one at a time ([`RequestsDomain::steps`] is held from the check to the
 //! append), so two operators cannot both move a request out of the same state.
@@ -377,6 +378,59 @@ impl DomainService for RequestsDomain {
 
     fn routes(&self, ctx: &ServiceContext, routes: &mut tonic::service::RoutesBuilder) {
         crate::grpc::add_routes(ctx, self.clone(), routes);
+    }
+
+    /// Retention's `subject.erased` for an erasure a request asked for: the request completes,
+    /// partially when something was kept (each kept holding a part, with its reason).
+    fn react(
+        &self,
+        ctx: &ServiceContext,
+        envelope: Envelope,
+        _seq: Option<u64>,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let (ctx, this) = (ctx.clone(), self.clone());
+        Box::pin(async move {
+            let Some(Payload::DomainEvent(d)) = &envelope.payload else {
+                return Ok(());
+            };
+            if envelope.event_type != <SubjectErased as privacy_proto::DomainBody>::EVENT_TYPE {
+                return Ok(());
+            }
+            let erased = SubjectErased::decode(d.body.as_slice()).map_err(|e| e.to_string())?;
+            if erased.request_id.is_empty() {
+                return Ok(());
+            }
+            let _step = this.steps.lock().await;
+            let request = this
+                .reader
+                .get(&envelope.tenant, &erased.request_id)
+                .map_err(|e| e.to_string())?;
+            let Some(request) = request.filter(|r| r.state() == RequestState::InProgress) else {
+                tracing::warn!(tenant = %envelope.tenant, request = %erased.request_id, "an erasure finished for a request that is not in progress; left to the operator");
+                return Ok(());
+            };
+            let parts_not_done = erased
+                .kept
+                .iter()
+                .map(|k| PartNotDone {
+                    part: format!("erase:{}:{}", k.system, k.category.replace(' ', "+")),
+                    reason: k.reason.clone(),
+                })
+                .collect();
+            ctx.emit(privacy_service_kit::Emit {
+                tenant: envelope.tenant.clone(),
+                subject_id: request.subject_id.clone(),
+                body: RequestCompleted {
+                    request_id: request.request_id.clone(),
+                    parts_not_done,
+                },
+                stream: privacy_service_kit::StreamKey::Subject,
+                event_id: Some(format!("{}/erased", request.request_id)),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_owned())
+        })
     }
 
     fn tasks(&self, ctx: &ServiceContext, shutdown: CancellationToken) -> Vec<DomainTask> {

@@ -289,6 +289,7 @@ impl Projection for RequestsView {
                     };
                     r.state = state as i32;
                     r.parts_not_done = b.parts_not_done;
+                    r.waiting_on.clear();
                     r.closed_at = env.occurred_at;
                     r.steps.push(step(event, &env, state, ""));
                 })
