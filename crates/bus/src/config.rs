@@ -256,6 +256,33 @@ pub fn catalogue_filters(config: &BusConfig) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The durable pull consumer `name` over `filter` on `stream_name`, created if missing.
+pub(crate) async fn durable_consumer(
+    js: &jetstream::Context,
+    config: &BusConfig,
+    stream_name: &str,
+    name: &str,
+    filter: &str,
+) -> Result<jetstream::consumer::PullConsumer, BusError> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| BusError::Stream {
+            stream: stream_name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    stream
+        .get_or_create_consumer::<jetstream::consumer::pull::Config>(
+            name,
+            consumer_config(config, name, filter),
+        )
+        .await
+        .map_err(|e| BusError::Consumer {
+            consumer: name.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// The configuration of the durable pull consumer `name` over `filter`.
 pub fn consumer_config(
     config: &BusConfig,

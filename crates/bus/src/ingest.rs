@@ -121,26 +121,14 @@ impl Ingest {
     /// `shutdown` is cancelled; the batch in hand when that happens is finished first.
     pub async fn run(&self, filter: &str, shutdown: CancellationToken) -> Result<(), BusError> {
         let name = consumer_name(&self.service, &self.config.prefix, filter);
-        let stream_name = self.config.in_stream();
         let consumer_err = |reason: String| BusError::Consumer {
             consumer: name.clone(),
             reason,
         };
-        let stream = self
-            .js
-            .get_stream(&stream_name)
-            .await
-            .map_err(|e| BusError::Stream {
-                stream: stream_name.clone(),
-                reason: e.to_string(),
-            })?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer::<pull::Config>(
-                &name,
-                crate::config::consumer_config(&self.config, &name, filter),
-            )
-            .await
-            .map_err(|e| consumer_err(e.to_string()))?;
+        let stream_name = self.config.in_stream();
+        let consumer =
+            crate::config::durable_consumer(&self.js, &self.config, &stream_name, &name, filter)
+                .await?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.config.batch_size)

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use privacy_proto::v1::Envelope;
@@ -58,25 +58,12 @@ pub async fn run_reactions(
     reaction: Arc<dyn Reaction>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let stream_name = config.evt_stream();
     let consumer_err = |reason: String| BusError::Consumer {
         consumer: name.to_owned(),
         reason,
     };
-    let stream = js
-        .get_stream(&stream_name)
-        .await
-        .map_err(|e| BusError::Stream {
-            stream: stream_name.clone(),
-            reason: e.to_string(),
-        })?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer::<pull::Config>(
-            name,
-            crate::config::consumer_config(config, name, filter),
-        )
-        .await
-        .map_err(|e| consumer_err(e.to_string()))?;
+    let consumer =
+        crate::config::durable_consumer(js, config, &config.evt_stream(), name, filter).await?;
     let mut messages = consumer
         .stream()
         .heartbeat(Duration::from_secs(5))
