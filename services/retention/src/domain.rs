@@ -253,14 +253,20 @@ impl DomainService for RetentionDomain {
                 return Ok(());
             }
             let shredded = SubjectShredded::decode(d.body.as_slice()).map_err(|e| e.to_string())?;
-            if shredded.service == crate::SPEC.name {
+            // The service is the one that stored and published the event, whatever the body
+            // says; retention's own shred is in its erasure already.
+            let service = envelope.source.clone();
+            if service == crate::SPEC.name || service != shredded.service {
+                if service != shredded.service {
+                    tracing::warn!(source = %service, claimed = %shredded.service, "a subject.shredded whose body names another service; ignored");
+                }
                 return Ok(());
             }
-            let key = format!("{}/shred-{}", shredded.erasure_id, shredded.service);
+            let key = format!("{}/shred-{service}", shredded.erasure_id);
             let body = ErasureShredConfirmed {
                 erasure_id: shredded.erasure_id,
                 shred: Some(ServiceShred {
-                    service: shredded.service,
+                    service,
                     shredded_at: envelope.occurred_at,
                     seq: seq.unwrap_or_default(),
                 }),
