@@ -141,14 +141,64 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Audit = AuditServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// An AuditService client at `url` calling with `token`.
-pub async fn audit_client(url: &str, token: Option<&'static str>) -> Audit {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+/// A channel to the gRPC server at `url`.
+pub async fn connect(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
         .unwrap()
         .connect()
         .await
-        .expect("gRPC connects");
-    AuditServiceClient::with_interceptor(channel, Bearer(token))
+        .expect("gRPC connects")
+}
+
+/// An AuditService client at `url` calling with `token`.
+pub async fn audit_client(url: &str, token: Option<&'static str>) -> Audit {
+    AuditServiceClient::with_interceptor(connect(url).await, Bearer(token))
+}
+
+/// A SubjectRequestService client calling with a role's token.
+pub type Requests = privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+
+/// A SubjectRequestService client at `url` calling with `token`.
+pub async fn requests_client(url: &str, token: &'static str) -> Requests {
+    privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient::with_interceptor(
+        connect(url).await,
+        Bearer(Some(token)),
+    )
+}
+
+/// A RetentionService client calling with a role's token.
+pub type Retention = privacy_proto::v1::retention_service_client::RetentionServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+
+/// A RetentionService client at `url` calling with `token`.
+pub async fn retention_client(url: &str, token: &'static str) -> Retention {
+    privacy_proto::v1::retention_service_client::RetentionServiceClient::with_interceptor(
+        connect(url).await,
+        Bearer(Some(token)),
+    )
+}
+
+/// Calls `probe` every 25 ms until it answers `Ok` (at most 20 s), and returns that; panics
+/// with `what` and the last `Err` otherwise. For state another task reaches on its own time.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{what} within 20 s; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// A ConsentService client calling with a role's token.
@@ -158,13 +208,8 @@ pub type Consent = privacy_proto::v1::consent_service_client::ConsentServiceClie
 
 /// A ConsentService client at `url` calling with `token`.
 pub async fn consent_client(url: &str, token: &'static str) -> Consent {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .expect("gRPC connects");
     privacy_proto::v1::consent_service_client::ConsentServiceClient::with_interceptor(
-        channel,
+        connect(url).await,
         Bearer(Some(token)),
     )
 }

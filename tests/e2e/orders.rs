@@ -6,20 +6,13 @@
 //! A started erasure is handed to retention and waits. The access report names each section's
 //! service and log position, and names the services that did not answer.
 
-use std::time::{Duration, Instant};
-
 use async_nats::jetstream;
 use privacy_e2e::*;
 use privacy_proto::v1::envelope::Payload;
-use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
 use privacy_proto::v1::*;
 use privacy_subject_requests::{RequestsDomain, watch};
 use privacy_testkit::NatsServer;
 use prost::Message;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Requests = SubjectRequestServiceClient<InterceptedService<Channel, Bearer>>;
 
 const SHOP: &str = "eu-shop";
 
@@ -44,15 +37,6 @@ order_reply_hours = 24
     )
     .unwrap();
     dir
-}
-
-async fn client(url: &str) -> Requests {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)))
 }
 
 /// Opens a request of `t` for a new subject, verifies identity and starts it.
@@ -99,7 +83,7 @@ async fn get(c: &mut Requests, tenant: &str, id: &str) -> SubjectRequest {
     .unwrap()
 }
 
-/// Polls the request until `done` holds (at most 20 s).
+/// The request once `done` holds (polled, at most 20 s).
 async fn until(
     c: &mut Requests,
     tenant: &str,
@@ -107,15 +91,19 @@ async fn until(
     what: &str,
     done: impl Fn(&SubjectRequest) -> bool,
 ) -> SubjectRequest {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get(c, tenant, id).await;
-        if done(&r) {
-            return r;
+    eventually(what, || {
+        let mut c = c.clone();
+        let done = &done;
+        async move {
+            let r = get(&mut c, tenant, id).await;
+            if done(&r) {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
         }
-        assert!(Instant::now() < deadline, "{what} never happened: {r:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await
 }
 
 fn confirmation(order: &Order, system: &str, outcome: OrderOutcome, reason: &str) -> Envelope {
@@ -166,7 +154,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
         ],
     )
     .await;
-    let mut c = client(&svc.url()).await;
+    let mut c = requests_client(&svc.url(), OPERATOR_TOKEN).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
 
     // A rectification sends one order to each of the shop's two systems, on privacy.out.
@@ -341,13 +329,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
         "REQUEST_TYPE_ACCESS"
     );
     // A backend may not read it.
-    let channel = tonic::transport::Endpoint::from_shared(svc.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut backend =
-        SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(BACKEND_TOKEN)));
+    let mut backend = requests_client(&svc.url(), BACKEND_TOKEN).await;
     let denied = backend
         .get_access_report(GetAccessReportRequest {
             tenant: TENANT.into(),

@@ -8,24 +8,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use privacy_e2e::*;
-use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
 use privacy_proto::v1::*;
 use privacy_subject_requests::{RequestsDomain, watch};
 use privacy_testkit::NatsServer;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Requests = SubjectRequestServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn client(url: &str) -> Requests {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)))
-}
 
 /// Noon UTC of a date.
 fn noon(date: &str) -> prost_types::Timestamp {
@@ -78,7 +64,7 @@ async fn requests_carry_statute_and_promise_and_flag_overdue_once() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let svc = InProcess::start(privacy_subject_requests::SPEC, &nats.url(), data.path()).await;
-    let mut c = client(&svc.url()).await;
+    let mut c = requests_client(&svc.url(), OPERATOR_TOKEN).await;
 
     // VN (PDP Law 91/2025 from 2026-01-01): access in 10 days vs the promise of 30.
     let vn = open(
@@ -321,7 +307,7 @@ async fn requests_carry_statute_and_promise_and_flag_overdue_once() {
     );
 
     // On NATS exactly once: withdraw the request, wait for that step's message, then count.
-    let mut c = client(&svc.url()).await;
+    let mut c = requests_client(&svc.url(), OPERATOR_TOKEN).await;
     c.withdraw_request(WithdrawRequestRequest {
         tenant: "vn-apihub".into(),
         request_id: r.request_id.clone(),

@@ -9,23 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use privacy_e2e::*;
 use privacy_proto::v1::envelope::Payload;
-use privacy_proto::v1::retention_service_client::RetentionServiceClient;
 use privacy_proto::v1::*;
 use privacy_testkit::NatsServer;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Retention = RetentionServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn client(url: &str, token: &'static str) -> Retention {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    RetentionServiceClient::with_interceptor(channel, Bearer(Some(token)))
-}
 
 fn at(date: &str) -> prost_types::Timestamp {
     format!("{date}T12:00:00Z").parse().unwrap()
@@ -94,7 +80,7 @@ async fn holdings_fall_due_under_their_schedule_and_holds_keep_them() {
     let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
     wait_for_head(&mut audit, 5, Duration::from_secs(20)).await;
 
-    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    let mut c = retention_client(&svc.url(), OPERATOR_TOKEN).await;
     let holdings = c
         .get_subject_holdings(GetSubjectHoldingsRequest {
             tenant: TENANT.into(),
@@ -222,7 +208,7 @@ async fn holdings_fall_due_under_their_schedule_and_holds_keep_them() {
         .into_inner()
         .holds;
     assert_eq!(holds.len(), 1);
-    let mut backend = client(&svc.url(), BACKEND_TOKEN).await;
+    let mut backend = retention_client(&svc.url(), BACKEND_TOKEN).await;
     let denied = backend
         .list_legal_holds(ListLegalHoldsRequest {
             tenant: TENANT.into(),
@@ -282,6 +268,41 @@ async fn holdings_fall_due_under_their_schedule_and_holds_keep_them() {
 
     requests.stop().await;
     svc.stop().await;
+}
+
+/// The erasure once `done` holds (polled, at most 20 s); NOT_FOUND counts as not yet (a plan a
+/// reaction recorded can reach NATS before the views fold it).
+async fn erasure_when(
+    c: &Retention,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Erasure) -> bool,
+) -> Erasure {
+    eventually(what, || {
+        let mut c = c.clone();
+        let done = &done;
+        async move {
+            let asked = c
+                .get_erasure(GetErasureRequest {
+                    tenant: TENANT.into(),
+                    erasure_id: id.into(),
+                })
+                .await;
+            match asked {
+                Ok(r) => {
+                    let e = r.into_inner().erasure.unwrap();
+                    if done(&e) {
+                        Ok(e)
+                    } else {
+                        Err(format!("{e:?}"))
+                    }
+                }
+                Err(s) if s.code() == Code::NotFound => Err(s.to_string()),
+                Err(s) => panic!("{s}"),
+            }
+        }
+    })
+    .await
 }
 
 async fn erasure(c: &mut Retention, id: &str) -> Erasure {
@@ -368,7 +389,7 @@ async fn an_erasure_orders_the_systems_and_ends_in_a_certificate() {
     }
     let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
     wait_for_head(&mut audit, 4, Duration::from_secs(20)).await;
-    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    let mut c = retention_client(&svc.url(), OPERATOR_TOKEN).await;
     c.place_legal_hold(PlaceLegalHoldRequest {
         tenant: TENANT.into(),
         system: "gateway".into(),
@@ -433,17 +454,10 @@ async fn an_erasure_orders_the_systems_and_ends_in_a_certificate() {
     // The accounts system answers; a wrong system's answer to the mailer's order is refused.
     publish_acked(&js, &answer(&order("accounts"), "accounts", "")).await;
     publish_acked(&js, &answer(&order("mailer"), "billing", "")).await;
-    let mut seen = 0;
-    while erasure(&mut c, &id)
-        .await
-        .orders
-        .iter()
-        .all(|o| !o.answered)
-    {
-        seen += 1;
-        assert!(seen < 800, "the accounts answer never folded");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    erasure_when(&c, &id, "the accounts answer folded", |e| {
+        e.orders.iter().any(|o| o.answered)
+    })
+    .await;
 
     // Both refusals are dead-lettered naming the field: the wrong system, and an unknown order.
     let mut unknown = order("accounts");
@@ -457,18 +471,9 @@ async fn an_erasure_orders_the_systems_and_ends_in_a_certificate() {
     // A restart between the answers; then the mailer keeps part of it, with a reason.
     svc.stop().await;
     let svc = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
-    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    let mut c = retention_client(&svc.url(), OPERATOR_TOKEN).await;
     publish_acked(&js, &answer(&order("mailer"), "mailer", "tax law, 5 years")).await;
-    let mut seen = 0;
-    let done = loop {
-        let e = erasure(&mut c, &id).await;
-        if e.shredded_at.is_some() {
-            break e;
-        }
-        seen += 1;
-        assert!(seen < 800, "the erasure never finished: {e:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let done = erasure_when(&c, &id, "the erasure finished", |e| e.shredded_at.is_some()).await;
     assert!(done.erased_at.is_some() && done.erased_seq < done.shredded_seq);
     let ctx = &svc.service.context;
     assert!(
@@ -545,7 +550,7 @@ async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
     .await;
     let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
     wait_for_head(&mut audit, 1, Duration::from_secs(20)).await;
-    let mut c = client(&svc.url(), OPERATOR_TOKEN).await;
+    let mut c = retention_client(&svc.url(), OPERATOR_TOKEN).await;
     let id = c
         .plan_erasure(PlanErasureRequest {
             tenant: TENANT.into(),
@@ -608,12 +613,7 @@ async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
 
     // The answer comes after all: the erasure finishes.
     publish_acked(&js, &answer(&first[0], "accounts", "")).await;
-    let mut seen = 0;
-    while erasure(&mut c, &id).await.shredded_at.is_none() {
-        seen += 1;
-        assert!(seen < 800, "the erasure never finished");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    erasure_when(&c, &id, "the erasure finished", |e| e.shredded_at.is_some()).await;
     svc.stop().await;
 }
 
@@ -626,8 +626,6 @@ async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
 /// as erased, and every chain still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
-    use privacy_proto::v1::subject_request_service_client::SubjectRequestServiceClient;
-
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
@@ -674,13 +672,7 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     ] {
         publish_acked(&js, &env).await;
     }
-    let channel = tonic::transport::Endpoint::from_shared(requests.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut r =
-        SubjectRequestServiceClient::with_interceptor(channel, Bearer(Some(OPERATOR_TOKEN)));
+    let mut r = requests_client(&requests.url(), OPERATOR_TOKEN).await;
     let request = r
         .open_request(OpenRequestRequest {
             tenant: TENANT.into(),
@@ -724,7 +716,7 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     })
     .await
     .unwrap();
-    let mut c = client(&retention.url(), OPERATOR_TOKEN).await;
+    let mut c = retention_client(&retention.url(), OPERATOR_TOKEN).await;
     let order = out_orders(&js, "privacy.out.vn-apihub.*.erase", 1).await;
     assert_eq!(
         order.len(),
@@ -734,27 +726,10 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     assert_eq!(order[0].request_id, request_id);
     let id = order[0].order_id.split(':').next().unwrap().to_owned();
     publish_acked(&js, &answer(&order[0], "accounts", "")).await;
-    let mut seen = 0;
-    let done = loop {
-        // The order can reach NATS before retention's views folded the plan that sent it.
-        let asked = c
-            .get_erasure(GetErasureRequest {
-                tenant: TENANT.into(),
-                erasure_id: id.clone(),
-            })
-            .await;
-        let e = match asked {
-            Ok(r) => r.into_inner().erasure.unwrap(),
-            Err(s) if s.code() == Code::NotFound => Erasure::default(),
-            Err(s) => panic!("{s}"),
-        };
-        if e.shredded_at.is_some() && e.shreds.len() == 3 {
-            break e;
-        }
-        seen += 1;
-        assert!(seen < 800, "not every service reported its shred: {e:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let done = erasure_when(&c, &id, "every service reported its shred", |e| {
+        e.shredded_at.is_some() && e.shreds.len() == 3
+    })
+    .await;
     let mut services: Vec<&str> = done.shreds.iter().map(|s| s.service.as_str()).collect();
     services.sort();
     assert_eq!(services, ["consent", "disclosure-log", "subject-requests"]);
@@ -771,25 +746,25 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     assert!(cert.missing.is_empty(), "{:?}", cert.missing);
 
     // The request completed, naming what was kept and why.
-    let mut seen = 0;
-    let done = loop {
-        let got = r
-            .get_request(GetRequestRequest {
-                tenant: tenant.clone(),
-                request_id: request_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .request
-            .unwrap();
-        if got.state() != RequestState::InProgress {
-            break got;
+    let done = eventually("the request completed", || {
+        let mut r = r.clone();
+        let request_id = request_id.clone();
+        let tenant = tenant.clone();
+        async move {
+            let got = r
+                .get_request(GetRequestRequest { tenant, request_id })
+                .await
+                .unwrap()
+                .into_inner()
+                .request
+                .unwrap();
+            match got.state() {
+                RequestState::InProgress => Err(format!("{got:?}")),
+                _ => Ok(got),
+            }
         }
-        seen += 1;
-        assert!(seen < 800, "the request never completed");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
     assert_eq!(done.state(), RequestState::PartiallyCompleted);
     assert_eq!(
         done.parts_not_done,
