@@ -143,6 +143,14 @@ async fn each_service_stores_exactly_its_own_events_once() {
             "request.received" => Some(("subject-requests", "opened")),
             _ => None,
         };
+        // Consent publishes a withdrawal it stored; retention records it as a trigger (by
+        // reacting, not from PRIVACY_IN).
+        if env.event_type == "consent.withdrawn" {
+            expected
+                .entry("retention")
+                .or_default()
+                .insert(format!("consent-withdrawn/{}", env.event_id));
+        }
         if let Some((service, suffix)) = implied {
             expected
                 .entry(service)
@@ -198,8 +206,9 @@ async fn each_service_stores_exactly_its_own_events_once() {
             "{name}"
         );
         let [accepted, duplicates, rejected, _] = service.service.stats.snapshot();
-        // Stored from NATS, with the events they imply (all but the policy version).
-        let from_nats = want.len() as u64 - u64::from(*name == "consent");
+        // Stored from NATS, with the events they imply (all but the policy version and
+        // retention's trigger).
+        let from_nats = want.len() as u64 - u64::from(*name == "consent" || *name == "retention");
         assert_eq!((accepted, rejected), (from_nats, 0), "{name}");
         // Each published event was sent twice.
         let published = events.iter().filter(|(_, o)| o.contains(name)).count() as u64;

@@ -17,6 +17,7 @@ mod outbox;
 mod rebuild;
 mod requests;
 mod retention;
+mod schedules;
 mod tamper;
 mod tenants;
 mod tidy;

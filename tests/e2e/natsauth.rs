@@ -176,7 +176,9 @@ fn the_example_nats_authorization_is_what_the_generator_writes() {
 # environment (unquoted $NAME values are read from it), and give each service its user:
 #   PRIVACY_NATS_USER=consent PRIVACY_NATS_PASSWORD=<password>
 # Add one backend user per backend system with the tenants it publishes for.
-# The PRIVACY_OUT stream (privacy.out.>) has no publisher yet; grant it when one exists.
+# Services that send orders (subject-requests, retention) may publish on privacy.out.>; a
+# backend that takes its orders needs a consumer on PRIVACY_OUT for privacy.out.<tenant>.<system>.>
+# (not generated here).
 
 ";
     let services: Vec<(&str, String)> = SERVICES

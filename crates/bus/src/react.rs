@@ -36,7 +36,7 @@ pub fn reaction_consumer_name(service: &str, event: &str) -> String {
 /// Every (service, consumer name, full subject filter) the catalogue's reactions need.
 pub fn reaction_consumers(config: &BusConfig) -> Vec<(&'static str, String, String)> {
     let mut out = Vec::new();
-    for (_, consumers) in privacy_proto::catalogue::CROSS_SERVICE {
+    for (_, _, consumers) in privacy_proto::catalogue::CROSS_SERVICE {
         for service in *consumers {
             for (event, tail) in privacy_proto::catalogue::cross_service_filters(service) {
                 let name = reaction_consumer_name(service, event);

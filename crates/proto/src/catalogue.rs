@@ -354,6 +354,9 @@ catalogue! {
         SubjectErased = "subject.erased", publisher "retention", personal [];
         SubjectShredded = "subject.shredded", publisher "*", personal [];
         ErasureShredConfirmed = "erasure.shred_confirmed", publisher "retention", personal [];
+        ErasureCompleted = "erasure.completed", publisher "retention", personal [];
+        TriggerObserved = "trigger.observed", publisher "retention", personal [];
+        SchedulePut = "schedule.put", publisher "retention", personal [];
     }
 }
 
@@ -361,35 +364,38 @@ catalogue! {
 /// a subject's key), not one service's.
 pub const ANY_SERVICE: &str = "*";
 
-/// The domain events a service takes from other services (from `<prefix>.evt.`): (event,
-/// consumers). `subject.erased` makes every other service shred the subject's key and say so
-/// with `subject.shredded`, which retention collects for the erasure's certificate;
-/// subject-requests also completes the request the erasure served. `request.erasure_requested`
-/// makes retention plan and order the erasure.
-pub const CROSS_SERVICE: &[(&str, &[&str])] = &[
+/// The events a service takes from other services (from `<prefix>.evt.`): (event, publisher,
+/// consumers). Mostly domain events (their publisher is the catalogue's); a user event a service
+/// stored after its checks and re-publishes (consent's `consent.withdrawn`) names that service.
+///
+/// `subject.erased` makes every other service shred the subject's key and say so with
+/// `subject.shredded`, which retention collects for the erasure's certificate; subject-requests
+/// also completes the request the erasure served. `request.erasure_requested` and
+/// `subject.child_flagged` make retention plan and order an erasure; `consent.withdrawn` starts
+/// the schedules that count from a withdrawal.
+pub const CROSS_SERVICE: &[(&str, &str, &[&str])] = &[
     (
         "subject.erased",
+        "retention",
         &["consent", "subject-requests", "disclosure-log"],
     ),
-    ("subject.shredded", &["retention"]),
-    ("request.erasure_requested", &["retention"]),
+    ("subject.shredded", ANY_SERVICE, &["retention"]),
+    (
+        "request.erasure_requested",
+        "subject-requests",
+        &["retention"],
+    ),
+    ("subject.child_flagged", "consent", &["retention"]),
+    ("consent.withdrawn", "consent", &["retention"]),
 ];
 
-/// The `<prefix>.evt.` filters (after the prefix) of the domain events `service` takes from
-/// other services: `evt.<publisher or *>.*.<event>`.
+/// The `<prefix>.evt.` filters (after the prefix) of the events `service` takes from other
+/// services: `evt.<publisher or *>.*.<event>`.
 pub fn cross_service_filters(service: &str) -> Vec<(&'static str, String)> {
     CROSS_SERVICE
         .iter()
-        .filter(|(_, consumers)| consumers.contains(&service))
-        .filter_map(|(event, _)| {
-            let d = domain_event(event)?;
-            let publisher = if d.publisher == ANY_SERVICE {
-                "*"
-            } else {
-                d.publisher
-            };
-            Some((d.name, format!("evt.{publisher}.*.{}", d.name)))
-        })
+        .filter(|(_, _, consumers)| consumers.contains(&service))
+        .map(|(event, publisher, _)| (*event, format!("evt.{publisher}.*.{event}")))
         .collect()
 }
 
@@ -398,7 +404,14 @@ pub fn cross_service_filters(service: &str) -> Vec<(&'static str, String)> {
 pub const ORDER_EVENTS: &[&str] = &["request.order_issued", "erasure.ordered"];
 
 /// The actions an order may name (the last token of its `privacy.out` subject).
-pub const ORDER_ACTIONS: &[&str] = &["rectify", "restrict", "deactivate", "erase"];
+pub const ORDER_ACTIONS: &[&str] = &[
+    "rectify",
+    "restrict",
+    "deactivate",
+    "erase",
+    "anonymise",
+    "archive",
+];
 
 /// Any body that carries an order as its field 1.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -692,6 +705,23 @@ mod tests {
             "privacy.in.acme.consent.granted"
         );
         assert!("consent.revoked".parse::<EventType>().is_err());
+    }
+
+    #[test]
+    fn cross_service_events_name_their_catalogue_publisher() {
+        for (event, publisher, consumers) in CROSS_SERVICE {
+            match domain_event(event) {
+                Some(d) => assert_eq!(d.publisher, *publisher, "{event}"),
+                None => assert!(
+                    event.parse::<EventType>().is_ok(),
+                    "{event} is not catalogued"
+                ),
+            }
+            assert!(
+                !consumers.contains(publisher),
+                "{event}: a service reacts to itself"
+            );
+        }
     }
 
     #[test]

@@ -180,6 +180,10 @@ scoped!(Tenant:
     ListLegalHoldsRequest,
     PlanErasureRequest,
     GetErasureRequest,
+    RecordTriggerRequest,
+    PutScheduleRequest,
+    ListSchedulesRequest,
+    GetCohortCountsRequest,
 );
 scoped!(Filter: StreamEventsRequest);
 

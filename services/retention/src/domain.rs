@@ -1,8 +1,9 @@
 //! [`RetentionDomain`]: the rules the kit's door applies to retention's events — a hold names a
 //! scope, a release names a live hold, a system's `data.erased` naming an order answers an
-//! erase order sent to it, once — the erase orders an `erasure.planned` implies, the erasure
-//! task, and the tenants' schedules, checked once at start (an unusable schedule is logged and
-//! named by every query that needs it).
+//! erase order sent to it, once, a schedule put is usable, a trigger names a known one — the
+//! orders an `erasure.planned` implies, what it does with other services' events, the erasure
+//! task, and the tenants' schedules: the tenant file's, checked once at start (an unusable one
+//! is logged and named by every query that needs it), each replaced by its latest put.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::events;
-use crate::schedules::{ScheduleError, schedules};
+use crate::schedules::{OBSERVED_TRIGGERS, ScheduleError, in_force, schedules};
 use crate::view::{INVENTORY_VIEW, InventoryReader};
 
 /// The retention rules, over the inventory view.
@@ -55,15 +56,23 @@ impl RetentionDomain {
         }
     }
 
-    /// The tenant's schedules, or FAILED_PRECONDITION saying why they cannot be used.
-    pub fn tenant_schedules(&self, tenant: &str) -> Result<&[Schedule], tonic::Status> {
-        match self.schedules.get(tenant) {
-            Some(Ok(s)) => Ok(s),
-            Some(Err(e)) => Err(tonic::Status::failed_precondition(format!(
-                "the tenant file's retention schedules cannot be used: {e}"
-            ))),
-            None => Ok(&[]),
-        }
+    /// The tenant's schedules in force, or FAILED_PRECONDITION saying why the tenant file's
+    /// cannot be used.
+    pub fn tenant_schedules(&self, tenant: &str) -> Result<Vec<Schedule>, tonic::Status> {
+        let file = match self.schedules.get(tenant) {
+            Some(Ok(s)) => s.as_slice(),
+            Some(Err(e)) => {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "the tenant file's retention schedules cannot be used: {e}"
+                )));
+            }
+            None => &[],
+        };
+        let puts = self
+            .reader
+            .schedule_puts(tenant)
+            .map_err(privacy_service_kit::audit::status_of)?;
+        Ok(in_force(file, puts))
     }
 
     fn check_domain(&self, tenant: &Tenant, env: &Envelope, body: &[u8]) -> Result<(), Rejection> {
@@ -99,6 +108,27 @@ impl RetentionDomain {
                     ));
                 }
                 Ok(())
+            }
+            events::SCHEDULE_PUT => {
+                let s = SchedulePut::decode(body)
+                    .map_err(|_| malformed())?
+                    .schedule
+                    .ok_or_else(malformed)?;
+                crate::schedules::check(&s).map_err(|(field, reason)| {
+                    Rejection::new(RejectionCode::InvalidField, field, reason)
+                })?;
+                check_purposes(tenant, std::slice::from_ref(&s.purpose), "purpose")
+            }
+            events::TRIGGER_OBSERVED => {
+                let t = TriggerObserved::decode(body).map_err(|_| malformed())?;
+                if !OBSERVED_TRIGGERS.contains(&t.trigger.as_str()) {
+                    return Err(Rejection::new(
+                        RejectionCode::InvalidField,
+                        "trigger",
+                        format!("trigger must be one of {}", OBSERVED_TRIGGERS.join(", ")),
+                    ));
+                }
+                check_purposes(tenant, &t.purposes, "purposes")
             }
             events::HOLD_RELEASED => {
                 let b = HoldReleased::decode(body).map_err(|_| malformed())?;
@@ -158,20 +188,37 @@ impl RetentionDomain {
     }
 }
 
+/// Each purpose is `*` or one of the tenant's.
+fn check_purposes(tenant: &Tenant, purposes: &[String], field: &str) -> Result<(), Rejection> {
+    for (i, p) in purposes.iter().enumerate() {
+        if p != "*" && tenant.purpose(p).is_none() {
+            return Err(Rejection::new(
+                RejectionCode::InvalidField,
+                field,
+                format!("{field}[{i}] is not in tenant {}'s catalog", tenant.id),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Consent's flag of a child registered without a guardian's consent.
+const CHILD_FLAGGED: &str = <ChildFlagged as privacy_proto::DomainBody>::EVENT_TYPE;
+
 /// The hand-off of an erasure request from subject-requests.
 const REQUEST_ERASURE_REQUESTED: &str =
     <RequestErasureRequested as privacy_proto::DomainBody>::EVENT_TYPE;
 
 impl RetentionDomain {
-    /// Plans and orders the erasure a subject request asks for, once per request.
-    async fn erasure_requested(
+    /// Plans and orders an erasure of the subject, once per `key`.
+    async fn erasure_once(
         &self,
         ctx: &ServiceContext,
         envelope: &Envelope,
-        body: &[u8],
+        reason: &str,
+        request_id: &str,
+        key: String,
     ) -> Result<(), String> {
-        let asked = RequestErasureRequested::decode(body).map_err(|e| e.to_string())?;
-        let key = format!("{}/erasure", asked.request_id);
         let known = ctx
             .store
             .lookup(&envelope.tenant, &key)
@@ -185,12 +232,39 @@ impl RetentionDomain {
             crate::erasure::PlanRequest {
                 tenant: &envelope.tenant,
                 subject_id: &envelope.subject_id,
-                reason: "subject_request",
-                request_id: &asked.request_id,
+                reason,
+                request_id,
                 dry_run: false,
                 key: Some(key),
             },
         )
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_owned())
+    }
+
+    /// Consent's `consent.withdrawn` (as consent stored it): the trigger `consent_withdrawn`
+    /// observed for its purposes (none: every purpose), once per withdrawal.
+    async fn withdrawn(
+        &self,
+        ctx: &ServiceContext,
+        envelope: &Envelope,
+        purposes: &[String],
+    ) -> Result<(), String> {
+        let body = TriggerObserved {
+            trigger: "consent_withdrawn".into(),
+            purposes: purposes.to_vec(),
+            at: envelope.occurred_at,
+            source: envelope.source.clone(),
+            source_event_id: envelope.event_id.clone(),
+        };
+        ctx.emit(privacy_service_kit::Emit {
+            tenant: envelope.tenant.clone(),
+            subject_id: envelope.subject_id.clone(),
+            body,
+            stream: privacy_service_kit::StreamKey::Subject,
+            event_id: Some(format!("consent-withdrawn/{}", envelope.event_id)),
+        })
         .await
         .map(|_| ())
         .map_err(|s| s.message().to_owned())
@@ -234,7 +308,8 @@ impl DomainService for RetentionDomain {
     }
 
     /// Another service's `subject.shredded`: recorded against its erasure, for the certificate.
-    /// A subject request's `request.erasure_requested`: the erasure planned and ordered.
+    /// A subject request's `request.erasure_requested` and consent's `subject.child_flagged`:
+    /// the subject's erasure planned and ordered. Consent's `consent.withdrawn`: a trigger.
     fn react(
         &self,
         ctx: &ServiceContext,
@@ -243,11 +318,26 @@ impl DomainService for RetentionDomain {
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
         let (ctx, this) = (ctx.clone(), self.clone());
         Box::pin(async move {
-            let Some(Payload::DomainEvent(d)) = &envelope.payload else {
-                return Ok(());
+            let d = match &envelope.payload {
+                Some(Payload::ConsentWithdrawn(w)) => {
+                    return this.withdrawn(&ctx, &envelope, &w.purposes).await;
+                }
+                Some(Payload::DomainEvent(d)) => d,
+                _ => return Ok(()),
             };
             if envelope.event_type == REQUEST_ERASURE_REQUESTED {
-                return this.erasure_requested(&ctx, &envelope, &d.body).await;
+                let asked = RequestErasureRequested::decode(d.body.as_slice())
+                    .map_err(|e| e.to_string())?;
+                let key = format!("{}/erasure", asked.request_id);
+                return this
+                    .erasure_once(&ctx, &envelope, "subject_request", &asked.request_id, key)
+                    .await;
+            }
+            if envelope.event_type == CHILD_FLAGGED {
+                let key = format!("child-flagged/{}", envelope.event_id);
+                return this
+                    .erasure_once(&ctx, &envelope, "child_flagged", "", key)
+                    .await;
             }
             if envelope.event_type != events::SUBJECT_SHREDDED {
                 return Ok(());

@@ -4,9 +4,19 @@
 //! `subject.erased`; then this service shreds the subject's data key in its vault and records
 //! `subject.shredded`. Each is emitted under a key derived from the erasure or order, so it
 //! exists once, also across restarts and a crash between the shred and its record (the shred is
-//! idempotent). [`settle`] takes the instant to judge by; [`run`] drives it with the wall clock
-//! every [`SETTLE_EVERY`] and as soon as a `data.erased` is stored.
+//! idempotent).
+//!
+//! Due schedules ([`sweep`]): the holdings whose schedule fell due (and no hold covers, and no
+//! order is out for) are planned as a `holdings`-scoped erasure per subject and action —
+//! `erase`, `anonymise` or `archive` — keyed by the subject, the action and the holdings' last
+//! change, so a restart plans nothing twice. Once answered it ends in `erasure.completed` (no
+//! shred: the subject's other data stays); an anonymisation carries the cohort counts the
+//! tenant's `[anonymisation] cohort` dimensions give, and its holdings leave the inventory.
+//!
+//! [`settle`] and [`sweep`] take the instant to judge by; [`run`] drives both with the wall
+//! clock every [`SETTLE_EVERY`], and settles as soon as a `data.erased` is stored.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use privacy_proto::v1::*;
@@ -15,7 +25,7 @@ use privacy_vocab::time::{micros, now_micros, timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::RetentionDomain;
-use crate::schedules::{due_at, governing};
+use crate::schedules::{Facts, cohort_dimensions, due_at, governing, next_action};
 use crate::view::covers;
 
 /// How often [`run`] settles without being woken.
@@ -35,7 +45,7 @@ pub fn plan(
     schedules: &[Schedule],
     holdings: &[Holding],
     holds: &[LegalHold],
-    deactivated_at: Option<i64>,
+    facts: &Facts,
     now: i64,
 ) -> (Vec<PlannedItem>, Vec<PlannedItem>) {
     let (mut goes, mut stays) = (Vec::new(), Vec::new());
@@ -59,7 +69,7 @@ pub fn plan(
         let duty = governing(schedules, h).filter(|s| s.basis == "legal_obligation");
         if let Some(s) = duty {
             // A duty whose trigger has not been observed still binds: keep, until unknown.
-            match due_at(s, h, deactivated_at) {
+            match due_at(s, h, facts) {
                 Ok(until) if until <= now => {}
                 Ok(until) => {
                     stays.push(item(&s.basis, s.citation.clone(), Some(until)));
@@ -102,18 +112,16 @@ pub async fn record_plan(
     check_code("reason", req.reason, true).map_err(rejection_status)?;
     check_code("request_id", req.request_id, false).map_err(rejection_status)?;
     let status = privacy_service_kit::audit::status_of;
-    let schedules = domain.tenant_schedules(req.tenant)?.to_vec();
+    let schedules = domain.tenant_schedules(req.tenant)?;
     let reader = &domain.reader;
     let _step = domain.steps.lock().await;
     let holdings = reader
         .holdings(req.tenant, req.subject_id)
         .map_err(status)?;
-    let deactivated = reader
-        .deactivated_at(req.tenant, req.subject_id)
-        .map_err(status)?;
+    let facts = reader.facts(req.tenant, req.subject_id).map_err(status)?;
     let holds = reader.holds(req.tenant).map_err(status)?;
     let now = now_micros();
-    let (goes, stays) = plan(&schedules, &holdings, &holds, deactivated, now);
+    let (goes, stays) = plan(&schedules, &holdings, &holds, &facts, now);
     let erasure = Erasure {
         erasure_id: uuid::Uuid::now_v7().to_string(),
         subject_id: req.subject_id.to_owned(),
@@ -122,28 +130,123 @@ pub async fn record_plan(
         goes,
         stays,
         planned_at: Some(timestamp(now)),
+        action: "erase".into(),
+        scope: "subject".into(),
         ..Default::default()
     };
     if req.dry_run {
         return Ok((erasure, 0));
     }
-    let id = erasure.erasure_id.clone();
+    let recorded = record(ctx, domain, req.tenant, erasure, req.key).await?;
+    Ok(recorded)
+}
+
+/// Records `erasure.planned` (its orders derived in the same commit) and answers the erasure as
+/// the view has it, with the log position. The caller holds the step lock.
+async fn record(
+    ctx: &ServiceContext,
+    domain: &RetentionDomain,
+    tenant: &str,
+    erasure: Erasure,
+    key: Option<String>,
+) -> Result<(Erasure, u64), tonic::Status> {
+    let (id, subject) = (erasure.erasure_id.clone(), erasure.subject_id.clone());
     let recorded = ctx
         .emit(Emit {
-            tenant: req.tenant.to_owned(),
-            subject_id: req.subject_id.to_owned(),
+            tenant: tenant.to_owned(),
+            subject_id: subject,
             body: ErasurePlanned {
                 erasure: Some(erasure),
             },
             stream: StreamKey::Subject,
-            event_id: req.key,
+            event_id: key,
         })
         .await?;
-    let stored = reader
-        .erasure(req.tenant, &id)
-        .map_err(status)?
+    let stored = domain
+        .reader
+        .erasure(tenant, &id)
+        .map_err(privacy_service_kit::audit::status_of)?
         .ok_or_else(|| tonic::Status::internal("the planned erasure is not in the view"))?;
     Ok((stored, recorded.position.seq))
+}
+
+/// Plans, as of `now`, the holdings whose schedule fell due: one `holdings`-scoped erasure per
+/// subject and action, for holdings no live hold covers, not erased, not kept by their system,
+/// with no order out. Each is keyed by subject, action and the holdings' last change, so it is
+/// planned once, also across restarts.
+pub async fn sweep(
+    ctx: &ServiceContext,
+    domain: &RetentionDomain,
+    now: i64,
+) -> Result<Settled, String> {
+    let mut planned = Vec::new();
+    let reader = &domain.reader;
+    let fail = |e: privacy_event_store::StoreError| e.to_string();
+    for tenant in ctx.tenants.ids() {
+        let Ok(schedules) = domain.tenant_schedules(tenant) else {
+            // Logged at start, and named by every query about the tenant.
+            continue;
+        };
+        if schedules.is_empty() {
+            continue;
+        }
+        let _step = domain.steps.lock().await;
+        let holds = reader.holds(tenant).map_err(fail)?;
+        let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+        let mut due: BTreeMap<(String, &'static str), Vec<Holding>> = BTreeMap::new();
+        for h in reader.all_holdings(tenant).map_err(fail)? {
+            if h.erased_at.is_some() || h.kept || !h.pending_order_id.is_empty() {
+                continue;
+            }
+            let Some(s) = governing(&schedules, &h) else {
+                continue;
+            };
+            if !facts.contains_key(&h.subject_id) {
+                let f = reader.facts(tenant, &h.subject_id).map_err(fail)?;
+                facts.insert(h.subject_id.clone(), f);
+            }
+            let Ok(next) = next_action(s, &h, &facts[&h.subject_id]) else {
+                continue;
+            };
+            if next.at > now || holds.iter().any(|hold| covers(hold, &h)) {
+                continue;
+            }
+            due.entry((h.subject_id.clone(), next.action))
+                .or_default()
+                .push(h);
+        }
+        for ((subject, action), list) in due {
+            let last = list.iter().map(|h| h.seq).max().unwrap_or_default();
+            let key = format!("schedule/{subject}/{action}/{last}");
+            if ctx.store.lookup(tenant, &key).map_err(fail)?.is_some() {
+                continue;
+            }
+            let goes = list
+                .iter()
+                .map(|h| PlannedItem {
+                    system: h.system.clone(),
+                    category: h.category.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            let erasure = Erasure {
+                erasure_id: uuid::Uuid::now_v7().to_string(),
+                subject_id: subject.clone(),
+                reason: "schedule".into(),
+                goes,
+                planned_at: Some(timestamp(now)),
+                action: action.into(),
+                scope: "holdings".into(),
+                ..Default::default()
+            };
+            let (e, _) = record(ctx, domain, tenant, erasure, Some(key))
+                .await
+                .map_err(|s| s.message().to_owned())?;
+            tracing::info!(tenant = %tenant, erasure = %e.erasure_id, action, holdings = list.len(), "a schedule fell due; ordered");
+            planned.push((crate::events::ERASURE_PLANNED, e.erasure_id));
+        }
+    }
+    Ok(planned)
 }
 
 /// One erase order per system the plan erases from, its categories grouped.
@@ -160,7 +263,11 @@ pub fn orders(tenant: &Tenant, erasure: &Erasure, issued_at: i64) -> Vec<Erasure
                 tenant: tenant.id.clone(),
                 subject_id: erasure.subject_id.clone(),
                 system: system.to_owned(),
-                action: "erase".into(),
+                action: if erasure.action.is_empty() {
+                    "erase".into()
+                } else {
+                    erasure.action.clone()
+                },
                 categories: erasure
                     .goes
                     .iter()
@@ -258,6 +365,16 @@ pub async fn settle(
             if !e.orders.iter().all(|o| o.answered) {
                 continue;
             }
+            if e.scope == "holdings" {
+                let tenant_file = ctx.tenant(&tenant).map_err(fail)?.clone();
+                let body = completed(domain, &tenant_file, &e).map_err(|e| e.to_string())?;
+                ctx.emit(keyed(&tenant, subject, format!("{id}/completed"), body))
+                    .await
+                    .map_err(fail)?;
+                tracing::info!(tenant = %tenant, erasure = %id, action = %e.action, "due holdings done");
+                settled.push((crate::events::ERASURE_COMPLETED, id));
+                continue;
+            }
             let body = SubjectErased {
                 erasure_id: id.clone(),
                 request_id: e.request_id.clone(),
@@ -267,6 +384,9 @@ pub async fn settle(
                 .await
                 .map_err(fail)?;
             settled.push((crate::events::SUBJECT_ERASED, id.clone()));
+        }
+        if e.scope == "holdings" {
+            continue;
         }
         ctx.vault
             .shred(&tenant, subject, now)
@@ -285,8 +405,8 @@ pub async fn settle(
     Ok(settled)
 }
 
-/// Settles every [`SETTLE_EVERY`], and as soon as a system's `data.erased` is stored, until
-/// `shutdown`. A failed pass is logged and tried again.
+/// Sweeps due schedules and settles every [`SETTLE_EVERY`], and as soon as a system's
+/// `data.erased` is stored, until `shutdown`. A failed pass is logged and tried again.
 pub async fn run(
     ctx: ServiceContext,
     domain: RetentionDomain,
@@ -295,6 +415,9 @@ pub async fn run(
     const ERASED: &[&str] = &[privacy_proto::EventType::DataErased.as_str()];
     let mut answers = ctx.store.subscribe(ctx.store.head().seq + 1);
     loop {
+        if let Err(e) = sweep(&ctx, &domain, now_micros()).await {
+            tracing::warn!(error = %e, "schedule pass failed; retrying");
+        }
         if let Err(e) = settle(&ctx, &domain, now_micros()).await {
             tracing::warn!(error = %e, "erasure pass failed; retrying");
         }
@@ -326,6 +449,64 @@ pub fn kept(e: &Erasure) -> Vec<PlannedItem> {
     kept
 }
 
+/// `erasure.completed` of a `holdings`-scoped erasure whose orders are all answered: what was
+/// kept and, for an anonymisation, the holdings reduced to counts and the counts, by the
+/// tenant's cohort dimensions.
+fn completed(
+    domain: &RetentionDomain,
+    tenant: &Tenant,
+    e: &Erasure,
+) -> Result<ErasureCompleted, privacy_event_store::StoreError> {
+    let mut body = ErasureCompleted {
+        erasure_id: e.erasure_id.clone(),
+        action: e.action.clone(),
+        kept: kept(e),
+        ..Default::default()
+    };
+    if e.action != "anonymise" {
+        return Ok(body);
+    }
+    let dimensions = cohort_dimensions(tenant).unwrap_or_else(|_| vec!["category".into()]);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let held = domain.reader.holdings(&tenant.id, &e.subject_id)?;
+    for o in e.orders.iter().filter(|o| o.answered && !o.kept) {
+        for h in held
+            .iter()
+            .filter(|h| h.system == o.system && o.categories.contains(&h.category))
+        {
+            let value = |d: &str| match d {
+                "category" => h.category.clone(),
+                "system" => h.system.clone(),
+                "purpose" => {
+                    let mut p = h.purposes.clone();
+                    p.sort();
+                    p.join("+")
+                }
+                _ => h
+                    .first_collected_at
+                    .as_ref()
+                    .and_then(|t| tenant.local_date(micros(t)))
+                    .map_or_else(|| "unknown".into(), |d| d.year().to_string()),
+            };
+            let cohort: Vec<String> = dimensions
+                .iter()
+                .map(|d| format!("{d}={}", value(d)))
+                .collect();
+            *counts.entry(cohort.join(" ")).or_default() += 1;
+            body.anonymised.push(PlannedItem {
+                system: h.system.clone(),
+                category: h.category.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    body.cohorts = counts
+        .into_iter()
+        .map(|(cohort, count)| CohortCount { cohort, count })
+        .collect();
+    Ok(body)
+}
+
 /// The certificate of an erasure, as the view shows it now.
 pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCertificate {
     let mut missing = Vec::new();
@@ -336,27 +517,34 @@ pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCerti
         ));
     }
     let mut shreds = Vec::new();
-    if let Some(at) = e.shredded_at {
-        shreds.push(ServiceShred {
-            service: crate::SPEC.name.into(),
-            shredded_at: Some(at),
-            seq: e.shredded_seq,
-        });
-    } else {
-        missing.push(format!(
-            "{} has not shredded the subject's key yet",
-            crate::SPEC.name
-        ));
-    }
-    for shred in &e.shreds {
-        shreds.push(shred.clone());
-    }
-    for service in ["consent", "subject-requests", "disclosure-log"] {
-        if !e.shreds.iter().any(|s| s.service == service) {
+    if e.scope != "holdings" {
+        if let Some(at) = e.shredded_at {
+            shreds.push(ServiceShred {
+                service: crate::SPEC.name.into(),
+                shredded_at: Some(at),
+                seq: e.shredded_seq,
+            });
+        } else {
             missing.push(format!(
-                "{service} has not reported shredding the subject's key (subject.shredded)"
+                "{} has not shredded the subject's key yet",
+                crate::SPEC.name
             ));
         }
+        for shred in &e.shreds {
+            shreds.push(shred.clone());
+        }
+        for service in ["consent", "subject-requests", "disclosure-log"] {
+            if !e.shreds.iter().any(|s| s.service == service) {
+                missing.push(format!(
+                    "{service} has not reported shredding the subject's key (subject.shredded)"
+                ));
+            }
+        }
+        missing.push(
+            "recipients of earlier disclosures to notify: disclosure-log serves no query of \
+             them yet"
+                .into(),
+        );
     }
     ErasureCertificate {
         tenant: tenant.into(),

@@ -1,7 +1,10 @@
 //! `RetentionService` over gRPC: holdings with their schedule, due instant and holds, read from
 //! the inventory view and the tenant file; legal holds placed and released as domain events on
 //! the tenant's `-holds` stream (two operators at once: the second gets ABORTED); erasures
-//! planned (`erasure.planned`, with its erase orders in the same commit) and their certificates.
+//! planned (`erasure.planned`, with its erase orders in the same commit) and their certificates;
+//! triggers recorded (`trigger.observed`), schedules put (`schedule.put`, on the tenant's
+//! `-schedules` stream, versioned per (category, purpose)) and the cohort counts anonymisation
+//! left.
 
 use std::time::SystemTime;
 
@@ -45,20 +48,21 @@ pub struct RetentionApi {
 const MAX_LIST: usize = 1000;
 
 impl RetentionApi {
-    fn schedules(&self, tenant: &str) -> Result<&[Schedule], Status> {
-        self.domain.tenant_schedules(tenant)
-    }
-
     /// Fills a holding's schedule, due instant and live holds.
-    fn judge(&self, tenant: &str, mut h: Holding, holds: &[LegalHold]) -> Result<Holding, Status> {
-        let schedules = self.schedules(tenant)?;
-        let deactivated = self
+    fn judge(
+        &self,
+        tenant: &str,
+        schedules: &[Schedule],
+        mut h: Holding,
+        holds: &[LegalHold],
+    ) -> Result<Holding, Status> {
+        let facts = self
             .domain
             .reader
-            .deactivated_at(tenant, &h.subject_id)
+            .facts(tenant, &h.subject_id)
             .map_err(status_of)?;
         if let Some(s) = governing(schedules, &h) {
-            match due_at(s, &h, deactivated) {
+            match due_at(s, &h, &facts) {
                 Ok(at) => h.due_at = Some(timestamp(at)),
                 Err(note) => h.due_note = note,
             }
@@ -135,13 +139,14 @@ impl RetentionService for RetentionApi {
         }
         let log_position = self.ctx.projector.checkpoint();
         let holds = self.holds(&req.tenant)?;
+        let schedules = self.domain.tenant_schedules(&req.tenant)?;
         let reader = &self.domain.reader;
         let mut holdings = Vec::new();
         for h in reader
             .holdings(&req.tenant, &req.subject_id)
             .map_err(status_of)?
         {
-            holdings.push(self.judge(&req.tenant, h, &holds)?);
+            holdings.push(self.judge(&req.tenant, &schedules, h, &holds)?);
         }
         let deactivated_at = reader
             .deactivated_at(&req.tenant, &req.subject_id)
@@ -170,6 +175,7 @@ impl RetentionService for RetentionApi {
             n => (n as usize).min(MAX_LIST),
         };
         let holds = self.holds(&req.tenant)?;
+        let schedules = self.domain.tenant_schedules(&req.tenant)?;
         let mut out = ListDueResponse {
             as_of: Some(as_of),
             ..Default::default()
@@ -183,7 +189,7 @@ impl RetentionService for RetentionApi {
             if h.erased_at.is_some() {
                 continue;
             }
-            let h = self.judge(&req.tenant, h, &holds)?;
+            let h = self.judge(&req.tenant, &schedules, h, &holds)?;
             let list = if h.schedule.is_none() {
                 &mut out.unscheduled
             } else if h.due_at.as_ref().is_none_or(|d| micros(d) > now) {
@@ -330,5 +336,113 @@ impl RetentionService for RetentionApi {
             &erasure,
             position,
         )))
+    }
+
+    async fn record_trigger(
+        &self,
+        request: Request<RecordTriggerRequest>,
+    ) -> Result<Response<RecordTriggerResponse>, Status> {
+        require(&request, &[Role::Operator, Role::Backend])?;
+        let req = request.into_inner();
+        self.ctx.tenant(&req.tenant)?;
+        privacy_proto::validate::check_subject_id(&req.subject_id, &self.ctx.limits)
+            .map_err(rejection_status)?;
+        check_code("source", &req.source, true).map_err(rejection_status)?;
+        if req.trigger == "consent_withdrawn" {
+            return Err(Status::invalid_argument(
+                "trigger: consent withdrawals come from consent (WithdrawConsent or consent.withdrawn)",
+            ));
+        }
+        let body = TriggerObserved {
+            trigger: req.trigger,
+            purposes: req.purposes,
+            at: Some(req.at.unwrap_or_else(|| SystemTime::now().into())),
+            source: req.source,
+            source_event_id: String::new(),
+        };
+        let recorded = self
+            .ctx
+            .emit(Emit {
+                tenant: req.tenant,
+                subject_id: req.subject_id,
+                body,
+                stream: StreamKey::Subject,
+                event_id: None,
+            })
+            .await?;
+        Ok(Response::new(RecordTriggerResponse {
+            seq: recorded.position.seq,
+        }))
+    }
+
+    async fn put_schedule(
+        &self,
+        request: Request<PutScheduleRequest>,
+    ) -> Result<Response<ScheduleResponse>, Status> {
+        require(&request, &[Role::Operator])?;
+        let req = request.into_inner();
+        self.ctx.tenant(&req.tenant)?;
+        check_code("put_by", &req.put_by, true).map_err(rejection_status)?;
+        let mut schedule = req
+            .schedule
+            .ok_or_else(|| Status::invalid_argument("schedule: schedule is required"))?;
+        if schedule.purpose.is_empty() {
+            schedule.purpose = "*".into();
+        }
+        check_code("schedule.category", &schedule.category, true).map_err(rejection_status)?;
+        let _step = self.domain.steps.lock().await;
+        let version = self
+            .domain
+            .tenant_schedules(&req.tenant)?
+            .iter()
+            .find(|s| s.category == schedule.category && s.purpose == schedule.purpose)
+            .map_or(0, |s| s.version);
+        schedule.version = version + 1;
+        schedule.put_by = req.put_by;
+        schedule.seq = 0;
+        let (category, purpose) = (schedule.category.clone(), schedule.purpose.clone());
+        self.ctx
+            .emit(Emit {
+                tenant: req.tenant.clone(),
+                subject_id: String::new(),
+                body: SchedulePut {
+                    schedule: Some(schedule),
+                },
+                stream: StreamKey::Tenant("schedules"),
+                event_id: None,
+            })
+            .await?;
+        let schedule = self
+            .domain
+            .tenant_schedules(&req.tenant)?
+            .into_iter()
+            .find(|s| s.category == category && s.purpose == purpose);
+        Ok(Response::new(ScheduleResponse { schedule }))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        require(&request, &[Role::Operator, Role::Auditor])?;
+        let req = request.into_inner();
+        self.ctx.tenant(&req.tenant)?;
+        Ok(Response::new(ListSchedulesResponse {
+            schedules: self.domain.tenant_schedules(&req.tenant)?,
+        }))
+    }
+
+    async fn get_cohort_counts(
+        &self,
+        request: Request<GetCohortCountsRequest>,
+    ) -> Result<Response<GetCohortCountsResponse>, Status> {
+        require(&request, &[Role::Operator, Role::Auditor])?;
+        let req = request.into_inner();
+        self.ctx.tenant(&req.tenant)?;
+        let log_position = self.ctx.projector.checkpoint();
+        Ok(Response::new(GetCohortCountsResponse {
+            cohorts: self.domain.reader.cohorts(&req.tenant).map_err(status_of)?,
+            log_position,
+        }))
     }
 }

@@ -11,11 +11,12 @@
 //! - [`grpc`]: the `RetentionService` handlers.
 //!
 //! Other services' events it takes (`CROSS_SERVICE`): a subject request's
-//! `request.erasure_requested` (plans and orders the erasure) and every service's
-//! `subject.shredded` (for the certificate).
+//! `request.erasure_requested` and consent's `subject.child_flagged` (each plans and orders an
+//! erasure of the subject), consent's `consent.withdrawn` (a trigger schedules count from) and
+//! every service's `subject.shredded` (for the certificate).
 //!
-//! Not yet (the rest of issue #11): anonymisation, `PutSchedule`, and the consent withdrawals
-//! and child flags that should trigger schedules and erasures.
+//! Due schedules act by themselves ([`erasure::sweep`]): their holdings are erased, anonymised
+//! (reduced to cohort counts) or archived, once, by orders to the systems that hold them.
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +47,9 @@ pub mod events {
     /// Emitted by every service through the kit (publisher `*`): not in [`ALL`].
     pub const SUBJECT_SHREDDED: &str = <SubjectShredded as DomainBody>::EVENT_TYPE;
     pub const SHRED_CONFIRMED: &str = <ErasureShredConfirmed as DomainBody>::EVENT_TYPE;
+    pub const ERASURE_COMPLETED: &str = <ErasureCompleted as DomainBody>::EVENT_TYPE;
+    pub const TRIGGER_OBSERVED: &str = <TriggerObserved as DomainBody>::EVENT_TYPE;
+    pub const SCHEDULE_PUT: &str = <SchedulePut as DomainBody>::EVENT_TYPE;
 
     pub const ALL: &[&str] = &[
         HOLD_PLACED,
@@ -55,6 +59,9 @@ pub mod events {
         ERASURE_ESCALATED,
         SUBJECT_ERASED,
         SHRED_CONFIRMED,
+        ERASURE_COMPLETED,
+        TRIGGER_OBSERVED,
+        SCHEDULE_PUT,
     ];
 }
 

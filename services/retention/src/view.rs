@@ -4,12 +4,17 @@
 //! stored: they are worked out when read, from the tenant file ([`crate::schedules`]).
 //!
 //! Erasures (`erasure.planned`, `erasure.ordered`, the systems' `data.erased` naming an order,
-//! `subject.erased`, `subject.shredded`) are folded here too.
+//! `subject.erased`, `subject.shredded`, `erasure.completed`) are folded here too, as are the
+//! triggers schedules count from (`trigger.observed`), operators' schedules (`schedule.put`)
+//! and what anonymisation left (cohort counts; the anonymised holdings leave the inventory).
 //!
 //! Keys: `h tenant 0 subject 0 system 0 category` → `Holding` · `d tenant 0 subject` →
 //! deactivation instant (i64 BE microseconds) · `H tenant 0 hold_id` → `LegalHold` ·
 //! `E tenant 0 erasure_id` → `Erasure` · `e tenant 0 erasure_id` → empty while the erasure is
-//! not finished (not yet shredded here) · `O tenant 0 order_id` → the order's erasure id.
+//! not finished (not yet shredded here, or not completed) · `O tenant 0 order_id` → the order's
+//! erasure id · `t tenant 0 subject 0 trigger 0 purpose` → latest instant observed (i64 BE) ·
+//! `S tenant 0 category 0 purpose` → the latest put `Schedule` · `C tenant 0 cohort` → count
+//! (u64 BE).
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
@@ -19,6 +24,7 @@ use privacy_vocab::time::micros;
 use prost::Message;
 
 use crate::events;
+use crate::schedules::Facts;
 
 /// Name of the projection.
 pub const INVENTORY_VIEW: &str = "inventory";
@@ -85,7 +91,7 @@ impl Projection for InventoryView {
     }
 
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -105,8 +111,9 @@ impl Projection for InventoryView {
                         h.first_collected_at = env.occurred_at;
                     }
                     h.last_collected_at = env.occurred_at;
-                    // Collected again after an erasure: held again.
+                    // Collected again after an erasure or archiving: held again.
                     h.erased_at = None;
+                    h.archived_at = None;
                     h.erase_order_id.clear();
                     h.kept = false;
                     h.seq = event.seq;
@@ -115,6 +122,7 @@ impl Projection for InventoryView {
             Some(Payload::DataErased(e)) => {
                 let k = key(b'h', &[tenant, subject, &e.system, &e.category]);
                 let kept = e.personal.contains_key("kept_reason") || !e.kept_reason.is_empty();
+                let mut action = String::new();
                 if !e.order_id.is_empty()
                     && let Some(id) = view.get(&key(b'O', &[tenant, &e.order_id]))?
                 {
@@ -125,6 +133,7 @@ impl Projection for InventoryView {
                             o.kept |= kept;
                             o.confirmed_at = env.occurred_at;
                             o.confirmation_seq = event.seq;
+                            action = o.action.clone();
                         }
                     })?;
                 }
@@ -133,9 +142,17 @@ impl Projection for InventoryView {
                     h.system = e.system.clone();
                     h.category = e.category.clone();
                     h.erase_order_id = e.order_id.clone();
+                    h.pending_order_id.clear();
                     h.kept = kept;
-                    h.erased_at = if kept { None } else { env.occurred_at };
                     h.seq = event.seq;
+                    if kept {
+                        h.erased_at = None;
+                    } else if action == "archive" {
+                        // Moved to the archive copy: held (archived) until the archive falls due.
+                        h.archived_at = env.occurred_at;
+                    } else {
+                        h.erased_at = env.occurred_at;
+                    }
                 })
             }
             Some(Payload::SubjectDeactivated(_)) => {
@@ -181,6 +198,12 @@ impl Projection for InventoryView {
                         &key(b'O', &[tenant, &o.order_id]),
                         b.erasure_id.clone().into_bytes(),
                     );
+                    for category in &o.categories {
+                        let k = key(b'h', &[tenant, subject, &o.system, category]);
+                        if view.get(&k)?.is_some() {
+                            Self::change(view, k, |h| h.pending_order_id = o.order_id.clone())?;
+                        }
+                    }
                     Self::erasure(view, tenant, &b.erasure_id, |er| {
                         // Sent again: the same order, a new reply-by.
                         if let Some(known) = er.orders.iter_mut().find(|k| k.order_id == o.order_id)
@@ -195,6 +218,7 @@ impl Projection for InventoryView {
                             categories: o.categories.clone(),
                             reply_by: o.reply_by,
                             attempts: o.attempt.max(1),
+                            action: o.action.clone(),
                             ..Default::default()
                         });
                     })
@@ -222,6 +246,56 @@ impl Projection for InventoryView {
                             er.shreds.push(shred);
                         }
                     })
+                }
+                events::ERASURE_COMPLETED => {
+                    let b: ErasureCompleted = decode_body(event, &env.event_type, &d.body)?;
+                    view.remove(&key(b'e', &[tenant, &b.erasure_id]));
+                    for item in &b.anonymised {
+                        view.remove(&key(b'h', &[tenant, subject, &item.system, &item.category]));
+                    }
+                    for c in &b.cohorts {
+                        let k = key(b'C', &[tenant, &c.cohort]);
+                        let n = view
+                            .get(&k)?
+                            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                            .map_or(0, u64::from_be_bytes);
+                        view.put(&k, (n + c.count).to_be_bytes().to_vec());
+                    }
+                    Self::erasure(view, tenant, &b.erasure_id, |er| {
+                        er.erased_at = env.occurred_at;
+                        er.erased_seq = event.seq;
+                    })
+                }
+                events::TRIGGER_OBSERVED => {
+                    let b: TriggerObserved = decode_body(event, &env.event_type, &d.body)?;
+                    let at = b.at.as_ref().or(env.occurred_at.as_ref()).map_or(0, micros);
+                    let all = ["*".to_owned()];
+                    let purposes = if b.purposes.is_empty() {
+                        &all[..]
+                    } else {
+                        &b.purposes[..]
+                    };
+                    for p in purposes {
+                        let k = key(b't', &[tenant, subject, &b.trigger, p]);
+                        let known = view
+                            .get(&k)?
+                            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                            .map(i64::from_be_bytes);
+                        if known.is_none_or(|k| k < at) {
+                            view.put(&k, at.to_be_bytes().to_vec());
+                        }
+                    }
+                    Ok(())
+                }
+                events::SCHEDULE_PUT => {
+                    let b: SchedulePut = decode_body(event, &env.event_type, &d.body)?;
+                    let Some(mut sched) = b.schedule else {
+                        return Ok(());
+                    };
+                    sched.seq = event.seq;
+                    let k = key(b'S', &[tenant, &sched.category, &sched.purpose]);
+                    view.put(&k, sched.encode_to_vec());
+                    Ok(())
                 }
                 events::SUBJECT_SHREDDED => {
                     let b: SubjectShredded = decode_body(event, &env.event_type, &d.body)?;
@@ -297,6 +371,59 @@ impl InventoryReader {
 }
 
 impl InventoryReader {
+    /// What schedules count from for a subject: its deactivation and the triggers observed.
+    pub fn facts(&self, tenant: &str, subject: &str) -> Result<Facts, StoreError> {
+        let mut prefix = key(b't', &[tenant, subject]);
+        prefix.push(0);
+        let mut triggers = Vec::new();
+        for (k, v) in self.view.scan_prefix(&prefix)? {
+            let rest = &k[prefix.len()..];
+            let Some(zero) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let Ok(at) = <[u8; 8]>::try_from(v.as_slice()) else {
+                continue;
+            };
+            triggers.push((
+                String::from_utf8_lossy(&rest[..zero]).into_owned(),
+                String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
+                i64::from_be_bytes(at),
+            ));
+        }
+        Ok(Facts {
+            deactivated_at: self.deactivated_at(tenant, subject)?,
+            triggers,
+        })
+    }
+
+    /// The tenant's schedules put by operators, the latest per (category, purpose).
+    pub fn schedule_puts(&self, tenant: &str) -> Result<Vec<Schedule>, StoreError> {
+        let mut prefix = key(b'S', &[tenant]);
+        prefix.push(0);
+        self.view
+            .scan_prefix(&prefix)?
+            .iter()
+            .map(|(_, v)| Schedule::decode(v.as_slice()).map_err(|e| corrupt("a schedule", e)))
+            .collect()
+    }
+
+    /// The tenant's cohort counts.
+    pub fn cohorts(&self, tenant: &str) -> Result<Vec<CohortCount>, StoreError> {
+        let mut prefix = key(b'C', &[tenant]);
+        prefix.push(0);
+        Ok(self
+            .view
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some(CohortCount {
+                    cohort: String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                    count: u64::from_be_bytes(<[u8; 8]>::try_from(v.as_slice()).ok()?),
+                })
+            })
+            .collect())
+    }
+
     /// An erasure of the tenant.
     pub fn erasure(&self, tenant: &str, id: &str) -> Result<Option<Erasure>, StoreError> {
         self.view
