@@ -1,7 +1,7 @@
 //! Kill -9 a service process while it ingests 20k events, restart it: every event is present
 //! exactly once, the chain verifies, and the projection equals a rebuild from scratch. Then
 //! SIGTERM stops it with exit code 0. The same for subject-requests under a burst of requests
-//! on NATS and on gRPC at once.
+//! on NATS and on gRPC at once, and for retention while erasures are answered and settled.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -227,6 +227,206 @@ async fn a_killed_requests_service_loses_no_request() {
     expected.extend(calls.iter().map(|e| e.event_id.clone()));
     assert_eq!(unique, expected);
     assert_log_intact(&mut audit, &stored, total).await;
+
+    assert_rebuild_equals_live(&url, total).await;
+    let status = process
+        .terminate(Duration::from_secs(20))
+        .expect("exit status");
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+}
+
+/// Kill -9 retention while erasures are being answered and settled: after a restart every
+/// erasure finishes exactly once — one order per system on PRIVACY_OUT, one `subject.erased`,
+/// one vault shred recorded — the chain verifies and the view equals its rebuild. The backend
+/// is simulated by a pull consumer on PRIVACY_OUT that answers each order once with
+/// `data.erased`, also while retention is down (the answers wait in PRIVACY_IN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_retention_finishes_every_erasure_once() {
+    use std::collections::{BTreeMap, HashSet};
+
+    use futures::StreamExt;
+    use prost::Message;
+    use tokio_util::sync::CancellationToken;
+
+    const SUBJECTS: usize = 150;
+    const SYSTEMS: [(&str, &str); 3] = [
+        ("accounts", "account"),
+        ("mailer", "contact"),
+        ("gateway", "usage"),
+    ];
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut env = service_env(&nats.url(), data.path(), port);
+    env.insert("PRIVACY_ACK_WAIT_SECS".into(), "2".into());
+    let mut process = ServiceProcess::spawn("privacy-retention", &env);
+    wait_serving(&url).await;
+
+    let subjects: Vec<String> = (0..SUBJECTS).map(|i| format!("u-kill-{i}")).collect();
+    let collected: Vec<Envelope> = subjects
+        .iter()
+        .flat_map(|s| {
+            SYSTEMS.iter().map(move |(system, category)| {
+                envelope(
+                    s,
+                    Payload::DataCollected(DataCollected {
+                        category: (*category).into(),
+                        system: (*system).into(),
+                        purpose: "provide_service".into(),
+                        ..Default::default()
+                    }),
+                )
+            })
+        })
+        .collect();
+    publish_pipelined(&js, collected).await;
+    let held = (SUBJECTS * SYSTEMS.len()) as u64;
+    assert!(wait_past(&url, held).await >= held);
+
+    // Every erasure planned (each call answered) before the backend answers.
+    let mut c = retention_client(&url, OPERATOR_TOKEN).await;
+    let mut erasures = Vec::new();
+    for s in &subjects {
+        let e = c
+            .plan_erasure(PlanErasureRequest {
+                tenant: TENANT.into(),
+                subject_id: s.clone(),
+                reason: "operator".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .erasure
+            .unwrap();
+        assert_eq!(e.orders.len(), SYSTEMS.len(), "{e:?}");
+        erasures.push(e.erasure_id);
+    }
+    // The backend: answers each order once, whatever retention's state; the process is killed
+    // while the answers are being folded and the erasures settled.
+    let stop = CancellationToken::new();
+    let backend = tokio::spawn({
+        let (js, stop) = (js.clone(), stop.clone());
+        async move {
+            let consumer = js
+                .get_stream("PRIVACY_OUT")
+                .await
+                .unwrap()
+                .create_consumer(jetstream::consumer::pull::Config {
+                    durable_name: Some("backend".into()),
+                    filter_subject: "privacy.out.vn-apihub.>".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut messages = consumer.messages().await.unwrap();
+            let mut answered = HashSet::new();
+            let mut received = 0usize;
+            loop {
+                let m = tokio::select! {
+                    _ = stop.cancelled() => return (received, answered.len()),
+                    m = messages.next() => m.unwrap().unwrap(),
+                };
+                received += 1;
+                let order = Order::decode(m.payload.as_ref()).unwrap();
+                if answered.insert(order.order_id.clone()) {
+                    let mut answer = envelope(
+                        &order.subject_id,
+                        Payload::DataErased(DataErased {
+                            order_id: order.order_id.clone(),
+                            category: order.categories[0].clone(),
+                            system: order.system.clone(),
+                            ..Default::default()
+                        }),
+                    );
+                    answer.source = order.system.clone();
+                    publish_acked(&js, &answer).await;
+                }
+                m.ack().await.unwrap();
+            }
+        }
+    });
+
+    // Each plan is 4 events (the plan and its 3 orders); each erasure then takes 3 answers,
+    // `subject.erased` and `subject.shredded`.
+    let planned = held + 4 * SUBJECTS as u64;
+    let killed_at = wait_past(&url, planned + SUBJECTS as u64).await;
+    process.kill9();
+    let mut process = ServiceProcess::spawn("privacy-retention", &env);
+    wait_serving(&url).await;
+    eprintln!("retention killed with SIGKILL at head {killed_at} of {planned} + answers");
+
+    let total = planned + 5 * SUBJECTS as u64;
+    let mut audit = audit_client(&url, Some(AUDITOR_TOKEN)).await;
+    wait_for_head(&mut audit, total, Duration::from_secs(120)).await;
+    let stored = all_events(&mut audit).await;
+    assert_log_intact(&mut audit, &stored, total).await;
+    let mut per_type: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &stored {
+        *per_type
+            .entry(e.envelope.as_ref().unwrap().event_type.clone())
+            .or_default() += 1;
+    }
+    for (t, n) in [
+        ("erasure.planned", SUBJECTS),
+        ("erasure.ordered", 3 * SUBJECTS),
+        ("data.erased", 3 * SUBJECTS),
+        ("subject.erased", SUBJECTS),
+        ("subject.shredded", SUBJECTS),
+    ] {
+        assert_eq!(per_type.get(t).copied(), Some(n), "{t}: {per_type:?}");
+    }
+    let mut c = retention_client(&url, OPERATOR_TOKEN).await;
+    for id in &erasures {
+        let e = c
+            .get_erasure(GetErasureRequest {
+                tenant: TENANT.into(),
+                erasure_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .erasure
+            .unwrap();
+        assert!(e.shredded_at.is_some() && e.orders.iter().all(|o| o.answered));
+    }
+    // One order per system per erasure reached the bus; the backend answered each once.
+    let out = js
+        .get_stream("PRIVACY_OUT")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(out, 3 * SUBJECTS as u64, "orders on PRIVACY_OUT");
+    let answered = eventually("the backend saw every order", || {
+        let js = js.clone();
+        async move {
+            let mut consumer: jetstream::consumer::PullConsumer = js
+                .get_stream("PRIVACY_OUT")
+                .await
+                .unwrap()
+                .get_consumer("backend")
+                .await
+                .unwrap();
+            let info = consumer.info().await.unwrap();
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err(format!("{info:?}"))
+            }
+        }
+    })
+    .await;
+    let () = answered;
+    stop.cancel();
+    let (received, unique) = backend.await.unwrap();
+    assert_eq!(unique, 3 * SUBJECTS, "orders answered");
+    assert!(received >= unique);
 
     assert_rebuild_equals_live(&url, total).await;
     let status = process

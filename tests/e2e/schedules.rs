@@ -1,6 +1,7 @@
 //! Retention schedules acting by themselves, against a real NATS and real gRPC: operators'
 //! schedules (`PutSchedule`, versioned), a due schedule on an injected clock ordering exactly
-//! once per system — also across a restart —, anonymisation reduced to cohort counts,
+//! once per system — also across a restart — except where a legal hold keeps the data until
+//! released, anonymisation reduced to cohort counts,
 //! archive-then-erase in its two steps, a consent withdrawal in consent's log starting a
 //! schedule, and a child consent flags routed to erasure.
 
@@ -131,11 +132,16 @@ async fn due_schedules_order_once_anonymise_to_counts_and_archive_then_erase() {
     );
 
     // Usage data of two subjects in two systems, and one subject's account, deactivated.
-    let (a, b) = ("u-due-a", "u-due-b");
+    let (a, b, held) = ("u-due-a", "u-due-b", "u-due-held");
     for env in [
         event(a, "2026-11-20", collected("usage", "gateway", "analytics")),
         event(a, "2026-11-20", collected("usage", "mailer", "analytics")),
         event(b, "2026-11-20", collected("usage", "gateway", "analytics")),
+        event(
+            held,
+            "2026-11-20",
+            collected("usage", "gateway", "analytics"),
+        ),
         event(
             a,
             "2026-11-20",
@@ -153,19 +159,34 @@ async fn due_schedules_order_once_anonymise_to_counts_and_archive_then_erase() {
         let mut c = c.clone();
         async move {
             let h = holdings(&mut c, b).await;
-            if h.len() == 1 && holdings(&mut c, a).await.len() == 3 {
-                Ok(())
-            } else {
-                Err(format!("{h:?}"))
-            }
+            let all = h.len() == 1
+                && holdings(&mut c, a).await.len() == 3
+                && holdings(&mut c, held).await.len() == 1;
+            if all { Ok(()) } else { Err(format!("{h:?}")) }
         }
     })
     .await;
     let due = holdings(&mut c, b).await[0].due_at.unwrap();
     assert_eq!(due, at("2026-12-30"), "40 days, the put schedule's");
 
-    // Not due the day before; due after: one anonymisation per subject, one order per system.
-    // (The domain holds the store open: it goes before the restart.)
+    // A legal hold keeps one subject's usage data.
+    let hold = c
+        .place_legal_hold(PlaceLegalHoldRequest {
+            tenant: TENANT.into(),
+            subject_id: held.into(),
+            reason: "litigation".into(),
+            placed_by: "ops-7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+
+    // Not due the day before; due after: one anonymisation per subject not held, one order per
+    // system; released, the held one follows. (The domain holds the store open: it goes
+    // before the restart.)
     let (ids, orders) = {
         let ctx = &svc.service.context;
         let domain = RetentionDomain::new(ctx);
@@ -177,7 +198,17 @@ async fn due_schedules_order_once_anonymise_to_counts_and_archive_then_erase() {
         let ids = sweep(micros("2026-12-31")).await;
         assert_eq!(ids.len(), 2, "one per subject");
         assert!(sweep(micros("2026-12-31")).await.is_empty(), "once");
-        let orders = out_orders(&js, "privacy.out.vn-apihub.*.anonymise", 3).await;
+        c.release_legal_hold(ReleaseLegalHoldRequest {
+            tenant: TENANT.into(),
+            hold_id: hold.hold_id.clone(),
+            reason: "settled".into(),
+        })
+        .await
+        .unwrap();
+        let mut ids = ids;
+        ids.extend(sweep(micros("2026-12-31")).await);
+        assert_eq!(ids.len(), 3, "the released one too");
+        let orders = out_orders(&js, "privacy.out.vn-apihub.*.anonymise", 4).await;
         (ids, orders)
     };
     let mut sent: Vec<(String, String)> = orders
@@ -190,7 +221,8 @@ async fn due_schedules_order_once_anonymise_to_counts_and_archive_then_erase() {
         [
             (a.into(), "gateway".into()),
             (a.into(), "mailer".into()),
-            (b.into(), "gateway".into())
+            (b.into(), "gateway".into()),
+            (held.into(), "gateway".into())
         ]
     );
 
@@ -208,7 +240,7 @@ async fn due_schedules_order_once_anonymise_to_counts_and_archive_then_erase() {
         )
         .is_empty()
     );
-    assert_eq!(out_count(&js).await, 3);
+    assert_eq!(out_count(&js).await, 4);
 
     // The systems answer: the anonymised holdings leave the inventory for counts.
     for o in &orders {
@@ -233,7 +265,7 @@ async fn due_schedules_order_once_anonymise_to_counts_and_archive_then_erase() {
         counts,
         [CohortCount {
             cohort: "category=usage".into(),
-            count: 3
+            count: 4
         }]
     );
     let left = holdings(&mut c, a).await;
