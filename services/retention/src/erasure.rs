@@ -405,7 +405,7 @@ pub async fn settle(
     Ok(settled)
 }
 
-/// Sweeps due schedules and settles every [`SETTLE_EVERY`], and as soon as a system's
+/// Sweeps due schedules every [`SETTLE_EVERY`]; settles as often, and as soon as a system's
 /// `data.erased` is stored, until `shutdown`. A failed pass is logged and tried again.
 pub async fn run(
     ctx: ServiceContext,
@@ -414,9 +414,14 @@ pub async fn run(
 ) -> Result<(), String> {
     const ERASED: &[&str] = &[privacy_proto::EventType::DataErased.as_str()];
     let mut answers = ctx.store.subscribe(ctx.store.head().seq + 1);
+    let mut swept: Option<std::time::Instant> = None;
     loop {
-        if let Err(e) = sweep(&ctx, &domain, now_micros()).await {
-            tracing::warn!(error = %e, "schedule pass failed; retrying");
+        // The sweep reads the whole inventory: on the timer only, not on every answer.
+        if swept.is_none_or(|t| t.elapsed() >= SETTLE_EVERY) {
+            if let Err(e) = sweep(&ctx, &domain, now_micros()).await {
+                tracing::warn!(error = %e, "schedule pass failed; retrying");
+            }
+            swept = Some(std::time::Instant::now());
         }
         if let Err(e) = settle(&ctx, &domain, now_micros()).await {
             tracing::warn!(error = %e, "erasure pass failed; retrying");
