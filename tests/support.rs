@@ -48,6 +48,7 @@ pub fn service_env(nats_url: &str, data_dir: &Path, grpc_port: u16) -> BTreeMap<
                  backend:{TENANT}:{TENANT_BACKEND_TOKEN}"
             ),
         ),
+        ("PRIVACY_PEER_TOKEN", BACKEND_TOKEN.to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -176,6 +177,19 @@ pub type Retention = privacy_proto::v1::retention_service_client::RetentionServi
 /// A RetentionService client at `url` calling with `token`.
 pub async fn retention_client(url: &str, token: &'static str) -> Retention {
     privacy_proto::v1::retention_service_client::RetentionServiceClient::with_interceptor(
+        connect(url).await,
+        Bearer(Some(token)),
+    )
+}
+
+/// A DisclosureLogService client calling with a role's token.
+pub type Disclosures = privacy_proto::v1::disclosure_log_service_client::DisclosureLogServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+
+/// A DisclosureLogService client at `url` calling with `token`.
+pub async fn disclosures_client(url: &str, token: &'static str) -> Disclosures {
+    privacy_proto::v1::disclosure_log_service_client::DisclosureLogServiceClient::with_interceptor(
         connect(url).await,
         Bearer(Some(token)),
     )

@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "privacy/v1/consent.proto",
     "privacy/v1/requests.proto",
     "privacy/v1/retention.proto",
+    "privacy/v1/disclosures.proto",
     "privacy/bench/v1/echo.proto",
 ];
 

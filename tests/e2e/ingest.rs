@@ -126,6 +126,7 @@ async fn each_service_stores_exactly_its_own_events_once() {
             legal_basis: LegalBasis::Anonymised as i32,
             system: "warehouse".into(),
             cohort_ref: "2026-Q3-active-users".into(),
+            request_ref: "GSO-2026-3".into(),
             ..Default::default()
         }),
     );
@@ -141,6 +142,7 @@ async fn each_service_stores_exactly_its_own_events_once() {
         let implied = match env.event_type.as_str() {
             "subject.registered" => Some(("consent", "age_thresholds")),
             "request.received" => Some(("subject-requests", "opened")),
+            "data.disclosed" => Some(("disclosure-log", "recorded")),
             _ => None,
         };
         // Consent publishes a withdrawal it stored; retention records it as a trigger (by

@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod consent;
 mod crash;
+mod disclosures;
 mod dlq;
 mod failstop;
 mod fuzz;

@@ -175,6 +175,27 @@ impl View {
     }
 }
 
+impl View {
+    /// Entries with `from <= key < to`, in reverse key order (newest first for time-ordered
+    /// keys), at most `limit` of them (keys without the `d` mark).
+    pub fn range_rev(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ViewEntry>, StoreError> {
+        let tree = self.tree();
+        tree.range(data_key(from)..data_key(to))
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(storage)?;
+                Ok((k[1..].to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
 /// A projection's state, for `ProjectionStatus`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectionStatus {

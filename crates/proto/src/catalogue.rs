@@ -357,6 +357,10 @@ catalogue! {
         ErasureCompleted = "erasure.completed", publisher "retention", personal [];
         TriggerObserved = "trigger.observed", publisher "retention", personal [];
         SchedulePut = "schedule.put", publisher "retention", personal [];
+        DisclosureRecorded = "disclosure.recorded", publisher "disclosure-log", personal [];
+        DisclosureFlagged = "disclosure.flagged", publisher "disclosure-log", personal [];
+        DisclosureConsentChecked = "disclosure.consent_checked", publisher "disclosure-log",
+            personal [];
     }
 }
 
@@ -540,12 +544,9 @@ impl Contract for v1::DataDisclosed {
         for c in &self.categories {
             check_id(&f.field("categories"), c, limits)?;
         }
+        // A state body's disclosure without its request reference is recorded and flagged by
+        // disclosure-log (a bad disclosure is evidence), not refused here.
         check_enum::<v1::LegalBasis>(&f.field("legal_basis"), self.legal_basis)?;
-        if self.legal_basis == v1::LegalBasis::StateBodyRequest as i32
-            && self.request_ref.is_empty()
-        {
-            return Err(Rejection::missing(f.field("request_ref")));
-        }
         check_text(&f.field("request_ref"), &self.request_ref, limits)?;
         for (name, code) in [
             ("purpose", &self.purpose),

@@ -199,6 +199,29 @@ pub struct CrossBorderRule {
     pub wait_working_days: Option<u32>,
     #[serde(default)]
     pub dossier_days: Option<u32>,
+    /// The transfer-mechanism codes a disclosure may name to meet it (`data.disclosed`
+    /// `transfer_mechanism`); empty: the requirement is listed, not checked per disclosure.
+    #[serde(default)]
+    pub satisfied_by: Vec<String>,
+    /// In force from this date, when later than its pack.
+    #[serde(default)]
+    pub effective_from: Option<Date>,
+    pub citation: String,
+    pub confidence: Confidence,
+}
+
+impl CrossBorderRule {
+    /// Whether the requirement is in force on `date` (its pack being in force).
+    pub fn in_force(&self, date: Date) -> bool {
+        self.effective_from.is_none_or(|from| date >= from)
+    }
+}
+
+/// Categories of personal data the law treats as special (a disclosure of them is flagged).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialCategories {
+    pub categories: Vec<String>,
     pub citation: String,
     pub confidence: Confidence,
 }
@@ -224,6 +247,12 @@ pub struct RulePack {
     pub consent_form: ConsentFormRule,
     #[serde(default)]
     pub cross_border: Vec<CrossBorderRule>,
+    /// ISO 3166-1 alpha-2 countries a transfer stays within (a recipient elsewhere is
+    /// cross-border).
+    #[serde(default)]
+    pub home_countries: Vec<String>,
+    #[serde(default)]
+    pub special_categories: Option<SpecialCategories>,
 }
 
 impl RulePack {

@@ -184,6 +184,11 @@ scoped!(Tenant:
     PutScheduleRequest,
     ListSchedulesRequest,
     GetCohortCountsRequest,
+    RecordDisclosureRequest,
+    GetDisclosureRequest,
+    ListDisclosuresRequest,
+    AccountingOfDisclosuresRequest,
+    RecipientsToNotifyRequest,
 );
 scoped!(Filter: StreamEventsRequest);
 

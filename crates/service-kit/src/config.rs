@@ -38,6 +38,9 @@ pub struct ServiceConfig {
     /// The gRPC address of each of the four services (`PRIVACY_<SERVICE>_URL`), for the
     /// services that assemble answers from the others (the access report).
     pub peers: BTreeMap<&'static str, String>,
+    /// `PRIVACY_PEER_TOKEN`: the bearer token this service presents to the others for its own
+    /// background calls (disclosure-log asking consent); a backend token is enough.
+    pub peer_token: Option<String>,
 }
 
 /// The four services: (name, URL key, default port) — DESIGN §7.
@@ -85,6 +88,7 @@ pub const KEYS: &[&str] = &[
     "SUBJECT_REQUESTS_URL",
     "RETENTION_URL",
     "DISCLOSURE_LOG_URL",
+    "PEER_TOKEN",
 ];
 
 impl ServiceConfig {
@@ -254,6 +258,7 @@ impl ServiceConfig {
         }
         Ok(ServiceConfig {
             peers,
+            peer_token: get("PEER_TOKEN").filter(|t| !t.is_empty()),
             bus,
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or_else(|| ".data".into())),
             tenants_dir: PathBuf::from(

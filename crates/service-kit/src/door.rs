@@ -55,6 +55,8 @@ pub struct ServiceContext {
     pub limits: Limits,
     /// The other services' gRPC URLs, by service name (from the configuration).
     pub peers: Arc<BTreeMap<&'static str, String>>,
+    /// The token presented to the other services for this service's own calls, if configured.
+    pub peer_token: Option<Arc<str>>,
     domain: Arc<OnceLock<Arc<dyn DomainService>>>,
 }
 
@@ -253,6 +255,7 @@ impl ServiceContext {
             tenants,
             auth,
             peers: Arc::new(peers),
+            peer_token: None,
             limits: Limits::default(),
             domain: Arc::default(),
         }

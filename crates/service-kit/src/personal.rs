@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use privacy_event_store::{Opened, SealedField, StoreError, Vault};
 use privacy_proto::catalogue::{move_free_text, personal_maps, restore_free_text};
+use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{Envelope, Erased, PersonalValue, Sealed, personal_value::Value};
 
 /// Seals every clear value of one personal-data map under the subject's key; the field's path
@@ -43,6 +44,27 @@ pub fn seal_envelope(vault: &Vault, env: &mut Envelope) -> Result<(), StoreError
         }
     }
     Ok(())
+}
+
+/// Opens the sealed values of a stored payload of `tenant`'s `subject` for display (as
+/// [`open_envelope`] does for a whole envelope).
+pub fn open_payload(
+    vault: &Vault,
+    tenant: &str,
+    subject: &str,
+    payload: Payload,
+) -> Result<Payload, StoreError> {
+    let mut env = Envelope {
+        tenant: tenant.to_owned(),
+        subject_id: subject.to_owned(),
+        payload: Some(payload),
+        ..Default::default()
+    };
+    open_envelope(vault, &mut env)?;
+    env.payload.ok_or_else(|| StoreError::Corrupt {
+        seq: 0,
+        reason: "an opened payload went missing".into(),
+    })
 }
 
 /// Opens every sealed value of `env` for display: clear text (free text back in its own field),

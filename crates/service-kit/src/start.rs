@@ -276,7 +276,7 @@ pub async fn start(
     }
     let ready = Readiness::default();
     let auth = AuthInterceptor::new(config.tokens.clone(), ready.clone());
-    let ctx = ServiceContext::new(
+    let mut ctx = ServiceContext::new(
         spec,
         store.clone(),
         vault.clone(),
@@ -285,6 +285,7 @@ pub async fn start(
         auth.clone(),
         config.peers.clone(),
     );
+    ctx.peer_token = config.peer_token.as_deref().map(Arc::from);
     let domain = ctx.install_domain();
     let audit = Audit {
         store: store.clone(),

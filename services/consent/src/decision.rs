@@ -99,6 +99,8 @@ pub struct Decision {
     pub policy_version: Option<String>,
     /// For `reconsent_required`: the material policy version that requires it.
     pub superseded_by: Option<String>,
+    /// The log position of the change that decided it: the last grant, or the withdrawal.
+    pub decided_by_seq: Option<u64>,
 }
 
 impl Decision {
@@ -110,6 +112,7 @@ impl Decision {
             record_id: None,
             policy_version: None,
             superseded_by: None,
+            decided_by_seq: None,
         }
     }
 
@@ -121,6 +124,7 @@ impl Decision {
             record_id: None,
             policy_version: None,
             superseded_by: None,
+            decided_by_seq: None,
         }
     }
 }
@@ -174,7 +178,10 @@ pub fn decide(
         by_guardian,
     } = &last.kind
     else {
-        return Decision::denied(Reason::Withdrawn);
+        return Decision {
+            decided_by_seq: Some(last.seq),
+            ..Decision::denied(Reason::Withdrawn)
+        };
     };
     let with_record = |reason: Option<Reason>| Decision {
         allowed: reason.is_none(),
@@ -183,6 +190,7 @@ pub fn decide(
         record_id: Some(record_id.clone()),
         policy_version: Some(policy_version.clone()),
         superseded_by: None,
+        decided_by_seq: Some(last.seq),
     };
     if valid_until.is_some_and(|until| until <= as_of) {
         return with_record(Some(Reason::Expired));

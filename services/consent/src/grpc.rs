@@ -194,6 +194,7 @@ impl ConsentService for ConsentApi {
             record_id: d.record_id.unwrap_or_default(),
             policy_version: policy_version.unwrap_or_default(),
             superseded_by: d.superseded_by.unwrap_or_default(),
+            decided_by_seq: d.decided_by_seq.unwrap_or_default(),
             as_of: Some(timestamp(as_of)),
         }))
     }
