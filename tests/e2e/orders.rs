@@ -273,8 +273,8 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
     )
     .await;
 
-    // The access report: consent's history with its log position, the subject's requests, and
-    // retention (down) and disclosure-log (up, no such query yet) named as missing.
+    // The access report: consent's history with its log position, the subject's disclosures
+    // and their recipients, the subject's requests, and retention (down) named as missing.
     publish_policy_v1(&consent.url()).await;
     let mut consents = consent_client(&consent.url(), OPERATOR_TOKEN).await;
     consents
@@ -286,6 +286,26 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
                 policy_version: "v1".into(),
                 method: ConsentMethod::UntickedCheckbox as i32,
                 expressed_by: ExpressedBy::Subject as i32,
+                ..Default::default()
+            }),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    disclosures_client(&disclosures.url(), BACKEND_TOKEN)
+        .await
+        .record_disclosure(RecordDisclosureRequest {
+            tenant: TENANT.into(),
+            subject_id: "u-report".into(),
+            disclosure: Some(DataDisclosed {
+                recipient: "Courier JSC".into(),
+                recipient_role: RecipientRole::Processor as i32,
+                country: "VN".into(),
+                categories: vec!["contact".into()],
+                purpose: "provide_service".into(),
+                legal_basis: LegalBasis::Contract as i32,
+                system: "shop".into(),
                 ..Default::default()
             }),
             event_id: uuid::Uuid::now_v7().to_string(),
@@ -311,7 +331,7 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(report.missing, ["retention", "disclosure-log"]);
+    assert_eq!(report.missing, ["retention"]);
     let json: serde_json::Value = serde_json::from_str(&report.json).unwrap();
     let sections = &json["sections"];
     let history = &sections["consent_history"];
@@ -320,7 +340,10 @@ async fn orders_fan_out_and_settle_and_the_access_report_names_what_is_missing()
     assert!(history["log_position"].as_u64().unwrap() >= 1);
     assert_eq!(history["entries"][0]["purpose"], "analytics");
     assert_eq!(sections["holdings"]["status"], "unavailable");
-    assert_eq!(sections["disclosures"]["status"], "not_served");
+    let disclosed = &sections["disclosures"];
+    assert_eq!(disclosed["status"], "ok", "{disclosed}");
+    assert_eq!(disclosed["disclosures"].as_array().unwrap().len(), 1);
+    assert_eq!(disclosed["recipients"][0]["recipient"], "Courier JSC");
     let requests = &sections["requests"];
     assert_eq!(requests["status"], "ok");
     assert_eq!(requests["requests"].as_array().unwrap().len(), 1);

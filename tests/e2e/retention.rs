@@ -625,7 +625,8 @@ async fn an_unanswered_erase_order_is_sent_again_then_escalated() {
 /// retention, which plans it (billing data stays under its legal duty) and orders the system;
 /// once it answered, retention's `subject.erased` makes consent, subject-requests and
 /// disclosure-log each shred the subject's key and say so, retention collects their
-/// `subject.shredded` into the certificate (four shreds), and the request is
+/// `subject.shredded` into the certificate (four shreds, the earlier recipient to notify,
+/// nothing missing), and the request is
 /// partially completed naming what was kept and why. Consent's receipt then shows the evidence
 /// as erased, and every chain still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,7 +637,13 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     let requests = InProcess::start(privacy_subject_requests::SPEC, &nats.url(), data.path()).await;
     let disclosures =
         InProcess::start(privacy_disclosure_log::SPEC, &nats.url(), data.path()).await;
-    let retention = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let retention = InProcess::start_with(
+        privacy_retention::SPEC,
+        &nats.url(),
+        data.path(),
+        &[("PRIVACY_DISCLOSURE_LOG_URL", &disclosures.url())],
+    )
+    .await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let s = "u-everywhere";
 
@@ -747,13 +754,14 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
         .unwrap()
         .into_inner();
     assert_eq!(cert.shreds.len(), 4);
-    // Only the recipients to notify are missing: disclosure-log has no query of them yet.
-    assert_eq!(cert.missing.len(), 1, "{:?}", cert.missing);
-    assert!(
-        cert.missing[0].starts_with("recipients"),
-        "{:?}",
-        cert.missing
-    );
+    assert!(cert.missing.is_empty(), "{:?}", cert.missing);
+    // The earlier recipient, to tell of the erasure.
+    let recipients: Vec<&str> = cert
+        .recipients_to_notify
+        .iter()
+        .map(|r| r.recipient.as_str())
+        .collect();
+    assert_eq!(recipients, ["Acme Logistics"]);
 
     // The request completed, naming what was kept and why.
     let done = eventually("the request completed", || {

@@ -512,7 +512,8 @@ fn completed(
     Ok(body)
 }
 
-/// The certificate of an erasure, as the view shows it now.
+/// The certificate of an erasure, as the view shows it now (the recipients to notify are added
+/// by the handler, asked of disclosure-log).
 pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCertificate {
     let mut missing = Vec::new();
     for o in e.orders.iter().filter(|o| !o.answered) {
@@ -545,11 +546,6 @@ pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCerti
                 ));
             }
         }
-        missing.push(
-            "recipients of earlier disclosures to notify: disclosure-log serves no query of \
-             them yet"
-                .into(),
-        );
     }
     ErasureCertificate {
         tenant: tenant.into(),
@@ -562,5 +558,6 @@ pub fn certificate(tenant: &str, e: &Erasure, log_position: u64) -> ErasureCerti
         shreds,
         missing,
         log_position,
+        recipients_to_notify: Vec::new(),
     }
 }

@@ -92,6 +92,41 @@ impl RetentionApi {
             .ok_or_else(|| Status::not_found("erasure_id: no such erasure"))
     }
 
+    /// The subject's earlier recipients, asked of disclosure-log with the caller's credentials.
+    async fn recipients(
+        &self,
+        tenant: &str,
+        subject: &str,
+        credentials: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<Vec<Recipient>, Status> {
+        use privacy_proto::v1::disclosure_log_service_client::DisclosureLogServiceClient;
+        let url = self
+            .ctx
+            .peers
+            .get("disclosure-log")
+            .cloned()
+            .unwrap_or_default();
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Status::invalid_argument(format!("disclosure-log URL {url:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?;
+        let mut request = Request::new(RecipientsToNotifyRequest {
+            tenant: tenant.into(),
+            subject_id: subject.into(),
+        });
+        if let Some(c) = credentials {
+            request.metadata_mut().insert("authorization", c);
+        }
+        Ok(DisclosureLogServiceClient::new(channel)
+            .recipients_to_notify(request)
+            .await?
+            .into_inner()
+            .recipients)
+    }
+
     fn holds(&self, tenant: &str) -> Result<Vec<LegalHold>, Status> {
         self.domain.reader.holds(tenant).map_err(status_of)
     }
@@ -316,6 +351,7 @@ impl RetentionService for RetentionApi {
         request: Request<GetErasureRequest>,
     ) -> Result<Response<ErasureCertificate>, Status> {
         require(&request, &[Role::Operator, Role::Auditor])?;
+        let credentials = request.metadata().get("authorization").cloned();
         let req = request.into_inner();
         let position = self.ctx.projector.checkpoint();
         let erasure = self.erasure(&req)?;
@@ -331,11 +367,22 @@ impl RetentionService for RetentionApi {
                 waiting.join(", ")
             )));
         }
-        Ok(Response::new(crate::erasure::certificate(
-            &req.tenant,
-            &erasure,
-            position,
-        )))
+        let mut cert = crate::erasure::certificate(&req.tenant, &erasure, position);
+        if erasure.scope != "holdings" {
+            match self
+                .recipients(&req.tenant, &erasure.subject_id, credentials)
+                .await
+            {
+                Ok(r) => cert.recipients_to_notify = r,
+                Err(s) => cert.missing.push(format!(
+                    "recipients of earlier disclosures to notify: disclosure-log did not \
+                     answer: {:?}: {}",
+                    s.code(),
+                    s.message()
+                )),
+            }
+        }
+        Ok(Response::new(cert))
     }
 
     async fn record_trigger(
