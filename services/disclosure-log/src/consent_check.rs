@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use privacy_proto::v1::consent_service_client::ConsentServiceClient;
 use privacy_proto::v1::*;
 use privacy_service_kit::{Emit, ServiceContext, StreamKey};
@@ -22,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Disclosures asked per pass.
 const PASS_LIMIT: usize = 1000;
+/// Calls to consent in flight at once.
+const IN_FLIGHT: usize = 32;
 
 /// Asks consent about every unchecked disclosure (up to [`PASS_LIMIT`]); answers how many were
 /// checked, or why the pass stopped (they stay unchecked).
@@ -47,62 +51,81 @@ pub async fn pass(ctx: &ServiceContext, domain: &DisclosureDomain) -> Result<usi
         .connect()
         .await
         .map_err(|e| format!("consent at {url} unreachable: {e}"))?;
-    let mut client = ConsentServiceClient::new(channel);
-    let mut checked = 0;
-    for (tenant, id) in unchecked {
-        let Some(d) = domain.reader.get(&tenant, &id).map_err(|e| e.to_string())? else {
-            continue;
-        };
-        let purpose = d
-            .disclosure
-            .as_ref()
-            .map(|x| x.purpose.clone())
-            .unwrap_or_default();
-        let mut request = Request::new(CheckConsentRequest {
-            tenant: tenant.clone(),
-            subject_id: d.subject_id.clone(),
-            purpose,
-            as_of: d.disclosed_at,
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", bearer.clone());
-        let body = match client.check_consent(request).await {
-            Ok(answer) => {
-                let answer = answer.into_inner();
-                DisclosureConsentChecked {
-                    disclosure_id: id.clone(),
-                    allowed: answer.allowed,
-                    reason: answer.reason,
-                    record_id: answer.record_id,
-                    policy_version: answer.policy_version,
-                    decided_by_seq: answer.decided_by_seq,
-                }
-            }
-            // Consent's answer about this question itself (e.g. no purpose named): no consent
-            // can be valid for it.
-            Err(s) if s.code() == tonic::Code::InvalidArgument => DisclosureConsentChecked {
-                disclosure_id: id.clone(),
-                allowed: false,
-                reason: "not_checkable".into(),
-                ..Default::default()
-            },
-            Err(s) => {
-                return Err(format!("consent answered {:?}: {}", s.code(), s.message()));
-            }
-        };
-        ctx.emit(Emit {
-            tenant: tenant.clone(),
-            subject_id: d.subject_id.clone(),
-            body,
-            stream: StreamKey::Subject,
-            event_id: Some(format!("{id}/consent")),
+    let client = ConsentServiceClient::new(channel);
+    // Asked and recorded [`IN_FLIGHT`] at a time (the records group-commit together); the first
+    // failure ends the pass, the rest stay unchecked.
+    let mut results = futures::stream::iter(unchecked)
+        .map(|(tenant, id)| {
+            let (mut client, bearer) = (client.clone(), bearer.clone());
+            async move { check_one(ctx, domain, &mut client, bearer, tenant, id).await }
         })
-        .await
-        .map_err(|s| s.message().to_owned())?;
+        .buffer_unordered(IN_FLIGHT);
+    let mut checked = 0;
+    while let Some(r) = results.next().await {
+        r?;
         checked += 1;
     }
     Ok(checked)
+}
+
+/// Asks consent about one disclosure and records the answer.
+async fn check_one(
+    ctx: &ServiceContext,
+    domain: &DisclosureDomain,
+    client: &mut ConsentServiceClient<tonic::transport::Channel>,
+    bearer: MetadataValue<tonic::metadata::Ascii>,
+    tenant: String,
+    id: String,
+) -> Result<(), String> {
+    let Some(d) = domain.reader.get(&tenant, &id).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let purpose = d
+        .disclosure
+        .as_ref()
+        .map(|x| x.purpose.clone())
+        .unwrap_or_default();
+    let mut request = Request::new(CheckConsentRequest {
+        tenant: tenant.clone(),
+        subject_id: d.subject_id.clone(),
+        purpose,
+        as_of: d.disclosed_at,
+    });
+    request.metadata_mut().insert("authorization", bearer);
+    let body = match client.check_consent(request).await {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            DisclosureConsentChecked {
+                disclosure_id: id.clone(),
+                allowed: answer.allowed,
+                reason: answer.reason,
+                record_id: answer.record_id,
+                policy_version: answer.policy_version,
+                decided_by_seq: answer.decided_by_seq,
+            }
+        }
+        // Consent's answer about this question itself (e.g. no purpose named): no consent can
+        // be valid for it.
+        Err(s) if s.code() == tonic::Code::InvalidArgument => DisclosureConsentChecked {
+            disclosure_id: id.clone(),
+            allowed: false,
+            reason: "not_checkable".into(),
+            ..Default::default()
+        },
+        Err(s) => {
+            return Err(format!("consent answered {:?}: {}", s.code(), s.message()));
+        }
+    };
+    ctx.emit(Emit {
+        tenant,
+        subject_id: d.subject_id.clone(),
+        body,
+        stream: StreamKey::Subject,
+        event_id: Some(format!("{id}/consent")),
+    })
+    .await
+    .map(|_| ())
+    .map_err(|s| s.message().to_owned())
 }
 
 /// Checks as soon as a disclosure is stored, and every [`RETRY_EVERY`], until `shutdown`.
