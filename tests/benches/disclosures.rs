@@ -198,7 +198,10 @@ async fn recording(n: usize) {
     }
     let checked = start.elapsed();
     let folded = head.borrow().seq;
-    svc.service.projector.wait_for(folded, Duration::from_secs(60)).await;
+    svc.service
+        .projector
+        .wait_for(folded, Duration::from_secs(60))
+        .await;
     let mut c = disclosures_client(&svc.url(), AUDITOR_TOKEN).await;
     assert_eq!(unchecked(&mut c).await, 0, "every disclosure checked");
     let record_rate = n as f64 / recorded.as_secs_f64();

@@ -177,6 +177,18 @@ async fn ru_disclosures_are_recorded_and_flagged_by_the_rules_in_force() {
         std::slice::from_ref(&abroad.event_id)
     );
     assert_eq!(list(&mut c, RU, DisclosureFilter::All).await.len(), 4);
+    let acquired = c
+        .list_disclosures(ListDisclosuresRequest {
+            tenant: RU.into(),
+            filter: DisclosureFilter::Basis as i32,
+            value: "business_transfer".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .disclosures;
+    assert_eq!(ids(acquired), std::slice::from_ref(&acquirer.event_id));
     assert!(list(&mut c, TENANT, DisclosureFilter::All).await.is_empty());
     svc.stop().await;
 }

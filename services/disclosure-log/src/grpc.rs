@@ -188,6 +188,18 @@ impl DisclosureLogService for DisclosureApi {
                 }
                 Index::Recipient(&req.value)
             }
+            DisclosureFilter::Basis => {
+                let name = req.value.to_ascii_uppercase();
+                let basis = LegalBasis::from_str_name(&name)
+                    .or_else(|| LegalBasis::from_str_name(&format!("LEGAL_BASIS_{name}")))
+                    .filter(|b| *b != LegalBasis::Unspecified)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(
+                            "value: a legal basis such as LEGAL_BASIS_CONSENT or consent",
+                        )
+                    })?;
+                Index::Basis(basis)
+            }
             DisclosureFilter::CrossBorder => Index::CrossBorder,
             DisclosureFilter::StateBody => Index::StateBody,
             DisclosureFilter::Flagged => Index::Flagged,

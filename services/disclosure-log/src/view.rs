@@ -5,7 +5,8 @@
 //!
 //! Keys (`at` = the disclosure instant, 8 bytes big-endian, so indexes are in time order):
 //! `D tenant 0 id` → `Disclosure` · `a tenant 0 at id` (all) · `s tenant 0 subject 0 at id` ·
-//! `r tenant 0 recipient 0 at id` · `x tenant 0 at id` (cross-border) · `b tenant 0 at id` (state
+//! `r tenant 0 recipient 0 at id` · `l tenant 0 legal basis 0 at id` · `x tenant 0 at id`
+//! (cross-border) · `b tenant 0 at id` (state
 //! body) · `f tenant 0 at id` (flagged) · `u tenant 0 id` (consent unchecked) — index values are
 //! empty.
 
@@ -88,7 +89,7 @@ impl Projection for LedgerView {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -115,6 +116,8 @@ impl Projection for LedgerView {
                     view.put(&k, Vec::new());
                 }
                 view.put(&indexed(b'r', &[tenant, &d.recipient], at, id), Vec::new());
+                let basis = d.legal_basis.to_string();
+                view.put(&indexed(b'l', &[tenant, &basis], at, id), Vec::new());
                 if d.recipient_role == RecipientRole::StateBody as i32 {
                     view.put(&indexed(b'b', &[tenant], at, id), Vec::new());
                 }
@@ -185,6 +188,7 @@ pub enum Index<'a> {
     All,
     Subject(&'a str),
     Recipient(&'a str),
+    Basis(LegalBasis),
     CrossBorder,
     StateBody,
     Flagged,
@@ -219,6 +223,7 @@ impl LedgerReader {
             Index::All => prefix(b'a', &[tenant]),
             Index::Subject(s) => prefix(b's', &[tenant, s]),
             Index::Recipient(r) => prefix(b'r', &[tenant, r]),
+            Index::Basis(b) => prefix(b'l', &[tenant, &(b as i32).to_string()]),
             Index::CrossBorder => prefix(b'x', &[tenant]),
             Index::StateBody => prefix(b'b', &[tenant]),
             Index::Flagged => prefix(b'f', &[tenant]),
