@@ -435,7 +435,10 @@ pub async fn assert_rebuild_equals_live(url: &str, total: u64) {
 
 /// Publishes envelopes on their subjects (protobuf, `Nats-Msg-Id = event_id`), acks pipelined
 /// 500 at a time.
-pub async fn publish_pipelined(js: &async_nats::jetstream::Context, envs: Vec<Envelope>) {
+pub async fn publish_pipelined(
+    js: &async_nats::jetstream::Context,
+    envs: impl IntoIterator<Item = Envelope>,
+) {
     use prost::Message;
     let mut acks = Vec::new();
     for env in envs {

@@ -8,19 +8,20 @@
 //! Run: `cargo bench -p privacy-e2e --bench disclosures` (BENCH_EVENTS, default 20,000, for (a);
 //! BENCH_LEDGER for (b)).
 
-use std::fs::File;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
-use futures::StreamExt;
+use async_nats::jetstream;
 use privacy_e2e::bench_kit::{Stats, env_count, runtime};
 use privacy_e2e::*;
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
 use privacy_testkit::NatsServer;
-use prost::Message;
 
-const BATCH: usize = 1000;
+#[path = "common/floor.rs"]
+mod floor;
+
+use floor::floor;
+
 const SUBJECTS: usize = 2000;
 
 fn disclosure(subject: &str, basis: LegalBasis, at: SystemTime) -> Envelope {
@@ -39,78 +40,6 @@ fn disclosure(subject: &str, basis: LegalBasis, at: SystemTime) -> Envelope {
     );
     env.occurred_at = Some(at.into());
     env
-}
-
-async fn publish(js: &jetstream::Context, events: impl Iterator<Item = Envelope>) {
-    let mut acks = Vec::with_capacity(BATCH);
-    for env in events {
-        let msg = PublishMessage::build()
-            .payload(env.encode_to_vec().into())
-            .message_id(&env.event_id);
-        let subject = format!("privacy.in.{}.{}", env.tenant, env.event_type);
-        acks.push(js.send_publish(subject, msg).await.unwrap());
-        if acks.len() == BATCH {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
-}
-
-/// The floor: the same pull, one sled batch per pulled chunk, flush + fdatasync, ack.
-async fn floor(js: &jetstream::Context, n: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new()
-        .path(dir.path())
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .unwrap();
-    let tree = db.open_tree("log").unwrap();
-    let file = File::open(dir.path().join("db")).unwrap();
-    let consumer: jetstream::consumer::PullConsumer = js
-        .get_stream("PRIVACY_IN")
-        .await
-        .unwrap()
-        .get_or_create_consumer(
-            "bench_floor",
-            pull::Config {
-                durable_name: Some("bench_floor".into()),
-                filter_subject: "privacy.in.vn-apihub.data.disclosed".into(),
-                max_ack_pending: (BATCH * 20) as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut chunks = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .messages()
-        .await
-        .unwrap()
-        .ready_chunks(BATCH);
-    let (mut done, mut seq, mut start) = (0usize, 0u64, None);
-    while done < n {
-        let chunk = chunks.next().await.unwrap();
-        start.get_or_insert_with(Instant::now);
-        let msgs: Vec<_> = chunk.into_iter().map(|m| m.unwrap()).collect();
-        let mut batch = sled::Batch::default();
-        for m in &msgs {
-            seq += 1;
-            batch.insert(&seq.to_be_bytes(), &m.payload[..]);
-        }
-        tree.apply_batch(batch).unwrap();
-        db.flush().unwrap();
-        file.sync_data().unwrap();
-        for m in &msgs {
-            m.ack().await.unwrap();
-        }
-        done += msgs.len();
-    }
-    n as f64 / start.unwrap().elapsed().as_secs_f64()
 }
 
 /// How many disclosures the ledger shows unchecked.
@@ -141,7 +70,7 @@ async fn recording(n: usize) {
     publish_policy_v1(&consent.url()).await;
     // Half the subjects consented; the other half's disclosures are flagged.
     let yesterday = SystemTime::now() - Duration::from_secs(3600);
-    publish(
+    publish_pipelined(
         &js,
         (0..SUBJECTS / 2).map(|i| {
             let mut g = envelope(&format!("u-{i}"), granted("marketing"));
@@ -165,12 +94,12 @@ async fn recording(n: usize) {
     .stop()
     .await;
     let now = SystemTime::now();
-    publish(
+    publish_pipelined(
         &js,
         (0..n).map(|i| disclosure(&format!("u-{}", i % SUBJECTS), LegalBasis::Consent, now)),
     )
     .await;
-    let floor_rate = floor(&js, n).await;
+    let floor_rate = floor(&js, "privacy.in.vn-apihub.data.disclosed", n).await;
 
     let start = Instant::now();
     let svc = InProcess::start_with(
@@ -233,7 +162,7 @@ async fn accounting(total: usize) {
     let span = 2 * 365 * 86_400u64;
     let every = (total / MINE).max(1);
     let t = Instant::now();
-    publish(
+    publish_pipelined(
         &js,
         (0..total).map(|i| {
             let subject = if i % every == 0 && i / every < MINE {

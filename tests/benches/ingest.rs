@@ -12,8 +12,7 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
-use futures::StreamExt;
+use async_nats::jetstream::{self, message::PublishMessage};
 use privacy_e2e::*;
 use privacy_event_store::{EventStore, Projector, StoreConfig};
 use privacy_service_kit::timeline::{SUBJECT_TIMELINE, SubjectTimeline};
@@ -22,7 +21,10 @@ use privacy_testkit::NatsServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-const BATCH: usize = 1000;
+#[path = "common/floor.rs"]
+mod floor;
+
+use floor::{BATCH, floor};
 
 async fn publish(js: &jetstream::Context, n: usize) {
     let mut acks = Vec::with_capacity(BATCH);
@@ -45,60 +47,6 @@ async fn publish(js: &jetstream::Context, n: usize) {
     for a in acks {
         a.await.unwrap();
     }
-}
-
-/// (a) The floor: the same pull, one sled batch per pulled chunk, flush + fdatasync, ack.
-async fn floor(js: &jetstream::Context, n: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new()
-        .path(dir.path())
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .unwrap();
-    let tree = db.open_tree("log").unwrap();
-    let file = File::open(dir.path().join("db")).unwrap();
-    let stream = js.get_stream("PRIVACY_IN").await.unwrap();
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "bench_floor",
-            pull::Config {
-                durable_name: Some("bench_floor".into()),
-                filter_subject: "privacy.in.vn-apihub.consent.*".into(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                max_ack_pending: (BATCH * 20) as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut chunks = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .messages()
-        .await
-        .unwrap()
-        .ready_chunks(BATCH);
-    let mut done = 0usize;
-    let mut seq = 0u64;
-    let mut start = None;
-    while done < n {
-        let chunk = chunks.next().await.unwrap();
-        start.get_or_insert_with(Instant::now);
-        let msgs: Vec<_> = chunk.into_iter().map(|m| m.unwrap()).collect();
-        let mut batch = sled::Batch::default();
-        for m in &msgs {
-            seq += 1;
-            batch.insert(&seq.to_be_bytes(), &m.payload[..]);
-        }
-        tree.apply_batch(batch).unwrap();
-        db.flush().unwrap();
-        file.sync_data().unwrap();
-        for m in &msgs {
-            m.ack().await.unwrap();
-        }
-        done += msgs.len();
-    }
-    n as f64 / start.unwrap().elapsed().as_secs_f64()
 }
 
 /// (b) The consent service's real ingest path, in-process.
@@ -292,7 +240,7 @@ fn main() {
         publish(&js, n).await;
         println!("published {n} consent.granted events in {:.2} s", t.elapsed().as_secs_f64());
 
-        let floor_rate = floor(&js, n).await;
+        let floor_rate = floor(&js, "privacy.in.vn-apihub.consent.*", n).await;
         let service_rate = service(&nats.url(), data.path(), n).await;
         println!("ingest floor (pull → sled batch → flush+fdatasync → ack): {floor_rate:>10.0} events/s");
         println!("ingest consent service (real path):                       {service_rate:>10.0} events/s");

@@ -293,6 +293,19 @@ impl ServiceContext {
         }
     }
 
+    /// A gRPC channel to another service at its configured URL (`PRIVACY_<SERVICE>_URL`): two
+    /// seconds to connect, ten for each call; UNAVAILABLE saying why when it cannot connect.
+    pub async fn peer_channel(&self, service: &str) -> Result<tonic::transport::Channel, Status> {
+        let url = self.peers.get(service).cloned().unwrap_or_default();
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Status::invalid_argument(format!("{service} URL {url:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {service} at {url}: {e}")))
+    }
+
     /// A tenant of the registry, or NOT_FOUND naming the field.
     pub fn tenant(&self, id: &str) -> Result<&Tenant, Status> {
         if id.is_empty() {

@@ -23,3 +23,13 @@ pub fn decode_body<M: Message + Default>(
         reason: format!("{event_type} body does not decode: {e}"),
     })
 }
+
+/// The tenant and id of a view key `tag tenant 0 id` (as an index of open work keeps them).
+pub fn tenant_and_id(key: &[u8]) -> Option<(String, String)> {
+    let rest = key.get(1..)?;
+    let zero = rest.iter().position(|b| *b == 0)?;
+    Some((
+        String::from_utf8_lossy(&rest[..zero]).into_owned(),
+        String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
+    ))
+}

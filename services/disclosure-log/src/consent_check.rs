@@ -14,14 +14,11 @@ use privacy_service_kit::{Emit, ServiceContext, StreamKey};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
 use crate::DisclosureDomain;
 
 /// How often unchecked disclosures are asked again without a new one to wake the checker.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Disclosures asked per pass.
 const PASS_LIMIT: usize = 1000;
 /// Calls to consent in flight at once.
@@ -43,14 +40,10 @@ pub async fn pass(ctx: &ServiceContext, domain: &DisclosureDomain) -> Result<usi
     let bearer: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {token}")
         .parse()
         .map_err(|_| "PRIVACY_PEER_TOKEN is not a valid header value".to_owned())?;
-    let url = ctx.peers.get("consent").cloned().unwrap_or_default();
-    let channel = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("consent URL {url:?}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect()
+    let channel = ctx
+        .peer_channel("consent")
         .await
-        .map_err(|e| format!("consent at {url} unreachable: {e}"))?;
+        .map_err(|s| s.message().to_owned())?;
     let client = ConsentServiceClient::new(channel);
     // Asked and recorded [`IN_FLIGHT`] at a time (the records group-commit together); the first
     // failure ends the pass, the rest stay unchecked.

@@ -250,14 +250,7 @@ impl LedgerReader {
             .view
             .range(b"u", b"v", limit)?
             .into_iter()
-            .filter_map(|(k, _)| {
-                let rest = &k[1..];
-                let zero = rest.iter().position(|b| *b == 0)?;
-                Some((
-                    String::from_utf8_lossy(&rest[..zero]).into_owned(),
-                    String::from_utf8_lossy(&rest[zero + 1..]).into_owned(),
-                ))
-            })
+            .filter_map(|(k, _)| privacy_service_kit::projection::tenant_and_id(&k))
             .collect())
     }
 

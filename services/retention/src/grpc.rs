@@ -100,19 +100,7 @@ impl RetentionApi {
         credentials: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     ) -> Result<Vec<Recipient>, Status> {
         use privacy_proto::v1::disclosure_log_service_client::DisclosureLogServiceClient;
-        let url = self
-            .ctx
-            .peers
-            .get("disclosure-log")
-            .cloned()
-            .unwrap_or_default();
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::invalid_argument(format!("disclosure-log URL {url:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))?;
+        let channel = self.ctx.peer_channel("disclosure-log").await?;
         let mut request = Request::new(RecipientsToNotifyRequest {
             tenant: tenant.into(),
             subject_id: subject.into(),

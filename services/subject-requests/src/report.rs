@@ -3,7 +3,7 @@
 //! the service it came from, the URL asked and the log position it reflects; a service that did
 //! not answer is named in the section and in `missing`, never silently left out.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use privacy_proto::v1::audit_service_client::AuditServiceClient;
 use privacy_proto::v1::consent_service_client::ConsentServiceClient;
@@ -14,14 +14,10 @@ use privacy_proto::{DecodeError, message_to_json};
 use privacy_service_kit::ServiceContext;
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::view::RequestsReader;
-
-/// How long a peer has to connect, and to answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who asks, for the calls to the other services: the caller's `authorization` header.
 pub type Credentials = Option<MetadataValue<tonic::metadata::Ascii>>;
@@ -59,14 +55,7 @@ impl Report<'_> {
     }
 
     async fn channel(&self, service: &str) -> Result<Channel, Status> {
-        let url = self.url(service);
-        Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::invalid_argument(format!("{service} URL {url:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {url}: {e}")))
+        self.ctx.peer_channel(service).await
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
