@@ -17,6 +17,10 @@ pub struct Purpose {
     pub legal_basis: String,
     #[serde(default)]
     pub description: String,
+    /// A Global Privacy Control signal opts the subject out of this purpose (sale, sharing,
+    /// targeted advertising), where the tenant's law honours the signal.
+    #[serde(default)]
+    pub gpc_opt_out: bool,
 }
 
 /// One data controller, as configured.

@@ -18,7 +18,7 @@ use prost::Message;
 
 use crate::decision::{ChildStatus, LegalBasis, policy_in_force};
 use crate::view::{CONSENT_VIEW, ConsentReader};
-use crate::{OPT_OUT_PURPOSES, POLICY_PUBLISHED, jurisdiction};
+use crate::{POLICY_PUBLISHED, jurisdiction};
 
 /// The consent rules, over the consent view.
 #[derive(Clone)]
@@ -339,7 +339,7 @@ impl ConsentDomain {
         let purposes: Vec<String> = tenant
             .purposes
             .iter()
-            .filter(|p| p.legal_basis == "consent" && OPT_OUT_PURPOSES.contains(&p.id.as_str()))
+            .filter(|p| p.legal_basis == "consent" && p.gpc_opt_out)
             .map(|p| p.id.clone())
             .collect();
         (!purposes.is_empty()).then(|| {

@@ -35,8 +35,6 @@ pub const CHILD_FLAGGED: &str = <ChildFlagged as DomainBody>::EVENT_TYPE;
 /// need.
 pub const AGE_THRESHOLDS: &str = <AgeThresholds as DomainBody>::EVENT_TYPE;
 
-/// Purposes a Global Privacy Control signal opts out of (sale, sharing, targeted advertising).
-pub const OPT_OUT_PURPOSES: &[&str] = &["marketing", "advertising", "sale", "sharing"];
 
 /// The consent service: what it publishes, its view, its domain. What it consumes comes from the
 /// event catalogue (`subject.*`, `consent.*`).
