@@ -384,6 +384,8 @@ async fn consent_is_recorded_checked_as_of_any_instant_and_published() {
         .map(|e| (e.purpose.as_str(), e.change.as_str()))
         .collect();
     assert_eq!(changes, [("marketing", "granted"), ("*", "withdrawn")]);
+    // The withdrawal's method, sealed at rest, opened for display.
+    assert_eq!(history.entries[1].withdrawal_method, "settings");
 
     // Consent changes are domain events on the bus.
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());

@@ -42,6 +42,47 @@ pub struct ConsentApi {
     domain: Arc<ConsentDomain>,
 }
 
+impl ConsentApi {
+    /// Fills each withdrawal's method from its stored event, opened with the vault (sealed at
+    /// rest; `erased` once the subject's key is shredded).
+    fn with_withdrawal_methods(
+        &self,
+        tenant: &str,
+        mut entries: Vec<ConsentHistoryEntry>,
+    ) -> Result<Vec<ConsentHistoryEntry>, Status> {
+        use std::collections::btree_map::Entry;
+        let mut opened: std::collections::BTreeMap<u64, String> = Default::default();
+        for e in entries.iter_mut().filter(|e| e.change == "withdrawn") {
+            e.withdrawal_method = match opened.entry(e.seq) {
+                Entry::Occupied(o) => o.get().clone(),
+                Entry::Vacant(v) => v.insert(self.withdrawal_method(tenant, e.seq)?).clone(),
+            };
+        }
+        Ok(entries)
+    }
+
+    /// The method of the withdrawal stored at `seq`, opened for display.
+    fn withdrawal_method(&self, tenant: &str, seq: u64) -> Result<String, Status> {
+        let Some(stored) = self.ctx.store.get(seq).map_err(status_of)? else {
+            return Ok(String::new());
+        };
+        let mut env = Envelope::decode(stored.data.as_slice())
+            .map_err(|x| Status::data_loss(x.to_string()))?;
+        if env.tenant != tenant {
+            return Ok(String::new());
+        }
+        privacy_service_kit::personal::open_envelope(&self.ctx.vault, &mut env)
+            .map_err(status_of)?;
+        Ok(match env.payload {
+            Some(envelope::Payload::ConsentWithdrawn(w)) if !w.method.is_empty() => w.method,
+            Some(envelope::Payload::ConsentWithdrawn(w)) if w.personal.contains_key("method") => {
+                "erased".into()
+            }
+            _ => String::new(),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ConsentService for ConsentApi {
     async fn publish_policy(
@@ -216,6 +257,7 @@ impl ConsentService for ConsentApi {
             reader.history(&tenant.id, &req.subject_id, &req.purpose)
         }
         .map_err(status_of)?;
+        let entries = self.with_withdrawal_methods(&tenant.id, entries)?;
         Ok(Response::new(GetConsentHistoryResponse { entries }))
     }
 
@@ -260,6 +302,7 @@ impl ConsentService for ConsentApi {
             .into_iter()
             .filter(|e| e.seq > seq)
             .collect();
+        let later = self.with_withdrawal_methods(&tenant.id, later)?;
         let policies = reader.policies(&tenant.id).map_err(status_of)?;
         let receipt =
             crate::receipt::receipt(tenant, &envelope, purpose, &policies, &later, now_micros())

@@ -35,7 +35,6 @@ pub const CHILD_FLAGGED: &str = <ChildFlagged as DomainBody>::EVENT_TYPE;
 /// need.
 pub const AGE_THRESHOLDS: &str = <AgeThresholds as DomainBody>::EVENT_TYPE;
 
-
 /// The consent service: what it publishes, its view, its domain. What it consumes comes from the
 /// event catalogue (`subject.*`, `consent.*`).
 pub const SPEC: ServiceSpec = ServiceSpec {

@@ -134,7 +134,10 @@ pub fn receipt(
         "expressedBy": expressed_by_name(g.expressed_by),
         "attestationRef": g.attestation_ref,
         "validUntil": valid_until.map(rfc3339),
-        "withdrawal": withdrawal.map(|w| json!({"timestamp": rfc3339(micros_or_zero(w.at.as_ref()))})),
+        "withdrawal": withdrawal.map(|w| json!({
+            "timestamp": rfc3339(micros_or_zero(w.at.as_ref())),
+            "method": w.withdrawal_method,
+        })),
         "withdrawalMethod": "WithdrawConsent, or the consent.withdrawn event; effective immediately",
         "evidence": evidence,
         "source": envelope.source,

@@ -109,6 +109,7 @@ impl Projection for ConsentView {
                         valid_until: g.valid_until,
                         expressed_by: g.expressed_by,
                         method: g.method,
+                        withdrawal_method: String::new(),
                     };
                     append(view, &history_key(tenant, subject, purpose), &entry)?;
                 }
