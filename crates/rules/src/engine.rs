@@ -81,6 +81,25 @@ impl Counter<'_> {
         Ok(d)
     }
 
+    /// `d` rolled for `latest` only: outside the calendar's years `d` itself, and `unrolled`
+    /// says why (the rule needs no calendar for `due`, so a missing year must not fail it).
+    fn roll_latest(&mut self, d: Date, unrolled: &mut Option<String>) -> Result<Date, RulesError> {
+        match self.roll(d) {
+            Err(RulesError::OutsideCalendar {
+                calendar,
+                first_year,
+                last_year,
+                ..
+            }) => {
+                *unrolled = Some(format!(
+                    "`latest` could not be rolled: calendar {calendar} covers {first_year}–{last_year} only"
+                ));
+                Ok(d)
+            }
+            other => other,
+        }
+    }
+
     /// `d`, or the next working day after it.
     fn roll(&mut self, mut d: Date) -> Result<Date, RulesError> {
         while !self.working(d)? {
@@ -119,6 +138,7 @@ pub fn due(
         fallback: false,
     };
     let mut note = rule.note.clone();
+    let mut unrolled = None;
     let (due, latest, due_at, latest_at) = match rule.unit {
         Unit::Hours => {
             let at = clock_start
@@ -140,11 +160,12 @@ pub fn due(
                 }
                 DaysConvention::ExactDueRolledLatest => {
                     let d = add_days(receipt, n)?;
-                    (d, c.roll(d)?)
+                    (d, c.roll_latest(d, &mut unrolled)?)
                 }
-                DaysConvention::MinusOneDueRolledLatest => {
-                    (add_days(receipt, n - 1)?, c.roll(add_days(receipt, n)?)?)
-                }
+                DaysConvention::MinusOneDueRolledLatest => (
+                    add_days(receipt, n - 1)?,
+                    c.roll_latest(add_days(receipt, n)?, &mut unrolled)?,
+                ),
             };
             (
                 due,
@@ -185,6 +206,12 @@ pub fn due(
         note = Some(
             "the last day may move to the next working day; `latest` takes that reading".into(),
         );
+    }
+    if let Some(why) = unrolled {
+        note = Some(match note {
+            Some(n) => format!("{n}; {why}"),
+            None => why,
+        });
     }
     Ok(Deadline {
         due,

@@ -733,6 +733,29 @@ fn outside_the_calendar_is_an_error_or_a_labelled_fallback() {
 }
 
 #[test]
+fn a_calendar_day_due_never_fails_for_want_of_a_calendar() {
+    // CCPA 45 calendar days from 1 Dec 2027: `due` (day 44, no rolling) needs no calendar; only
+    // the lenient `latest` would be rolled, and 2028 is not covered: it stays unrolled, said so.
+    let start = local("2027-12-01T10:00", "America/Los_Angeles");
+    let d = deadline(
+        UsCa,
+        None,
+        None,
+        "access",
+        "complete",
+        start,
+        DueOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(d.due, date(2028, 1, 14));
+    assert_eq!(d.latest, date(2028, 1, 15));
+    let note = d.note.unwrap_or_default();
+    assert!(note.contains("could not be rolled"), "{note}");
+    assert!(!d.weekends_only_fallback);
+    // A rule that rolls `due` itself still needs the calendar (RU working days above).
+}
+
+#[test]
 fn ca_business_days_are_labelled_an_assumption() {
     let start = local("2026-11-23T10:00", "America/Los_Angeles");
     let d = deadline(
