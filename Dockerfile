@@ -32,7 +32,8 @@ ENV PRIVACY_DATA_DIR=/var/lib/privacy \
     PRIVACY_TENANTS_DIR=/etc/privacy/tenants \
     RUST_LOG=info
 # Each service also needs PRIVACY_GRPC_ADDR=0.0.0.0:<port> (the default listens on 127.0.0.1),
-# PRIVACY_NATS_URL and PRIVACY_TOKENS. Health check: `privacy-<service> healthcheck`.
+# PRIVACY_NATS_URL and PRIVACY_TOKENS; disclosure-log needs PRIVACY_CONSENT_URL and
+# PRIVACY_PEER_TOKEN to check consent. Health check: `privacy-<service> healthcheck`.
 EXPOSE 50051 50052 50053 50054
 VOLUME /var/lib/privacy
 USER privacy
