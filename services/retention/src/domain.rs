@@ -255,7 +255,8 @@ impl RetentionDomain {
             trigger: "consent_withdrawn".into(),
             purposes: purposes.to_vec(),
             at: envelope.occurred_at,
-            source: envelope.source.clone(),
+            // Observed in consent's log: that log and its event id are the evidence.
+            source: "consent".into(),
             source_event_id: envelope.event_id.clone(),
         };
         ctx.emit(privacy_service_kit::Emit {
