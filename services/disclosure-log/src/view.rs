@@ -257,8 +257,13 @@ impl LedgerReader {
     /// The tenant's unchecked disclosures, at most `limit`.
     pub fn unchecked_of(&self, tenant: &str, limit: usize) -> Result<Vec<Disclosure>, StoreError> {
         let p = prefix(b'u', &[tenant]);
+        // The prefix ends in its 0 separator: the next tenant's keys start past `… 1`.
+        let mut end = p.clone();
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
         let mut out = Vec::new();
-        for (k, _) in self.view.scan_prefix(&p)?.into_iter().take(limit) {
+        for (k, _) in self.view.range(&p, &end, limit)? {
             let id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
             if let Some(d) = self.get(tenant, &id)? {
                 out.push(d);

@@ -201,11 +201,13 @@ pub async fn sweep(
             let Some(s) = governing(&schedules, &h) else {
                 continue;
             };
-            if !facts.contains_key(&h.subject_id) {
-                let f = reader.facts(tenant, &h.subject_id).map_err(fail)?;
-                facts.insert(h.subject_id.clone(), f);
-            }
-            let Ok(next) = next_action(s, &h, &facts[&h.subject_id]) else {
+            let known = match facts.entry(h.subject_id.clone()) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(reader.facts(tenant, &h.subject_id).map_err(fail)?)
+                }
+            };
+            let Ok(next) = next_action(s, &h, known) else {
                 continue;
             };
             if next.at > now || holds.iter().any(|hold| covers(hold, &h)) {
