@@ -9,7 +9,8 @@ use jiff::{Span, Timestamp};
 
 use crate::calendar::{Calendar, Coverage};
 use crate::{
-    Confidence, DaysConvention, DeadlineRule, Jurisdiction, RulesError, Unit, calendar, pack,
+    Confidence, DaysConvention, DeadlineRule, Jurisdiction, RulePack, RulesError, Unit, calendar,
+    calendar_by_id, pack,
 };
 
 /// How to compute a deadline.
@@ -18,6 +19,9 @@ pub struct DueOptions {
     /// Apply the rule's extension (once).
     pub extended: bool,
     pub coverage: Coverage,
+    /// The controller is a public agency: where the pack says so, its statutory last day rolls
+    /// (AU: Acts Interpretation Act s 36) instead of the organisation's convention.
+    pub agency: bool,
 }
 
 /// A computed deadline.
@@ -33,6 +37,8 @@ pub struct Deadline {
     /// Why `latest` differs, or what is uncertain.
     pub note: Option<String>,
     pub calendar: String,
+    /// The calendar a last day rolled over, when it is not `calendar` (US-CA: CCP § 135).
+    pub roll_calendar: Option<String>,
     /// Set when the calendar's holiday set is an assumption (US-CA business days).
     pub calendar_assumption: Option<String>,
     /// Set when a date fell outside the calendar and weekends-only counting was used.
@@ -58,6 +64,8 @@ fn add_months(d: Date, n: i64) -> Result<Date, RulesError> {
 
 struct Counter<'a> {
     calendar: &'a Calendar,
+    /// The calendar a last day rolls over (usually `calendar`).
+    rolling: &'a Calendar,
     coverage: Coverage,
     fallback: bool,
 }
@@ -65,6 +73,11 @@ struct Counter<'a> {
 impl Counter<'_> {
     fn working(&mut self, d: Date) -> Result<bool, RulesError> {
         self.calendar
+            .is_working_day(d, self.coverage, &mut self.fallback)
+    }
+
+    fn open(&mut self, d: Date) -> Result<bool, RulesError> {
+        self.rolling
             .is_working_day(d, self.coverage, &mut self.fallback)
     }
 
@@ -100,9 +113,9 @@ impl Counter<'_> {
         }
     }
 
-    /// `d`, or the next working day after it.
+    /// `d`, or the next day after it that the rolling calendar keeps open.
     fn roll(&mut self, mut d: Date) -> Result<Date, RulesError> {
-        while !self.working(d)? {
+        while !self.open(d)? {
             d = add_days(d, 1)?;
         }
         Ok(d)
@@ -116,13 +129,34 @@ fn end_of_day(d: Date, zone: &TimeZone) -> Result<Timestamp, RulesError> {
         .timestamp())
 }
 
-/// Computes a rule's deadline from `clock_start`.
+/// Computes a rule's deadline from `clock_start`, counting and rolling over `calendar`.
 pub fn due(
     rule: &DeadlineRule,
     convention: DaysConvention,
     clock_start: Timestamp,
     zone: &TimeZone,
     calendar: &Calendar,
+    options: DueOptions,
+) -> Result<Deadline, RulesError> {
+    due_on(
+        rule,
+        convention,
+        clock_start,
+        zone,
+        calendar,
+        calendar,
+        options,
+    )
+}
+
+/// [`due`], with a last day rolled over `rolling` rather than the counting calendar.
+fn due_on(
+    rule: &DeadlineRule,
+    convention: DaysConvention,
+    clock_start: Timestamp,
+    zone: &TimeZone,
+    calendar: &Calendar,
+    rolling: &Calendar,
     options: DueOptions,
 ) -> Result<Deadline, RulesError> {
     let receipt = clock_start.to_zoned_datetime(zone.clone()).date();
@@ -134,6 +168,7 @@ pub fn due(
     let ext = extension.map_or(0, |e| e.duration);
     let mut c = Counter {
         calendar,
+        rolling,
         coverage: options.coverage,
         fallback: false,
     };
@@ -220,6 +255,7 @@ pub fn due(
         latest_at,
         note,
         calendar: calendar.id.clone(),
+        roll_calendar: (rolling.id != calendar.id).then(|| rolling.id.clone()),
         calendar_assumption: calendar.assumption.clone(),
         weekends_only_fallback: c.fallback,
         extended: options.extended,
@@ -248,17 +284,46 @@ impl Confidence {
     }
 }
 
-fn calendar_for(
-    jurisdiction: Jurisdiction,
-    region: Option<&str>,
+fn or_fallback(
+    found: Result<&'static Calendar, RulesError>,
     coverage: Coverage,
 ) -> Result<std::borrow::Cow<'static, Calendar>, RulesError> {
-    match calendar(jurisdiction, region) {
+    match found {
         Ok(c) => Ok(std::borrow::Cow::Borrowed(c)),
         Err(RulesError::NoCalendar(id)) if coverage == Coverage::WeekendsOnlyFallback => {
             Ok(std::borrow::Cow::Owned(Calendar::weekends_only(&id)))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A pack's counting calendar (refined by `region`) and the calendar its last days roll over.
+fn calendars_for(
+    pack: &RulePack,
+    jurisdiction: Jurisdiction,
+    region: Option<&str>,
+    coverage: Coverage,
+) -> Result<
+    (
+        std::borrow::Cow<'static, Calendar>,
+        std::borrow::Cow<'static, Calendar>,
+    ),
+    RulesError,
+> {
+    let counting = or_fallback(calendar(jurisdiction, region), coverage)?;
+    let rolling = match &pack.roll_calendar {
+        Some(id) => or_fallback(calendar_by_id(id), coverage)?,
+        None => counting.clone(),
+    };
+    Ok((counting, rolling))
+}
+
+/// The convention a pack's calendar-day periods end by, for an organisation or an agency,
+/// with the note that explains a `due`/`latest` gap.
+fn convention(pack: &RulePack, options: DueOptions) -> (DaysConvention, Option<&String>) {
+    match (options.agency, pack.agency_days) {
+        (true, Some(days)) => (days, pack.agency_days_note.as_ref()),
+        _ => (pack.days, pack.days_note.as_ref()),
     }
 }
 
@@ -279,10 +344,12 @@ pub fn deadline(
     let pack = pack(jurisdiction, received)?;
     let zone = zone.cloned().unwrap_or_else(|| pack.zone());
     let rule = pack.rule(request, stage)?;
-    let calendar = calendar_for(jurisdiction, region, options.coverage)?;
-    let mut d = due(rule, pack.days, clock_start, &zone, &calendar, options)?;
-    if d.note.is_none() && d.due != d.latest {
-        d.note = pack.days_note.clone();
+    let (counting, rolling) = calendars_for(pack, jurisdiction, region, options.coverage)?;
+    let (days, days_note) = convention(pack, options);
+    let mut d = due_on(rule, days, clock_start, &zone, &counting, &rolling, options)?;
+    let agency = options.agency && pack.agency_days.is_some();
+    if d.note.is_none() && (d.due != d.latest || agency) {
+        d.note = days_note.cloned();
     }
     Ok(d)
 }
@@ -347,13 +414,14 @@ pub fn promise(
         note: None,
         extension: None,
     };
-    let calendar = calendar_for(jurisdiction, region, options.coverage)?;
-    due(
+    let (counting, rolling) = calendars_for(pack, jurisdiction, region, options.coverage)?;
+    due_on(
         &rule,
-        pack.days,
+        convention(pack, options).0,
         clock_start,
         &zone,
-        &calendar,
+        &counting,
+        &rolling,
         DueOptions {
             extended: false,
             ..options

@@ -443,6 +443,117 @@ const CASES: &[Case] = &[
         date(2026, 4, 27),
         date(2026, 4, 28),
     ),
+    // AU (VIC) 2031: Sun 5 Oct + 30 = Tue 4 Nov, Melbourne Cup Day in Victoria only: an
+    // organisation's due stays, latest Wed 5 Nov; in NSW both are 4 Nov.
+    case(
+        "AU VIC Melbourne Cup 2031",
+        Au,
+        Some("VIC"),
+        "access",
+        "complete",
+        "2031-10-05T10:00",
+        false,
+        date(2031, 11, 4),
+        date(2031, 11, 5),
+    ),
+    case(
+        "AU NSW has no Melbourne Cup 2031",
+        Au,
+        Some("NSW"),
+        "access",
+        "complete",
+        "2031-10-05T10:00",
+        false,
+        date(2031, 11, 4),
+        date(2031, 11, 4),
+    ),
+    // EU 2033: Tue 14 Jun + 1 month = Thu 14 Jul, France's national day → Fri 15 Jul in FR;
+    // a working day in DE.
+    case(
+        "EU FR 14 July 2033",
+        Eu,
+        Some("FR"),
+        "access",
+        "complete",
+        "2033-06-14T10:00",
+        false,
+        date(2033, 7, 15),
+        date(2033, 7, 15),
+    ),
+    case(
+        "EU DE 14 July 2033",
+        Eu,
+        Some("DE"),
+        "access",
+        "complete",
+        "2033-06-14T10:00",
+        false,
+        date(2033, 7, 14),
+        date(2033, 7, 14),
+    ),
+    // EU 2035: Fri 30 Mar + 1 month = Mon 30 Apr: Orthodox Easter Monday in Greece, then Tue
+    // 1 May (Labour Day) → Wed 2 May; Western Easter was 25 Mar, so 30 Apr works in DE.
+    case(
+        "EU GR Orthodox Easter 2035",
+        Eu,
+        Some("GR"),
+        "access",
+        "complete",
+        "2035-03-30T10:00",
+        false,
+        date(2035, 5, 2),
+        date(2035, 5, 2),
+    ),
+    case(
+        "EU DE after Western Easter 2035",
+        Eu,
+        Some("DE"),
+        "access",
+        "complete",
+        "2035-03-30T10:00",
+        false,
+        date(2035, 4, 30),
+        date(2035, 4, 30),
+    ),
+    // RU 2029, no transfer decree yet: Unity Day Sun 4 Nov moves to Mon 5 Nov (Art. 112 pt 2).
+    // 10 WD from Fri 26 Oct: 29, 30, 31 Oct, 1, 2 Nov (1–5), 6–9 Nov (6–9), Mon 12 Nov (10).
+    case(
+        "RU Art. 112 move 2029",
+        Ru,
+        None,
+        "access",
+        "complete",
+        "2029-10-26T10:00",
+        false,
+        date(2029, 11, 12),
+        date(2029, 11, 12),
+    ),
+    // VN 2031: acknowledge within 2 WD of Mon 31 Mar; Tue 1 Apr is Hung Kings Day (10/3 lunar):
+    // Wed 2 Apr (1), Thu 3 Apr (2).
+    case(
+        "VN Hung Kings 2031",
+        Vn,
+        None,
+        "access",
+        "acknowledge",
+        "2031-03-31T10:00",
+        false,
+        date(2031, 4, 3),
+        date(2031, 4, 3),
+    ),
+    // VN 2031: 10 days from Mon 13 Jan = Thu 23 Jan, Tết (21–24 Jan, 27 Jan as estimated) →
+    // Tue 28 Jan.
+    case(
+        "VN Tet 2031",
+        Vn,
+        None,
+        "access",
+        "complete",
+        "2031-01-13T10:00",
+        false,
+        date(2031, 1, 28),
+        date(2031, 1, 28),
+    ),
     // Same receipt, national calendar: 27 Apr is not a national holiday.
     case(
         "AU national calendar",
@@ -617,6 +728,7 @@ fn dated_cases() {
             DueOptions {
                 extended: c.extended,
                 coverage: Coverage::Strict,
+                agency: false,
             },
         )
         .unwrap_or_else(|e| panic!("{}: {e}", c.what));
@@ -687,8 +799,8 @@ fn the_regime_is_chosen_by_the_date_received() {
 
 #[test]
 fn outside_the_calendar_is_an_error_or_a_labelled_fallback() {
-    // RU 10 WD from Tue 28 Dec 2027 runs into 2028, which no calendar covers yet.
-    let start = local("2027-12-28T10:00", "Europe/Moscow");
+    // RU 10 WD from Thu 27 Dec 2040 runs into 2041, which no calendar covers.
+    let start = local("2040-12-27T10:00", "Europe/Moscow");
     let strict = deadline(
         Ru,
         None,
@@ -703,17 +815,18 @@ fn outside_the_calendar_is_an_error_or_a_labelled_fallback() {
         "{strict:?}"
     );
     let fallback = DueOptions {
-        extended: false,
         coverage: Coverage::WeekendsOnlyFallback,
+        ..DueOptions::default()
     };
     let d = deadline(Ru, None, None, "access", "complete", start, fallback).unwrap();
-    // 29, 30 (1–2), 31 Dec off (covered), then weekends only: 3–7 Jan (3–7), 10, 11, 12 (8–10).
-    assert_eq!(d.due, date(2028, 1, 12));
+    // Fri 28 Dec (1), Mon 31 Dec (2, the 2040 calendar has no decree moving it), then weekends
+    // only: 1–4 Jan 2041 (3–6), 7–10 Jan (7–10).
+    assert_eq!(d.due, date(2041, 1, 10));
     assert!(d.weekends_only_fallback);
-    // GDPR leap year beyond the calendars: 31 Jan 2028 + 1 month = Tue 29 Feb 2028.
-    let start = local("2028-01-31T10:00", "Europe/Berlin");
+    // GDPR leap year beyond the calendars: 31 Jan 2044 + 1 month = Mon 29 Feb 2044.
+    let start = local("2044-01-31T10:00", "Europe/Berlin");
     let d = deadline(Eu, Some("DE"), None, "access", "complete", start, fallback).unwrap();
-    assert_eq!(d.due, date(2028, 2, 29));
+    assert_eq!(d.due, date(2044, 2, 29));
     assert!(d.weekends_only_fallback);
     // An EU tenant without a member state has no calendar unless it accepts the fallback.
     let start = local("2026-05-01T10:00", "Europe/Berlin");
@@ -727,16 +840,27 @@ fn outside_the_calendar_is_an_error_or_a_labelled_fallback() {
         DueOptions::default(),
     );
     assert!(matches!(none, Err(RulesError::NoCalendar(_))));
-    let d = deadline(Eu, Some("FR"), None, "access", "complete", start, fallback).unwrap();
+    // An EEA state outside the shipped EU calendars (Norway) likewise.
+    let strict = deadline(
+        Eu,
+        Some("NO"),
+        None,
+        "access",
+        "complete",
+        start,
+        DueOptions::default(),
+    );
+    assert!(matches!(strict, Err(RulesError::NoCalendar(_))));
+    let d = deadline(Eu, Some("NO"), None, "access", "complete", start, fallback).unwrap();
     assert_eq!(d.due, date(2026, 6, 1));
     assert!(d.weekends_only_fallback);
 }
 
 #[test]
 fn a_calendar_day_due_never_fails_for_want_of_a_calendar() {
-    // CCPA 45 calendar days from 1 Dec 2027: `due` (day 44, no rolling) needs no calendar; only
-    // the lenient `latest` would be rolled, and 2028 is not covered: it stays unrolled, said so.
-    let start = local("2027-12-01T10:00", "America/Los_Angeles");
+    // CCPA 45 calendar days from 1 Dec 2040: `due` (day 44, no rolling) needs no calendar; only
+    // the lenient `latest` would be rolled, and 2041 is not covered: it stays unrolled, said so.
+    let start = local("2040-12-01T10:00", "America/Los_Angeles");
     let d = deadline(
         UsCa,
         None,
@@ -747,12 +871,99 @@ fn a_calendar_day_due_never_fails_for_want_of_a_calendar() {
         DueOptions::default(),
     )
     .unwrap();
-    assert_eq!(d.due, date(2028, 1, 14));
-    assert_eq!(d.latest, date(2028, 1, 15));
+    assert_eq!(d.due, date(2041, 1, 14));
+    assert_eq!(d.latest, date(2041, 1, 15));
     let note = d.note.unwrap_or_default();
     assert!(note.contains("could not be rolled"), "{note}");
     assert!(!d.weekends_only_fallback);
     // A rule that rolls `due` itself still needs the calendar (RU working days above).
+}
+
+#[test]
+fn an_agency_s_last_day_rolls_and_california_rolls_over_judicial_holidays() {
+    // AU 2032: Sat 8 May + 30 = Mon 7 Jun, Western Australia Day. An agency's statutory last
+    // day moves to Tue 8 Jun (Acts Interpretation Act s 36(2)); an organisation's `due` stays
+    // day 30 with `latest` rolled; in NSW 7 Jun is a working day.
+    let perth = TimeZone::get("Australia/Perth").unwrap();
+    let start = local("2032-05-08T10:00", "Australia/Perth");
+    let agency = DueOptions {
+        agency: true,
+        ..DueOptions::default()
+    };
+    let at = |region, options| {
+        deadline(
+            Au,
+            Some(region),
+            Some(&perth),
+            "access",
+            "complete",
+            start,
+            options,
+        )
+        .unwrap()
+    };
+    let wa = at("WA", agency);
+    assert_eq!((wa.due, wa.latest), (date(2032, 6, 8), date(2032, 6, 8)));
+    assert!(wa.note.unwrap_or_default().contains("s 36(2)"));
+    let wa_org = at("WA", DueOptions::default());
+    assert_eq!(
+        (wa_org.due, wa_org.latest),
+        (date(2032, 6, 7), date(2032, 6, 8))
+    );
+    let nsw = at("NSW", agency);
+    assert_eq!((nsw.due, nsw.latest), (date(2032, 6, 7), date(2032, 6, 7)));
+    // Agency or not changes nothing where the pack has one convention (RU).
+    let ru = local("2029-10-26T10:00", "Europe/Moscow");
+    assert_eq!(
+        deadline(Ru, None, None, "access", "complete", ru, agency).unwrap(),
+        deadline(
+            Ru,
+            None,
+            None,
+            "access",
+            "complete",
+            ru,
+            DueOptions::default()
+        )
+        .unwrap()
+    );
+
+    // CCPA: Tue 12 Aug 2031 + 45 = Fri 26 Sep, Native American Day: a judicial holiday (CCP
+    // § 135) though no business-day closure. `due` is day 44 (Thu 25 Sep); `latest` rolls over
+    // the holiday, Saturday (CCP § 12a) and Sunday to Mon 29 Sep.
+    let ca = |received| {
+        deadline(
+            UsCa,
+            None,
+            None,
+            "access",
+            "complete",
+            local(received, "America/Los_Angeles"),
+            DueOptions::default(),
+        )
+        .unwrap()
+    };
+    let d = ca("2031-08-12T10:00");
+    assert_eq!((d.due, d.latest), (date(2031, 9, 25), date(2031, 9, 29)));
+    assert_eq!(d.calendar, "US-CA");
+    assert_eq!(d.roll_calendar.as_deref(), Some("US-CA-CCP"));
+    // Sat 29 Dec 2035 + 45 = Tue 12 Feb 2036, Lincoln Day (judicial only) → latest Wed 13 Feb.
+    let d = ca("2035-12-29T10:00");
+    assert_eq!((d.due, d.latest), (date(2036, 2, 11), date(2036, 2, 13)));
+    // The business days themselves do not stop on a judicial-only holiday: 10 business days
+    // from Mon 22 Sep 2031 run through Fri 26 Sep (Native American Day): 23–26 (1–4),
+    // 29 Sep–3 Oct (5–9), Mon 6 Oct (10).
+    let ack = deadline(
+        UsCa,
+        None,
+        None,
+        "access",
+        "acknowledge",
+        local("2031-09-22T10:00", "America/Los_Angeles"),
+        DueOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ack.due, date(2031, 10, 6));
 }
 
 #[test]
@@ -925,12 +1136,33 @@ fn shipped_data_is_complete_and_cited() {
         );
     }
     let ids: Vec<&str> = calendars().map(|c| c.id.as_str()).collect();
-    for id in ["RU", "VN", "US-CA", "AU", "AU-NSW", "EU-DE", "EU-IE"] {
+    for id in ["RU", "VN", "US-CA", "US-CA-CCP", "AU"] {
         assert!(ids.contains(&id), "{id}");
     }
+    for state in ["ACT", "NSW", "NT", "QLD", "SA", "TAS", "VIC", "WA"] {
+        assert!(calendar(Au, Some(state)).is_ok(), "AU-{state}");
+    }
+    let eu = [
+        "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
+        "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+    ];
+    for state in eu {
+        assert!(calendar(Eu, Some(state)).is_ok(), "EU-{state}");
+    }
     for c in calendars() {
-        assert_eq!((c.first_year, c.last_year), (2025, 2027), "{}", c.id);
+        assert!(
+            c.first_year <= 2020 && c.last_year >= 2040,
+            "{}: {}–{}",
+            c.id,
+            c.first_year,
+            c.last_year
+        );
         assert!(!c.sources.is_empty(), "{}", c.id);
+    }
+    for p in packs() {
+        if let Some(id) = &p.roll_calendar {
+            assert!(calendar_by_id(id).is_ok(), "{} rolls over {id}", p.regime);
+        }
     }
     // Working-day totals of the RU production calendar (CALENDARS.md): 247 in each year.
     let ru = calendar(Ru, None).unwrap();
@@ -968,12 +1200,12 @@ proptest! {
 
     /// No deadline ends before its clock starts, and `latest` is never before `due`.
     #[test]
-    fn never_before_the_clock_start(j in any_jurisdiction(), day in 0i64..900, minute in 0i64..1440, pick in 0usize..16, ext in any::<bool>()) {
+    fn never_before_the_clock_start(j in any_jurisdiction(), day in 0i64..5800, minute in 0i64..1440, pick in 0usize..16, ext in any::<bool>()) {
         let start = local("2025-01-01T00:00", zone_of(j))
             .checked_add(jiff::Span::new().hours(day * 24).minutes(minute)).unwrap();
         let p = pack(j, start.to_zoned_datetime(TimeZone::get(zone_of(j)).unwrap()).date()).unwrap();
         let rule = &p.deadlines[pick % p.deadlines.len()];
-        let opts = DueOptions { extended: ext && rule.extension.is_some(), coverage: Coverage::WeekendsOnlyFallback };
+        let opts = DueOptions { extended: ext && rule.extension.is_some(), coverage: Coverage::WeekendsOnlyFallback, agency: false };
         let d = deadline(j, region_of(j), None, &rule.request, &rule.stage, start, opts).unwrap();
         prop_assert!(d.due_at >= start);
         prop_assert!(d.latest >= d.due);
@@ -982,7 +1214,7 @@ proptest! {
 
     /// Counting more working days never gives an earlier date (and more days, a later one).
     #[test]
-    fn working_days_are_monotonic(j in prop::sample::select(vec![Ru, Vn, UsCa]), day in 0i64..700, a in 0u32..40, b in 0u32..40) {
+    fn working_days_are_monotonic(j in prop::sample::select(vec![Ru, Vn, UsCa]), day in 0i64..5800, a in 0u32..40, b in 0u32..40) {
         let (lo, hi) = (a.min(b), a.max(b));
         let start = local("2025-01-01T09:00", zone_of(j)).checked_add(jiff::Span::new().hours(day * 24)).unwrap();
         let cal = calendar(j, None).unwrap();
@@ -992,7 +1224,7 @@ proptest! {
             clock_start: "received".into(), citation: "test".into(), confidence: Confidence::Verified,
             note: None, extension: None,
         };
-        let opts = DueOptions { extended: false, coverage: Coverage::WeekendsOnlyFallback };
+        let opts = DueOptions { extended: false, coverage: Coverage::WeekendsOnlyFallback, agency: false };
         let d_lo = due(&rule(lo), DaysConvention::Rolled, start, &zone, cal, opts).unwrap();
         let d_hi = due(&rule(hi), DaysConvention::Rolled, start, &zone, cal, opts).unwrap();
         prop_assert!(d_lo.due <= d_hi.due);
@@ -1003,11 +1235,11 @@ proptest! {
 
     /// An extension never shortens a deadline.
     #[test]
-    fn extension_never_shortens(j in any_jurisdiction(), day in 0i64..800) {
+    fn extension_never_shortens(j in any_jurisdiction(), day in 0i64..5800) {
         let start = local("2025-01-01T09:00", zone_of(j)).checked_add(jiff::Span::new().hours(day * 24)).unwrap();
         let p = pack(j, start.to_zoned_datetime(TimeZone::get(zone_of(j)).unwrap()).date()).unwrap();
         for rule in p.deadlines.iter().filter(|r| r.extension.is_some()) {
-            let plain = DueOptions { extended: false, coverage: Coverage::WeekendsOnlyFallback };
+            let plain = DueOptions { extended: false, coverage: Coverage::WeekendsOnlyFallback, agency: false };
             let ext = DueOptions { extended: true, ..plain };
             let a = deadline(j, region_of(j), None, &rule.request, &rule.stage, start, plain).unwrap();
             let b = deadline(j, region_of(j), None, &rule.request, &rule.stage, start, ext).unwrap();

@@ -23,6 +23,15 @@ pub struct Purpose {
     pub gpc_opt_out: bool,
 }
 
+/// What kind of controller a tenant is, where the law treats them differently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    #[default]
+    Organisation,
+    Agency,
+}
+
 /// One data controller, as configured.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Tenant {
@@ -34,6 +43,10 @@ pub struct Tenant {
     /// EU member state or Australian state, where deadlines depend on it.
     #[serde(default)]
     pub region: Option<String>,
+    /// `organisation` (the default) or `agency` (a public body: AU agencies have a statutory
+    /// last day that rolls past weekends and holidays).
+    #[serde(default)]
+    pub entity: Entity,
     #[serde(default)]
     pub purposes: Vec<Purpose>,
     /// Backend systems that hold the tenant's data.
@@ -240,6 +253,11 @@ access_days = 30
                 .unwrap_err()
                 .contains("legal_basis")
         );
+        assert_eq!(t.entity, Entity::Organisation);
+        let agency = ok.replace("region = \"DE\"", "region = \"DE\"\nentity = \"agency\"");
+        assert_eq!(parse(&agency).unwrap().entity, Entity::Agency);
+        let typo = ok.replace("region = \"DE\"", "region = \"DE\"\nentity = \"agncy\"");
+        assert!(parse(&typo).unwrap_err().contains("entity"));
     }
 
     #[test]

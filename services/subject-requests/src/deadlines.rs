@@ -6,7 +6,7 @@
 //! deadline already given.
 
 use privacy_proto::v1::{Deadline, Deadlines, RequestType};
-use privacy_service_kit::Tenant;
+use privacy_service_kit::tenants::{Entity, Tenant};
 use privacy_vocab::time::timestamp;
 use rules::{Bound, DueOptions, Unit, combine, deadline, pack, promise};
 
@@ -120,7 +120,10 @@ fn to_proto(d: &rules::Deadline, duration: u32, unit: Unit) -> Deadline {
         citation: d.citation.clone(),
         confidence: d.confidence.mark().into(),
         note: d.note.clone().unwrap_or_default(),
-        calendar: d.calendar.clone(),
+        calendar: match &d.roll_calendar {
+            Some(roll) => format!("{} (a last day rolls over {roll})", d.calendar),
+            None => d.calendar.clone(),
+        },
         extended: d.extended,
         duration,
         unit: unit_name(unit).into(),
@@ -148,8 +151,10 @@ pub fn compute(
         .map_err(|e| DeadlineError(format!("clock start out of range: {e}")))?;
     let zone = tenant.zone();
     let region = tenant.region.as_deref();
+    let agency = tenant.entity == Entity::Agency;
     let options = DueOptions {
         extended,
+        agency,
         ..Default::default()
     };
     let day = local_day(tenant, start).ok_or_else(|| DeadlineError("no local date".into()))?;
@@ -168,7 +173,19 @@ pub fn compute(
     };
     let promise = match promised(tenant, t) {
         Some((n, unit)) => Some((
-            promise(j, region, Some(&zone), n, unit, at, DueOptions::default()).map_err(err)?,
+            promise(
+                j,
+                region,
+                Some(&zone),
+                n,
+                unit,
+                at,
+                DueOptions {
+                    agency,
+                    ..Default::default()
+                },
+            )
+            .map_err(err)?,
             n,
             unit,
         )),
