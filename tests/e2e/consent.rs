@@ -651,3 +651,167 @@ async fn a_childs_own_consent_never_allows_processing_whatever_the_arrival_order
     );
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_iso_27560_state_shows_in_history_and_receipts() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let url = svc.url();
+    publish_policy_v1(&url).await;
+    let mut backend = consent_client(&url, BACKEND_TOKEN).await;
+    let mut operator = consent_client(&url, OPERATOR_TOKEN).await;
+    let auditor = consent_client(&url, AUDITOR_TOKEN).await;
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let refuse = |subject: &str, purpose: &str, at: SystemTime| RefuseConsentRequest {
+        tenant: TENANT.into(),
+        subject_id: subject.into(),
+        refusal: Some(ConsentRefused {
+            purposes: vec![purpose.into()],
+            policy_version: "v1".into(),
+            method: ConsentMethod::UntickedCheckbox as i32,
+            expressed_by: ExpressedBy::Subject as i32,
+        }),
+        occurred_at: ts(at),
+        event_id: uuid::Uuid::now_v7().to_string(),
+        source: "signup-form".into(),
+    };
+    let history = |mut c: Consent, subject: &'static str| async move {
+        c.get_consent_history(GetConsentHistoryRequest {
+            tenant: TENANT.into(),
+            subject_id: subject.into(),
+            purpose: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+    };
+    let receipt = |mut c: Consent, subject: &'static str, record: String| async move {
+        let json = c
+            .export_consent_receipt(ExportConsentReceiptRequest {
+                tenant: TENANT.into(),
+                subject_id: subject.into(),
+                record_id: record,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .receipt_json;
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()
+    };
+
+    // Refused: asked and said no. Processing is denied with reason `refused`; the refusal is
+    // its own record, in history and as a receipt; a contract purpose cannot be refused.
+    let refused = backend
+        .refuse_consent(refuse("u-r", "marketing", now - 3 * hour))
+        .await
+        .unwrap()
+        .into_inner();
+    let refusal_record = refused.record_ids[0].clone();
+    let c = check(&mut backend, "u-r", "marketing", now).await;
+    assert_eq!((c.allowed, c.reason.as_str()), (false, "refused"), "{c:?}");
+    assert_eq!(c.decided_by_seq, refused.seq);
+    let err = backend
+        .refuse_consent(refuse("u-r", "provide_service", now))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("consent_refused.purposes:"),
+        "{err}"
+    );
+    let r = receipt(auditor.clone(), "u-r", refusal_record.clone()).await;
+    assert_eq!(r["state"], "refused", "{r}");
+    assert_eq!(r["notice"]["version"], "v1");
+    // A later grant counts; the refusal stays what it was.
+    backend
+        .grant_consent(grant("u-r", "marketing", "v1", now - 2 * hour))
+        .await
+        .unwrap();
+    assert!(check(&mut backend, "u-r", "marketing", now).await.allowed);
+    let states: Vec<_> = history(auditor.clone(), "u-r")
+        .await
+        .into_iter()
+        .map(|e| (e.change, e.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("refused".to_owned(), "refused".to_owned()),
+            ("granted".to_owned(), "given".to_owned())
+        ]
+    );
+
+    // Re-consent required: a material policy change to the purpose took effect after the grant.
+    let analytics = backend
+        .grant_consent(grant("u-p", "analytics", "v1", now - 2 * hour))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_ids
+        .remove(0);
+    operator
+        .publish_policy(PublishPolicyRequest {
+            tenant: TENANT.into(),
+            version: "v2".into(),
+            notice_hash: "sha256:bb".into(),
+            effective_at: ts(now - hour),
+            purposes: vec!["analytics".into()],
+            material: true,
+        })
+        .await
+        .unwrap();
+    let entries = history(auditor.clone(), "u-p").await;
+    assert_eq!(entries[0].state, "reconsent_required", "{entries:?}");
+    assert!(entries[0].state_reason.contains("v2"), "{entries:?}");
+    let r = receipt(auditor.clone(), "u-p", analytics).await;
+    assert_eq!(r["state"], "reconsent_required", "{r}");
+    assert!(r["stateReason"].as_str().unwrap().contains("v2"), "{r}");
+
+    // Invalidated: a grant accepted before the registration showed a 12-year-old gave it.
+    let kid = backend
+        .grant_consent(grant("kid-5", "marketing", "v2", now))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_ids
+        .remove(0);
+    // 1 January, twelve years before this year: 11 or 12 years old today.
+    let year = 1970
+        + now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 31_556_952;
+    let birth = format!("{}-01-01", year - 12);
+    privacy_client::PrivacyClient::connect(&nats.url(), "signup")
+        .await
+        .unwrap()
+        .publish(
+            TENANT,
+            "kid-5",
+            SubjectRegistered {
+                birth_date: birth,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while check(&mut backend, "kid-5", "marketing", SystemTime::now())
+        .await
+        .allowed
+    {
+        assert!(Instant::now() < deadline, "the registration was not folded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = history(auditor.clone(), "kid-5").await;
+    assert_eq!(entries[0].state, "invalidated", "{entries:?}");
+    assert!(entries[0].state_reason.contains("child"), "{entries:?}");
+    assert_eq!(
+        receipt(auditor.clone(), "kid-5", kid).await["state"],
+        "invalidated"
+    );
+    svc.stop().await;
+}

@@ -83,6 +83,7 @@ macro_rules! free_text {
 
 no_free_text!(
     SubjectUpdated,
+    ConsentRefused,
     ConsentSignal,
     RequestReceived,
     OrderConfirmed
@@ -314,6 +315,8 @@ catalogue! {
             consumers ["consent"], personal [evidence];
         ConsentWithdrawn = "consent.withdrawn", consent_withdrawn,
             consumers ["consent"], personal [personal];
+        ConsentRefused = "consent.refused", consent_refused,
+            consumers ["consent"], personal [];
         ConsentSignal = "consent.signal", consent_signal,
             consumers ["consent"], personal [];
         DataCollected = "data.collected", data_collected,
@@ -503,6 +506,23 @@ impl Contract for v1::ConsentWithdrawn {
         }
         check_text(&f.field("method"), &self.method, limits)?;
         check_personal(&f.field("personal"), &self.personal, limits)
+    }
+}
+
+impl Contract for v1::ConsentRefused {
+    fn check(&self, f: &Root, limits: &Limits) -> Result<(), Rejection> {
+        if self.purposes.is_empty() {
+            return Err(Rejection::missing(f.field("purposes")));
+        }
+        check_list_len(&f.field("purposes"), self.purposes.len(), limits)?;
+        for purpose in &self.purposes {
+            check_id(&f.field("purposes"), purpose, limits)?;
+        }
+        if !self.policy_version.is_empty() {
+            check_id(&f.field("policy_version"), &self.policy_version, limits)?;
+        }
+        check_enum::<v1::ConsentMethod>(&f.field("method"), self.method)?;
+        check_enum::<v1::ExpressedBy>(&f.field("expressed_by"), self.expressed_by)
     }
 }
 

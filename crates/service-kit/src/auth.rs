@@ -156,6 +156,7 @@ macro_rules! scoped {
 scoped!(Tenant:
     PublishPolicyRequest,
     GrantConsentRequest,
+    RefuseConsentRequest,
     WithdrawConsentRequest,
     CheckConsentRequest,
     GetConsentHistoryRequest,

@@ -55,6 +55,8 @@ pub enum ChangeKind {
         by_guardian: bool,
     },
     Withdrawn,
+    /// The subject was asked and said no.
+    Refused,
 }
 
 /// Why processing is not allowed.
@@ -62,6 +64,7 @@ pub enum ChangeKind {
 pub enum Reason {
     NeverGiven,
     Withdrawn,
+    Refused,
     Expired,
     ReconsentRequired,
     ChildWithoutGuardian,
@@ -73,6 +76,7 @@ impl Reason {
         match self {
             Reason::NeverGiven => "never_given",
             Reason::Withdrawn => "withdrawn",
+            Reason::Refused => "refused",
             Reason::Expired => "expired",
             Reason::ReconsentRequired => "reconsent_required",
             Reason::ChildWithoutGuardian => "child_without_guardian",
@@ -178,9 +182,14 @@ pub fn decide(
         by_guardian,
     } = &last.kind
     else {
+        let reason = if last.kind == ChangeKind::Refused {
+            Reason::Refused
+        } else {
+            Reason::Withdrawn
+        };
         return Decision {
             decided_by_seq: Some(last.seq),
-            ..Decision::denied(Reason::Withdrawn)
+            ..Decision::denied(reason)
         };
     };
     let with_record = |reason: Option<Reason>| Decision {
@@ -195,7 +204,9 @@ pub fn decide(
     if valid_until.is_some_and(|until| until <= as_of) {
         return with_record(Some(Reason::Expired));
     }
-    if child.is_child_at(as_of) && !by_guardian {
+    // A child's own consent is no consent: not while a child, and not later either when it
+    // was given as a child (the record stays invalid; a new grant is needed).
+    if !by_guardian && (child.is_child_at(as_of) || child.is_child_at(last.at)) {
         return with_record(Some(Reason::ChildWithoutGuardian));
     }
     let superseding = policies
@@ -215,6 +226,97 @@ pub fn decide(
         };
     }
     with_record(None)
+}
+
+/// A consent record's ISO/IEC TS 27560 state at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    Given,
+    Refused,
+    Withdrawn,
+    Expired,
+    /// A later grant for the same purpose replaced it.
+    Renewed,
+    ReconsentRequired,
+    Invalidated,
+}
+
+impl RecordState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Given => "given",
+            RecordState::Refused => "refused",
+            RecordState::Withdrawn => "withdrawn",
+            RecordState::Expired => "expired",
+            RecordState::Renewed => "renewed",
+            RecordState::ReconsentRequired => "reconsent_required",
+            RecordState::Invalidated => "invalidated",
+        }
+    }
+}
+
+/// The state at `now` of the change `record` of `purpose`, given the purpose's `history` (any
+/// order; it may include `record` and changes after `now`, which are ignored), the tenant's
+/// `policies` and what is known of the subject as a child. Returns the state and, for
+/// `reconsent_required` and `invalidated`, why.
+pub fn record_state(
+    record: &ConsentChange,
+    history: &[ConsentChange],
+    policies: &[PolicyVersion],
+    child: ChildStatus,
+    purpose: &str,
+    now: i64,
+) -> (RecordState, Option<String>) {
+    let ChangeKind::Granted {
+        policy_version,
+        valid_until,
+        by_guardian,
+        ..
+    } = &record.kind
+    else {
+        let state = match record.kind {
+            ChangeKind::Refused => RecordState::Refused,
+            _ => RecordState::Withdrawn,
+        };
+        return (state, None);
+    };
+    let next = history
+        .iter()
+        .filter(|c| (c.at, c.seq) > (record.at, record.seq) && c.at <= now)
+        .min_by_key(|c| (c.at, c.seq));
+    if let Some(next) = next {
+        let state = match next.kind {
+            ChangeKind::Granted { .. } => RecordState::Renewed,
+            ChangeKind::Withdrawn | ChangeKind::Refused => RecordState::Withdrawn,
+        };
+        return (state, None);
+    }
+    if !by_guardian && child.is_child_at(record.at) {
+        return (
+            RecordState::Invalidated,
+            Some("given by a child below the age in force, without a guardian".into()),
+        );
+    }
+    if valid_until.is_some_and(|until| until <= now) {
+        return (RecordState::Expired, None);
+    }
+    let superseding = policies
+        .iter()
+        .filter(|p| {
+            p.material
+                && p.affects(purpose)
+                && p.version != *policy_version
+                && p.effective_at > record.at
+                && p.effective_at <= now
+        })
+        .min_by_key(|p| p.effective_at);
+    match superseding {
+        Some(p) => (
+            RecordState::ReconsentRequired,
+            Some(format!("policy version {} changed the purpose", p.version)),
+        ),
+        None => (RecordState::Given, None),
+    }
 }
 
 #[cfg(test)]
@@ -360,16 +462,33 @@ mod tests {
             T0 + 2 * DAY,
         );
         assert_eq!(reason(&d), Some("child_without_guardian"));
-        assert!(
-            decide(
-                Some(LegalBasis::Consent),
-                &own,
-                &[],
-                child,
-                "marketing",
-                T0 + 100 * DAY
-            )
-            .allowed
+        // The grant a child gave stays invalid past the birthday; a new grant then counts.
+        let past = decide(
+            Some(LegalBasis::Consent),
+            &own,
+            &[],
+            child,
+            "marketing",
+            T0 + 100 * DAY,
+        );
+        assert_eq!(reason(&past), Some("child_without_guardian"));
+        let (state, why) = record_state(&own[0], &own, &[], child, "marketing", T0 + 100 * DAY);
+        assert_eq!(state, RecordState::Invalidated);
+        assert!(why.is_some_and(|w| w.contains("child")));
+        let mut again = own.clone();
+        again.push(grant(2, T0 + 101 * DAY, "v1", None));
+        let d = decide(
+            Some(LegalBasis::Consent),
+            &again,
+            &[],
+            child,
+            "marketing",
+            T0 + 101 * DAY,
+        );
+        assert!(d.allowed);
+        assert_eq!(
+            record_state(&again[0], &again, &[], child, "marketing", T0 + 101 * DAY).0,
+            RecordState::Renewed
         );
         let mut by_guardian = own.clone();
         if let ChangeKind::Granted { by_guardian: g, .. } = &mut by_guardian[0].kind {
@@ -424,6 +543,7 @@ mod tests {
         steps.sort_by_key(|(at, kind, seq, _)| (*at, *kind, *seq));
         let mut granted: Option<(String, Option<i64>)> = None;
         let mut ever = false;
+        let mut refused = false;
         let mut reconsent = false;
         for (at, _, _, step) in steps {
             if at > as_of {
@@ -442,18 +562,20 @@ mod tests {
                 Step::Change(c) => {
                     ever = true;
                     reconsent = false;
+                    refused = c.kind == ChangeKind::Refused;
                     granted = match &c.kind {
                         ChangeKind::Granted {
                             policy_version,
                             valid_until,
                             ..
                         } => Some((policy_version.clone(), *valid_until)),
-                        ChangeKind::Withdrawn => None,
+                        ChangeKind::Withdrawn | ChangeKind::Refused => None,
                     };
                 }
             }
         }
         match granted {
+            None if refused => Some("refused"),
             None if ever => Some("withdrawn"),
             None => Some("never_given"),
             Some((_, Some(until))) if until <= as_of => Some("expired"),
@@ -464,8 +586,9 @@ mod tests {
 
     use proptest::prelude::*;
 
-    fn arb_change() -> impl Strategy<Value = (i64, bool, u8, Option<i64>)> {
-        (0i64..40, any::<bool>(), 0u8..3, prop::option::of(1i64..20))
+    /// (day, kind: 0–1 grant, 2 withdrawal, 3 refusal, policy version, validity in days).
+    fn arb_change() -> impl Strategy<Value = (i64, u8, u8, Option<i64>)> {
+        (0i64..40, 0u8..4, 0u8..3, prop::option::of(1i64..20))
     }
 
     proptest! {
@@ -481,18 +604,18 @@ mod tests {
             let history: Vec<ConsentChange> = changes
                 .iter()
                 .enumerate()
-                .map(|(i, (at, is_grant, v, until))| ConsentChange {
+                .map(|(i, (at, kind, v, until))| ConsentChange {
                     seq: i as u64 + 1,
                     at: T0 + at * DAY,
-                    kind: if *is_grant {
-                        ChangeKind::Granted {
+                    kind: match kind {
+                        0 | 1 => ChangeKind::Granted {
                             record_id: format!("r{i}"),
                             policy_version: versions[*v as usize].into(),
                             valid_until: until.map(|u| T0 + (at + u) * DAY),
                             by_guardian: false,
-                        }
-                    } else {
-                        ChangeKind::Withdrawn
+                        },
+                        2 => ChangeKind::Withdrawn,
+                        _ => ChangeKind::Refused,
                     },
                 })
                 .collect();
@@ -512,6 +635,26 @@ mod tests {
                 let d = decide(Some(LegalBasis::Consent), &history, &policies, ChildStatus::default(), purpose, t);
                 prop_assert_eq!(reason(&d), naive(&history, &policies, purpose, t), "{} at day {}", purpose, as_of);
                 prop_assert_eq!(d.allowed, d.reason.is_none());
+                // The record that decided it is in the matching ISO/IEC TS 27560 state.
+                if let Some(seq) = d.decided_by_seq {
+                    let record = history.iter().find(|c| c.seq == seq).unwrap();
+                    let (state, _) = record_state(record, &history, &policies, ChildStatus::default(), purpose, t);
+                    let expected = match d.reason {
+                        None => RecordState::Given,
+                        Some(Reason::Expired) => RecordState::Expired,
+                        Some(Reason::ReconsentRequired) => RecordState::ReconsentRequired,
+                        Some(Reason::Refused) => RecordState::Refused,
+                        Some(_) => RecordState::Withdrawn,
+                    };
+                    prop_assert_eq!(state, expected);
+                }
+                // Every earlier grant was replaced: renewed or withdrawn.
+                for c in history.iter().filter(|c| c.at <= t && Some(c.seq) != d.decided_by_seq) {
+                    let (state, _) = record_state(c, &history, &policies, ChildStatus::default(), purpose, t);
+                    if matches!(c.kind, ChangeKind::Granted { .. }) {
+                        prop_assert!(matches!(state, RecordState::Renewed | RecordState::Withdrawn), "{:?}", state);
+                    }
+                }
             }
         }
     }

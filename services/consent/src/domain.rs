@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{
-    AgeThreshold, AgeThresholds, ChildFlagged, ConsentGranted, ConsentMethod, ConsentWithdrawn,
-    Envelope, ExpressedBy, PolicyPublished,
+    AgeThreshold, AgeThresholds, ChildFlagged, ConsentGranted, ConsentMethod, ConsentRefused,
+    ConsentWithdrawn, Envelope, ExpressedBy, PolicyPublished,
 };
 use privacy_proto::{Rejection, RejectionCode};
 use privacy_service_kit::{Derived, DomainService, ServiceContext, Tenant};
@@ -159,6 +159,53 @@ impl ConsentDomain {
             },
         };
         child_window(tenant, &thresholds, at_micros)
+    }
+
+    /// A refusal names consent-based purposes of the catalog and, when it names the notice
+    /// shown, the version in force then.
+    fn check_refusal(
+        &self,
+        tenant: &Tenant,
+        env: &Envelope,
+        r: &ConsentRefused,
+    ) -> Result<(), Rejection> {
+        for (i, purpose) in r.purposes.iter().enumerate() {
+            match tenant.basis_of(purpose) {
+                None => {
+                    return Err(invalid(
+                        "consent_refused.purposes",
+                        format!("purposes[{i}] is not in tenant {}'s catalog", tenant.id),
+                    ));
+                }
+                Some(LegalBasis::Consent) => {}
+                Some(other) => {
+                    return Err(forbidden(
+                        "consent_refused.purposes",
+                        format!(
+                            "purpose {purpose:?} is based on {other}; consent is not asked for it"
+                        ),
+                    ));
+                }
+            }
+        }
+        if r.policy_version.is_empty() {
+            return Ok(());
+        }
+        let at = micros_or_zero(env.occurred_at.as_ref());
+        let policies = self
+            .reader
+            .policies(&tenant.id)
+            .map_err(|e| invalid("consent_refused.policy_version", e.to_string()))?;
+        match policy_in_force(&policies, at) {
+            Some(p) if p.version == r.policy_version => Ok(()),
+            other => Err(forbidden(
+                "consent_refused.policy_version",
+                format!(
+                    "the policy version given is not the one in force when consent was refused ({})",
+                    other.map_or_else(|| "none is".to_owned(), |p| format!("{:?} is", p.version))
+                ),
+            )),
+        }
     }
 
     fn check_grant(
@@ -422,6 +469,7 @@ impl DomainService for ConsentDomain {
                 Ok(())
             }
             Some(Payload::ConsentGranted(g)) => self.check_grant(tenant, envelope, g),
+            Some(Payload::ConsentRefused(r)) => self.check_refusal(tenant, envelope, r),
             Some(Payload::ConsentWithdrawn(w)) => {
                 for (i, purpose) in w.purposes.iter().enumerate() {
                     if tenant.purpose(purpose).is_none() {

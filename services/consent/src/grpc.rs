@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::ConsentDomain;
-use crate::decision::{decide, policy_in_force};
+use crate::decision::{ConsentChange, RecordState, decide, policy_in_force, record_state};
 use crate::view::to_change;
 
 /// Registers `ConsentService` behind the role interceptor.
@@ -59,6 +59,38 @@ impl ConsentApi {
             };
         }
         Ok(entries)
+    }
+
+    /// Fills each entry's ISO/IEC TS 27560 state at `now` (`entries`: one subject's history,
+    /// one purpose with the every-purpose withdrawals, or all of them).
+    fn with_states(
+        &self,
+        tenant: &privacy_service_kit::Tenant,
+        subject: &str,
+        entries: &mut [ConsentHistoryEntry],
+        now: i64,
+    ) -> Result<(), Status> {
+        let policies = self.domain.reader.policies(&tenant.id).map_err(status_of)?;
+        let child = self.domain.child_status(tenant, subject, now);
+        let changes: Vec<(String, ConsentChange)> = entries
+            .iter()
+            .map(|e| (e.purpose.clone(), to_change(e)))
+            .collect();
+        for e in entries.iter_mut() {
+            let (state, why) = if e.purpose == "*" {
+                (RecordState::Withdrawn, None)
+            } else {
+                let history: Vec<ConsentChange> = changes
+                    .iter()
+                    .filter(|(p, _)| *p == e.purpose || p == "*")
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                record_state(&to_change(e), &history, &policies, child, &e.purpose, now)
+            };
+            e.state = state.as_str().into();
+            e.state_reason = why.unwrap_or_default();
+        }
+        Ok(())
     }
 
     /// The method of the withdrawal stored at `seq`, opened for display.
@@ -189,6 +221,36 @@ impl ConsentService for ConsentApi {
         }))
     }
 
+    async fn refuse_consent(
+        &self,
+        request: Request<RefuseConsentRequest>,
+    ) -> Result<Response<RefuseConsentResponse>, Status> {
+        require(&request, &[Role::Backend, Role::Operator])?;
+        let req = request.into_inner();
+        let refusal = req
+            .refusal
+            .ok_or_else(|| Status::invalid_argument("refusal: refusal is required"))?;
+        let purposes = refusal.purposes.clone();
+        let recorded = self
+            .ctx
+            .command(Command {
+                tenant: req.tenant,
+                subject_id: req.subject_id,
+                event_id: req.event_id,
+                occurred_at: req.occurred_at,
+                source: req.source,
+                correlation_id: String::new(),
+                event: refusal,
+            })
+            .await?;
+        let (event_id, position) = (recorded.event_id, recorded.position);
+        Ok(Response::new(RefuseConsentResponse {
+            record_ids: purposes.iter().map(|p| format!("{event_id}/{p}")).collect(),
+            seq: position.seq,
+            duplicate: position.duplicate,
+        }))
+    }
+
     async fn check_consent(
         &self,
         request: Request<CheckConsentRequest>,
@@ -257,7 +319,8 @@ impl ConsentService for ConsentApi {
             reader.history(&tenant.id, &req.subject_id, &req.purpose)
         }
         .map_err(status_of)?;
-        let entries = self.with_withdrawal_methods(&tenant.id, entries)?;
+        let mut entries = self.with_withdrawal_methods(&tenant.id, entries)?;
+        self.with_states(tenant, &req.subject_id, &mut entries, now_micros())?;
         Ok(Response::new(GetConsentHistoryResponse { entries }))
     }
 
@@ -296,16 +359,20 @@ impl ConsentService for ConsentApi {
         privacy_service_kit::personal::open_envelope(&self.ctx.vault, &mut envelope)
             .map_err(status_of)?;
         let reader = &self.domain.reader;
-        let later: Vec<_> = reader
+        let mut history = reader
             .history(&tenant.id, &req.subject_id, purpose)
-            .map_err(status_of)?
-            .into_iter()
-            .filter(|e| e.seq > seq)
-            .collect();
+            .map_err(status_of)?;
+        self.with_states(tenant, &req.subject_id, &mut history, now_micros())?;
+        let record = history
+            .iter()
+            .find(|e| e.seq == seq && e.purpose == purpose)
+            .cloned()
+            .ok_or_else(not_found)?;
+        let later: Vec<_> = history.into_iter().filter(|e| e.seq > seq).collect();
         let later = self.with_withdrawal_methods(&tenant.id, later)?;
         let policies = reader.policies(&tenant.id).map_err(status_of)?;
         let receipt =
-            crate::receipt::receipt(tenant, &envelope, purpose, &policies, &later, now_micros())
+            crate::receipt::receipt(tenant, &envelope, purpose, &policies, &later, &record)
                 .ok_or_else(not_found)?;
         Ok(Response::new(ExportConsentReceiptResponse {
             receipt_json: serde_json::to_string_pretty(&receipt)

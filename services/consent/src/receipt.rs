@@ -41,32 +41,71 @@ fn expressed_by_name(e: i32) -> String {
         .unwrap_or_default()
 }
 
-/// Builds the receipt of the grant `envelope` (already opened with the vault) for `purpose`.
-/// `later` holds the purpose's history after the grant; `now` decides the state.
+/// The receipt of a refusal: who was asked, under which notice, and that they said no.
+fn refusal_receipt(
+    tenant: &Tenant,
+    envelope: &Envelope,
+    r: &privacy_proto::v1::ConsentRefused,
+    purpose: &str,
+    policies: &[PolicyVersion],
+    record: &ConsentHistoryEntry,
+) -> Json {
+    let at = micros_or_zero(envelope.occurred_at.as_ref());
+    let policy = policies.iter().find(|p| p.version == r.policy_version);
+    json!({
+        "version": "KI-CR-v1.1.0",
+        "jurisdiction": tenant.jurisdiction,
+        "consentTimestamp": at / 1_000_000,
+        "collectionMethod": method_name(r.method),
+        "consentReceiptID": format!("{}/{purpose}", envelope.event_id),
+        "piiPrincipalId": envelope.subject_id,
+        "piiControllers": [{
+            "piiController": tenant.display_name,
+            "id": tenant.id,
+            "onBehalf": false,
+        }],
+        "notice": {
+            "version": r.policy_version,
+            "noticeHash": policy.map(|p| p.notice_hash.clone()).unwrap_or_default(),
+            "effectiveAt": policy.map(|p| rfc3339(p.effective_at)),
+        },
+        "services": [{
+            "service": tenant.display_name,
+            "purposes": [{"purpose": purpose, "legalBasis": "consent"}],
+        }],
+        "state": record.state,
+        "refused": rfc3339(at),
+        "expressedBy": expressed_by_name(r.expressed_by),
+        "source": envelope.source,
+    })
+}
+
+/// Builds the receipt of the grant or refusal `envelope` (already opened with the vault) for
+/// `purpose`. `later` holds the purpose's history after it; `record` is its history entry with
+/// the ISO/IEC TS 27560 state it is in now.
 pub fn receipt(
     tenant: &Tenant,
     envelope: &Envelope,
     purpose: &str,
     policies: &[PolicyVersion],
     later: &[ConsentHistoryEntry],
-    now: i64,
+    record: &ConsentHistoryEntry,
 ) -> Option<Json> {
-    let Some(Payload::ConsentGranted(g)) = &envelope.payload else {
-        return None;
+    let g = match &envelope.payload {
+        Some(Payload::ConsentGranted(g)) => g,
+        Some(Payload::ConsentRefused(r)) => {
+            return Some(refusal_receipt(
+                tenant, envelope, r, purpose, policies, record,
+            ));
+        }
+        _ => return None,
     };
     let granted_at = micros_or_zero(envelope.occurred_at.as_ref());
     let valid_until = g.valid_until.as_ref().map(micros);
-    let withdrawal = later.iter().find(|e| e.change == "withdrawn");
-    let superseded = later.iter().any(|e| e.change == "granted");
-    let state = if withdrawal.is_some() {
-        "withdrawn"
-    } else if valid_until.is_some_and(|u| u <= now) {
-        "expired"
-    } else if superseded {
-        "renewed"
-    } else {
-        "given"
-    };
+    let withdrawal = later
+        .iter()
+        .find(|e| e.change == "withdrawn" || e.change == "refused");
+    let state = record.state.as_str();
     let evidence: serde_json::Map<String, Json> = g
         .evidence
         .iter()
@@ -130,6 +169,7 @@ pub fn receipt(
         "sensitive": false,
         "spiCat": [],
         "state": state,
+        "stateReason": (!record.state_reason.is_empty()).then(|| record.state_reason.clone()),
         "given": rfc3339(granted_at),
         "expressedBy": expressed_by_name(g.expressed_by),
         "attestationRef": g.attestation_ref,

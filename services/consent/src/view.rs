@@ -2,9 +2,9 @@
 //! tenant the published policy versions, per subject the instants it reaches the child-age
 //! thresholds (never the birth date, which rests only sealed).
 //!
-//! Keys: `h tenant 0 subject 0 purpose` → length-delimited `ConsentHistoryEntry`s (purpose `*` is
-//! a withdrawal of every purpose) · `p tenant` → length-delimited `StoredPolicy`s ·
-//! `c tenant 0 subject` → `AgeThresholds`.
+//! Keys: `h tenant 0 subject 0 purpose` → length-delimited `ConsentHistoryEntry`s (granted,
+//! withdrawn, refused; purpose `*` is a withdrawal of every purpose) · `p tenant` →
+//! length-delimited `StoredPolicy`s · `c tenant 0 subject` → `AgeThresholds`.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
@@ -109,7 +109,23 @@ impl Projection for ConsentView {
                         valid_until: g.valid_until,
                         expressed_by: g.expressed_by,
                         method: g.method,
-                        withdrawal_method: String::new(),
+                        ..Default::default()
+                    };
+                    append(view, &history_key(tenant, subject, purpose), &entry)?;
+                }
+            }
+            Some(Payload::ConsentRefused(r)) => {
+                for purpose in &r.purposes {
+                    let entry = ConsentHistoryEntry {
+                        seq: event.seq,
+                        purpose: purpose.clone(),
+                        change: "refused".into(),
+                        at: env.occurred_at,
+                        record_id: format!("{}/{purpose}", env.event_id),
+                        policy_version: r.policy_version.clone(),
+                        expressed_by: r.expressed_by,
+                        method: r.method,
+                        ..Default::default()
                     };
                     append(view, &history_key(tenant, subject, purpose), &entry)?;
                 }
@@ -238,6 +254,8 @@ pub fn to_change(e: &ConsentHistoryEntry) -> ConsentChange {
                 valid_until: e.valid_until.as_ref().map(micros),
                 by_guardian: e.expressed_by == ExpressedBy::Guardian as i32,
             }
+        } else if e.change == "refused" {
+            ChangeKind::Refused
         } else {
             ChangeKind::Withdrawn
         },
