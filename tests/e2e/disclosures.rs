@@ -153,9 +153,10 @@ async fn ru_disclosures_are_recorded_and_flagged_by_the_rules_in_force() {
     assert_eq!(rules(&d), ["state_body_without_request"]);
     let d = recorded(&c, RU, &abroad.event_id, |d| !d.flags.is_empty()).await;
     assert!(d.cross_border);
-    assert_eq!(rules(&d), ["cross_border"]);
-    assert!(d.flags[0].citation.contains("152-FZ Art. 12"), "{d:?}");
-    assert!(d.flags[0].detail.contains("rkn-notice"), "{d:?}");
+    // The policy's own promise (4.4) and the law's notice requirement.
+    assert_eq!(rules(&d), ["policy_no_cross_border", "cross_border"]);
+    assert!(d.flags[1].citation.contains("152-FZ Art. 12"), "{d:?}");
+    assert!(d.flags[1].detail.contains("rkn-notice"), "{d:?}");
     let d = recorded(&c, RU, &acquirer.event_id, |_| true).await;
     assert!(d.flags.is_empty() && !d.cross_border, "{d:?}");
     assert_eq!(d.consent_check(), ConsentCheck::NotNeeded);

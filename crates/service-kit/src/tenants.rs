@@ -270,4 +270,79 @@ access_days = 30
             dir.display()
         );
     }
+
+    /// The example tenants stand for the policies in `shared/seeds/` (SEEDS.md lists each
+    /// promise): each purpose with its basis, the promised answer times, the children's age, the
+    /// representatives and transfers the policies speak of.
+    #[test]
+    fn the_example_tenants_keep_their_policies_promises() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants");
+        let registry = TenantRegistry::load(&dir).unwrap();
+        let get = |id: &str| registry.get(id).unwrap();
+        let basis = |t: &Tenant, p: &str| {
+            t.purpose(p)
+                .map(|p| p.legal_basis.clone())
+                .unwrap_or_else(|| panic!("{} has no purpose {p}", t.id))
+        };
+        let value = |t: &Tenant, table: &str, key: &str| {
+            t.extra
+                .get(table)
+                .and_then(|v| v.get(key))
+                .cloned()
+                .unwrap_or_else(|| panic!("{}: [{table}] {key} missing", t.id))
+        };
+        // Apix (VN): nine purposes, fraud investigation on legitimate interest; access and
+        // complaints within 30 days; not for children under 13.
+        let vn = get("vn-apihub");
+        for p in ["provide_service", "identification"] {
+            assert_eq!(basis(vn, p), "contract");
+        }
+        for p in [
+            "communication",
+            "marketing",
+            "analytics",
+            "push_notifications",
+            "third_party_linking",
+            "personalisation",
+        ] {
+            assert_eq!(basis(vn, p), "consent");
+        }
+        assert_eq!(basis(vn, "fraud_prevention"), "legitimate_interest");
+        assert_eq!(value(vn, "promises", "access_days").as_integer(), Some(30));
+        assert_eq!(
+            value(vn, "promises", "complaint_days").as_integer(),
+            Some(30)
+        );
+        assert_eq!(value(vn, "children", "min_age").as_integer(), Some(13));
+        // ApiWay (RU): the five purposes of 5.2; representatives pass on third parties'
+        // consent (8.2); no cross-border transfer (4.4); complaints within 30 business days.
+        let ru = get("ru-crm");
+        for p in ["provide_service", "identification"] {
+            assert_eq!(basis(ru, p), "contract");
+        }
+        for p in ["interaction", "advertising", "statistics"] {
+            assert_eq!(basis(ru, p), "consent");
+        }
+        assert_eq!(
+            value(ru, "consent", "representatives_allowed").as_bool(),
+            Some(true)
+        );
+        assert!(
+            value(ru, "disclosures", "no_cross_border")
+                .as_str()
+                .is_some_and(|s| s.contains("4.4"))
+        );
+        assert_eq!(
+            value(ru, "promises", "complaint_business_days").as_integer(),
+            Some(30)
+        );
+        // APIShift (AU): the contract or consent; clients' customers' consent by representative.
+        let au = get("au-messenger");
+        assert_eq!(basis(au, "provide_service"), "contract");
+        assert_eq!(
+            value(au, "consent", "representatives_allowed").as_bool(),
+            Some(true)
+        );
+        assert_eq!(value(au, "promises", "access_days").as_integer(), Some(30));
+    }
 }

@@ -2,7 +2,8 @@
 //! citation: a cross-border transfer without what the tenant's jurisdiction requires on that
 //! date (the rule pack's `[[cross_border]]` requirements that name the transfer mechanisms
 //! meeting them), special categories (the pack's and the tenant file's `[disclosures]
-//! special_categories`), a state body without its motivated-request reference, and a purpose
+//! special_categories`), a cross-border transfer the tenant's own policy rules out (`[disclosures]
+//! no_cross_border`), a state body without its motivated-request reference, and a purpose
 //! outside the tenant's catalogue. Consent is checked apart, against the consent service
 //! ([`crate::consent_check`]). Decided at ingest from configuration and stored as an event, so a
 //! rebuild gives the same flags.
@@ -41,6 +42,17 @@ pub fn tenant_special(tenant: &Tenant) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The tenant policy's promise of no cross-border transfer (`[disclosures] no_cross_border`,
+/// the promise's citation), if it makes one.
+pub fn no_cross_border_promise(tenant: &Tenant) -> Option<&str> {
+    tenant
+        .extra
+        .get("disclosures")
+        .and_then(|d| d.get("no_cross_border"))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+}
+
 /// Whether a disclosure needs the consent service's answer: consent-based, of one subject.
 pub fn needs_consent(d: &DataDisclosed, subject_id: &str) -> bool {
     d.legal_basis == LegalBasis::Consent as i32 && !subject_id.is_empty()
@@ -66,6 +78,16 @@ pub fn check(tenant: &Tenant, d: &DataDisclosed, at: i64) -> Checked {
         Some((pack, date)) => {
             out.cross_border =
                 !pack.home_countries.is_empty() && !pack.home_countries.contains(&d.country);
+            if let Some(promise) = no_cross_border_promise(tenant).filter(|_| out.cross_border) {
+                out.flags.push(flag(
+                    "policy_no_cross_border",
+                    promise,
+                    format!(
+                        "to {}: the tenant's policy promises no cross-border transfer",
+                        d.country
+                    ),
+                ));
+            }
             if out.cross_border {
                 for rule in pack.cross_border.iter().filter(|r| r.in_force(date)) {
                     if rule.satisfied_by.is_empty()
@@ -175,18 +197,33 @@ mod tests {
             system: "crm-sync".into(),
             ..Default::default()
         };
+        // ru-crm's policy (4.4) promises no cross-border transfer: every one is flagged, with
+        // the policy as citation, whatever the law asks.
+        let promise = |c: &Checked| {
+            c.flags
+                .iter()
+                .any(|f| f.rule == "policy_no_cross_border" && f.citation.contains("4.4"))
+        };
         // Before the notice rule (2023-03-01): cross-border, nothing required per disclosure.
         let before = check(ru, &d, at(ru, "2022-06-01"));
         assert!(before.cross_border);
-        assert!(rules(&before).is_empty(), "{before:?}");
+        assert_eq!(rules(&before), ["policy_no_cross_border"]);
+        assert!(promise(&before));
         // After: flagged without the notice, not with it; at home, not cross-border.
         let after = check(ru, &d, at(ru, "2026-06-01"));
-        assert_eq!(rules(&after), ["cross_border"]);
-        assert!(after.flags[0].citation.contains("152-FZ Art. 12"));
+        assert_eq!(rules(&after), ["policy_no_cross_border", "cross_border"]);
+        assert!(after.flags[1].citation.contains("152-FZ Art. 12"));
         d.transfer_mechanism = "rkn-notice".into();
-        assert!(check(ru, &d, at(ru, "2026-06-01")).flags.is_empty());
+        assert_eq!(
+            rules(&check(ru, &d, at(ru, "2026-06-01"))),
+            ["policy_no_cross_border"]
+        );
         d.country = "RU".into();
-        assert!(!check(ru, &d, at(ru, "2026-06-01")).cross_border);
+        let home = check(ru, &d, at(ru, "2026-06-01"));
+        assert!(!home.cross_border && home.flags.is_empty(), "{home:?}");
+        // A tenant without the promise is checked against the law only.
+        let au = registry.get("au-messenger").unwrap();
+        assert!(no_cross_border_promise(au).is_none());
     }
 
     #[test]
