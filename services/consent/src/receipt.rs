@@ -102,10 +102,12 @@ pub fn receipt(
     };
     let granted_at = micros_or_zero(envelope.occurred_at.as_ref());
     let valid_until = g.valid_until.as_ref().map(micros);
+    let state = record.state.as_str();
+    // The change that ended it, when that was a withdrawal (or a refusal), not a renewal.
     let withdrawal = later
         .iter()
-        .find(|e| e.change == "withdrawn" || e.change == "refused");
-    let state = record.state.as_str();
+        .find(|e| e.change == "withdrawn" || e.change == "refused")
+        .filter(|_| state == "withdrawn");
     let evidence: serde_json::Map<String, Json> = g
         .evidence
         .iter()
