@@ -773,6 +773,12 @@ mod tests {
                 expressed_by: ExpressedBy::Subject as i32,
                 ..Default::default()
             }),
+            Payload::ConsentRefused(_) => Payload::ConsentRefused(ConsentRefused {
+                purposes: vec!["marketing".into()],
+                policy_version: "v1".into(),
+                method: ConsentMethod::UntickedCheckbox as i32,
+                expressed_by: ExpressedBy::Subject as i32,
+            }),
             Payload::ConsentSignal(_) => Payload::ConsentSignal(ConsentSignal {
                 signal: "gpc".into(),
                 value: true,
