@@ -99,5 +99,36 @@ async fn unauthenticated_and_wrong_role_calls_are_refused() {
     for want in ["privacy.v1.AuditService", "grpc.health.v1.Health"] {
         assert!(names.contains(&want), "{names:?}");
     }
+    // v1alpha too (Python's grpcio-reflection speaks only that), with the same services.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "privacy.v1.AuditService".into(),
+            )),
+        };
+        let answer = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+            panic!("{answer:?}")
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
     svc.stop().await;
 }

@@ -264,10 +264,18 @@ pub async fn start(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(privacy_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and buf speak v1; Python's grpcio-reflection and several
+    // GUI clients speak only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(privacy_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(StartError::Reflection)?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(StartError::Reflection)?;
     if config.tokens.is_empty() {
         tracing::warn!(
@@ -296,6 +304,7 @@ pub async fn start(
     routes
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             AuditServiceServer::new(audit).max_decoding_message_size(ctx.limits.max_message_bytes),
             auth,
