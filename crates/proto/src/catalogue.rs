@@ -478,15 +478,26 @@ impl Contract for v1::SubjectDeactivated {
     }
 }
 
+/// A consent event's `purposes`: ids, within the list limit, and at least one when `required`.
+fn check_purposes(
+    f: &Root,
+    purposes: &[String],
+    required: bool,
+    limits: &Limits,
+) -> Result<(), Rejection> {
+    if required && purposes.is_empty() {
+        return Err(Rejection::missing(f.field("purposes")));
+    }
+    check_list_len(&f.field("purposes"), purposes.len(), limits)?;
+    for purpose in purposes {
+        check_id(&f.field("purposes"), purpose, limits)?;
+    }
+    Ok(())
+}
+
 impl Contract for v1::ConsentGranted {
     fn check(&self, f: &Root, limits: &Limits) -> Result<(), Rejection> {
-        if self.purposes.is_empty() {
-            return Err(Rejection::missing(f.field("purposes")));
-        }
-        check_list_len(&f.field("purposes"), self.purposes.len(), limits)?;
-        for purpose in &self.purposes {
-            check_id(&f.field("purposes"), purpose, limits)?;
-        }
+        check_purposes(f, &self.purposes, true, limits)?;
         check_id(&f.field("policy_version"), &self.policy_version, limits)?;
         if let Some(until) = &self.valid_until {
             check_timestamp(&f.field("valid_until"), until)?;
@@ -500,10 +511,7 @@ impl Contract for v1::ConsentGranted {
 
 impl Contract for v1::ConsentWithdrawn {
     fn check(&self, f: &Root, limits: &Limits) -> Result<(), Rejection> {
-        check_list_len(&f.field("purposes"), self.purposes.len(), limits)?;
-        for purpose in &self.purposes {
-            check_id(&f.field("purposes"), purpose, limits)?;
-        }
+        check_purposes(f, &self.purposes, false, limits)?;
         check_text(&f.field("method"), &self.method, limits)?;
         check_personal(&f.field("personal"), &self.personal, limits)
     }
@@ -511,13 +519,7 @@ impl Contract for v1::ConsentWithdrawn {
 
 impl Contract for v1::ConsentRefused {
     fn check(&self, f: &Root, limits: &Limits) -> Result<(), Rejection> {
-        if self.purposes.is_empty() {
-            return Err(Rejection::missing(f.field("purposes")));
-        }
-        check_list_len(&f.field("purposes"), self.purposes.len(), limits)?;
-        for purpose in &self.purposes {
-            check_id(&f.field("purposes"), purpose, limits)?;
-        }
+        check_purposes(f, &self.purposes, true, limits)?;
         if !self.policy_version.is_empty() {
             check_id(&f.field("policy_version"), &self.policy_version, limits)?;
         }

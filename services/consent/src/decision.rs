@@ -149,6 +149,27 @@ impl ChildStatus {
     }
 }
 
+/// The first material policy change to `purpose` that took effect after a grant under
+/// `version` at `granted_at`, by `now`: it requires re-consent.
+fn superseding<'a>(
+    policies: &'a [PolicyVersion],
+    purpose: &str,
+    version: &str,
+    granted_at: i64,
+    now: i64,
+) -> Option<&'a PolicyVersion> {
+    policies
+        .iter()
+        .filter(|p| {
+            p.material
+                && p.affects(purpose)
+                && p.version != version
+                && p.effective_at > granted_at
+                && p.effective_at <= now
+        })
+        .min_by_key(|p| p.effective_at)
+}
+
 /// May the subject's data be processed for a purpose with `basis` at `as_of`, given that
 /// purpose's consent `history` (any order) and the tenant's `policies`?
 pub fn decide(
@@ -209,17 +230,7 @@ pub fn decide(
     if !by_guardian && (child.is_child_at(as_of) || child.is_child_at(last.at)) {
         return with_record(Some(Reason::ChildWithoutGuardian));
     }
-    let superseding = policies
-        .iter()
-        .filter(|p| {
-            p.material
-                && p.affects(purpose)
-                && p.version != *policy_version
-                && p.effective_at > last.at
-                && p.effective_at <= as_of
-        })
-        .min_by_key(|p| p.effective_at);
-    if let Some(p) = superseding {
+    if let Some(p) = superseding(policies, purpose, policy_version, last.at, as_of) {
         return Decision {
             superseded_by: Some(p.version.clone()),
             ..with_record(Some(Reason::ReconsentRequired))
@@ -300,17 +311,7 @@ pub fn record_state(
     if valid_until.is_some_and(|until| until <= now) {
         return (RecordState::Expired, None);
     }
-    let superseding = policies
-        .iter()
-        .filter(|p| {
-            p.material
-                && p.affects(purpose)
-                && p.version != *policy_version
-                && p.effective_at > record.at
-                && p.effective_at <= now
-        })
-        .min_by_key(|p| p.effective_at);
-    match superseding {
+    match superseding(policies, purpose, policy_version, record.at, now) {
         Some(p) => (
             RecordState::ReconsentRequired,
             Some(format!("policy version {} changed the purpose", p.version)),
