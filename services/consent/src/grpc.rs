@@ -76,7 +76,7 @@ impl ConsentApi {
             .iter()
             .map(|e| (e.purpose.clone(), to_change(e)))
             .collect();
-        for e in entries.iter_mut() {
+        for (e, (_, record)) in entries.iter_mut().zip(&changes) {
             let (state, why) = if e.purpose == "*" {
                 (RecordState::Withdrawn, None)
             } else {
@@ -85,7 +85,7 @@ impl ConsentApi {
                     .filter(|(p, _)| *p == e.purpose || p == "*")
                     .map(|(_, c)| c.clone())
                     .collect();
-                record_state(&to_change(e), &history, &policies, child, &e.purpose, now)
+                record_state(record, &history, &policies, child, &e.purpose, now)
             };
             e.state = state.as_str().into();
             e.state_reason = why.unwrap_or_default();
