@@ -3,6 +3,7 @@
 //! the workspace links it once.
 
 mod auth;
+mod cli;
 mod cluster;
 mod consent;
 mod crash;

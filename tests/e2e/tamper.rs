@@ -1,4 +1,5 @@
-//! A flipped byte in a stored event is reported by VerifyChain at its sequence number.
+//! A flipped byte in a stored event is reported by VerifyChain at its sequence number, and
+//! `privacy verify` exits 6 naming it.
 
 use std::time::Duration;
 
@@ -47,6 +48,20 @@ async fn verify_chain_names_the_tampered_event() {
         .into_inner();
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, 6, "{report:?}");
+    // The CLI says so and exits 6, for scripts.
+    let home = tempfile::tempdir().unwrap();
+    let cli = crate::cli::privacy(
+        home.path(),
+        &[
+            ("PRIVACY_CONSENT_URL", svc.url()),
+            ("PRIVACY_TOKEN", AUDITOR_TOKEN.to_owned()),
+        ],
+        &["verify", "--service", "consent"],
+    )
+    .await;
+    assert_eq!(cli.code, 6, "{}{}", cli.stdout, cli.stderr);
+    assert!(cli.stdout.contains("consent  BROKEN  5 "), "{}", cli.stdout);
+    assert!(cli.stderr.contains("broken at seq 6"), "{}", cli.stderr);
     assert_eq!(report.events_checked, 5);
     // The range before it still verifies.
     let before = audit

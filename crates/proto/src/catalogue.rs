@@ -199,6 +199,8 @@ pub trait DomainBody: prost::Message + Default {
 pub struct DomainEventInfo {
     pub name: &'static str,
     pub publisher: &'static str,
+    /// The body's message in package `privacy.v1` (e.g. `HoldPlaced`).
+    pub body: &'static str,
 }
 
 macro_rules! catalogue {
@@ -291,7 +293,7 @@ macro_rules! catalogue {
 
         /// Every domain event of the catalogue.
         pub const DOMAIN_EVENTS: &[DomainEventInfo] =
-            &[$(DomainEventInfo { name: $dname, publisher: $publisher }),*];
+            &[$(DomainEventInfo { name: $dname, publisher: $publisher, body: stringify!($body) }),*];
 
         $(impl DomainBody for v1::$body {
             const EVENT_TYPE: &'static str = $dname;
@@ -716,6 +718,14 @@ impl FromStr for EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_domain_body_is_in_the_descriptor_set() {
+        for d in DOMAIN_EVENTS {
+            let name = format!("privacy.v1.{}", d.body);
+            assert!(crate::encoded_to_json(&name, &[]).is_ok(), "{name}");
+        }
+    }
 
     #[test]
     fn names_round_trip_and_subjects_use_the_prefix() {

@@ -86,11 +86,17 @@ pub fn message_to_json<M: Message>(
     full_name: &str,
     message: &M,
 ) -> Result<serde_json::Value, DecodeError> {
+    encoded_to_json(full_name, &message.encode_to_vec())
+}
+
+/// The encoded bytes of a message of the contract (`full_name`) as proto3 JSON — e.g. a
+/// domain event's body, whose type the catalogue names ([`crate::catalogue::domain_event`]).
+pub fn encoded_to_json(full_name: &str, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
     let desc = POOL
         .get_message_by_name(full_name)
         .ok_or_else(|| DecodeError::Json(format!("{full_name} is not in the descriptor set")))?;
-    let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
-        .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    let dynamic =
+        DynamicMessage::decode(desc, bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     serde_json::to_value(&dynamic).map_err(|e| DecodeError::Json(e.to_string()))
 }
 

@@ -29,5 +29,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/privacy_descriptor.bin"));
 
 pub use catalogue::{DomainBody, EventType, UserEvent};
-pub use decode::{DecodeError, Encoding, EnvelopeHead, decode_envelope, message_to_json};
+pub use decode::{
+    DecodeError, Encoding, EnvelopeHead, decode_envelope, encoded_to_json, message_to_json,
+};
 pub use validate::{Limits, Rejection, RejectionCode, validate_envelope};
