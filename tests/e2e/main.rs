@@ -16,6 +16,7 @@ mod markers;
 mod natsauth;
 mod orders;
 mod outbox;
+mod python;
 mod rebuild;
 mod requests;
 mod retention;
