@@ -343,6 +343,59 @@ pub fn collected() -> Payload {
     })
 }
 
+/// A `data.disclosed` payload: contact data to a processor in Vietnam under a contract.
+pub fn disclosed_to(recipient: &str) -> Payload {
+    Payload::DataDisclosed(DataDisclosed {
+        recipient: recipient.into(),
+        recipient_role: RecipientRole::Processor as i32,
+        country: "VN".into(),
+        categories: vec!["contact".into()],
+        legal_basis: LegalBasis::Contract as i32,
+        system: "billing".into(),
+        ..Default::default()
+    })
+}
+
+/// The four services in-process against one NATS, their data under one folder.
+pub struct Stack {
+    pub consent: InProcess,
+    pub requests: InProcess,
+    pub retention: InProcess,
+    pub disclosures: InProcess,
+}
+
+impl Stack {
+    pub async fn start(nats_url: &str, data_dir: &Path) -> Stack {
+        Stack {
+            consent: InProcess::start(privacy_consent::SPEC, nats_url, data_dir).await,
+            requests: InProcess::start(privacy_subject_requests::SPEC, nats_url, data_dir).await,
+            retention: InProcess::start(privacy_retention::SPEC, nats_url, data_dir).await,
+            disclosures: InProcess::start(privacy_disclosure_log::SPEC, nats_url, data_dir).await,
+        }
+    }
+
+    /// Each service's name and URL, in DESIGN §7's order.
+    pub fn urls(&self) -> [(&'static str, String); 4] {
+        [
+            ("consent", self.consent.url()),
+            ("subject-requests", self.requests.url()),
+            ("retention", self.retention.url()),
+            ("disclosure-log", self.disclosures.url()),
+        ]
+    }
+
+    pub async fn stop(self) {
+        for svc in [
+            self.consent,
+            self.requests,
+            self.retention,
+            self.disclosures,
+        ] {
+            svc.stop().await;
+        }
+    }
+}
+
 /// Publishes `env` as protobuf on its tenant's subject with `Nats-Msg-Id = event_id`, and waits
 /// for JetStream's ack.
 pub async fn publish_acked(js: &async_nats::jetstream::Context, env: &Envelope) {

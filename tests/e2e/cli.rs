@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use privacy_e2e::*;
-use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::*;
 use privacy_testkit::NatsServer;
 use serde_json::Value;
@@ -68,11 +67,13 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
-    let requests = InProcess::start(privacy_subject_requests::SPEC, &nats.url(), data.path()).await;
-    let disclosures =
-        InProcess::start(privacy_disclosure_log::SPEC, &nats.url(), data.path()).await;
-    let retention = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
+    let stack = Stack::start(&nats.url(), data.path()).await;
+    let (consent, requests, retention, disclosures) = (
+        &stack.consent,
+        &stack.requests,
+        &stack.retention,
+        &stack.disclosures,
+    );
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let s = "u-cli";
 
@@ -80,22 +81,7 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
     let mut grant = envelope(s, granted("marketing"));
     grant.occurred_at = Some(std::time::SystemTime::now().into());
     publish_acked(&js, &grant).await;
-    publish_acked(
-        &js,
-        &envelope(
-            s,
-            Payload::DataDisclosed(DataDisclosed {
-                recipient: "Acme Logistics".into(),
-                recipient_role: RecipientRole::Processor as i32,
-                country: "VN".into(),
-                categories: vec!["contact".into()],
-                legal_basis: LegalBasis::Contract as i32,
-                system: "billing".into(),
-                ..Default::default()
-            }),
-        ),
-    )
-    .await;
+    publish_acked(&js, &envelope(s, disclosed_to("Acme Logistics"))).await;
     publish_acked(
         &js,
         &event(
@@ -120,7 +106,7 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
         .into_inner()
         .request
         .unwrap();
-    for (svc, head) in [(&consent, 2), (&disclosures, 1), (&retention, 1)] {
+    for (svc, head) in [(consent, 2), (disclosures, 1), (retention, 1)] {
         let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
         wait_for_head(&mut audit, head, Duration::from_secs(20)).await;
     }
@@ -549,6 +535,32 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
         "{}",
         unreachable.stderr
     );
+    // Only the services a command calls need a valid URL.
+    let mut odd = auditor.clone();
+    odd[2].1 = "not a url".into();
+    privacy(
+        h,
+        &odd,
+        &[
+            "consent",
+            "check",
+            "--tenant",
+            TENANT,
+            "--subject",
+            s,
+            "--purpose",
+            "marketing",
+        ],
+    )
+    .await
+    .ok();
+    let bad_url = privacy(h, &odd, &["verify", "--service", "retention"]).await;
+    assert_eq!(bad_url.code, 2, "{}", bad_url.stderr);
+    assert!(
+        bad_url.stderr.contains("PRIVACY_RETENTION_URL"),
+        "{}",
+        bad_url.stderr
+    );
     let usage = privacy(h, &auditor, &["requests", "list"]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
     assert!(usage.stderr.contains("--tenant"), "{}", usage.stderr);
@@ -570,7 +582,5 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
         .json();
     assert_eq!(from_file[0]["ok"], true, "{from_file}");
 
-    for svc in [consent, requests, disclosures, retention] {
-        svc.stop().await;
-    }
+    stack.stop().await;
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use privacy_e2e::*;
@@ -40,17 +39,13 @@ async fn the_python_example_publishes_every_user_event_and_each_is_stored() {
     let python = python();
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let consent = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
-    let requests = InProcess::start(privacy_subject_requests::SPEC, &nats.url(), data.path()).await;
-    let retention = InProcess::start(privacy_retention::SPEC, &nats.url(), data.path()).await;
-    let disclosures =
-        InProcess::start(privacy_disclosure_log::SPEC, &nats.url(), data.path()).await;
+    let stack = Stack::start(&nats.url(), data.path()).await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    publish_policy_v1(&consent.url()).await;
+    publish_policy_v1(&stack.consent.url()).await;
     let subject = "u-python";
 
     // A real order for Python to answer: a rectification, started, orders every system.
-    let mut r = requests_client(&requests.url(), OPERATOR_TOKEN).await;
+    let mut r = requests_client(&stack.requests.url(), OPERATOR_TOKEN).await;
     let request = r
         .open_request(OpenRequestRequest {
             tenant: TENANT.into(),
@@ -125,12 +120,7 @@ async fn the_python_example_publishes_every_user_event_and_each_is_stored() {
     );
 
     // Each event is stored, under Python's event id, by every service that takes it.
-    for (service, url) in [
-        ("consent", consent.url()),
-        ("subject-requests", requests.url()),
-        ("retention", retention.url()),
-        ("disclosure-log", disclosures.url()),
-    ] {
+    for (service, url) in stack.urls() {
         let wanted: BTreeSet<String> = published
             .iter()
             .filter(|p| {
@@ -194,11 +184,5 @@ async fn the_python_example_publishes_every_user_event_and_each_is_stored() {
     })
     .await;
     assert_eq!(answered.outcome, OrderOutcome::Done as i32);
-    tokio::time::timeout(Duration::from_secs(30), async {
-        for svc in [consent, requests, retention, disclosures] {
-            svc.stop().await;
-        }
-    })
-    .await
-    .unwrap();
+    stack.stop().await;
 }

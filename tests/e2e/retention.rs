@@ -653,22 +653,7 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
     let mut grant = envelope(s, granted("marketing"));
     grant.occurred_at = Some(std::time::SystemTime::now().into());
     publish_acked(&js, &grant).await;
-    publish_acked(
-        &js,
-        &envelope(
-            s,
-            Payload::DataDisclosed(DataDisclosed {
-                recipient: "Acme Logistics".into(),
-                recipient_role: RecipientRole::Processor as i32,
-                country: "VN".into(),
-                categories: vec!["contact".into()],
-                legal_basis: LegalBasis::Contract as i32,
-                system: "billing".into(),
-                ..Default::default()
-            }),
-        ),
-    )
-    .await;
+    publish_acked(&js, &envelope(s, disclosed_to("Acme Logistics"))).await;
     for env in [
         event(
             s,

@@ -20,11 +20,12 @@ use crate::failure::Failure;
 use crate::render::{self, Column, Format, Listing, enumeration, flag, text};
 use crate::settings::{Service, Settings};
 
-/// Settings, the output format, and one channel per service (connected on first use).
+/// Settings and the output format.
 pub struct Context {
     settings: Settings,
     format: Format,
-    channels: std::collections::BTreeMap<Service, Channel>,
+    /// The CA certificate (PEM) for https URLs.
+    ca: Option<Vec<u8>>,
 }
 
 /// `RFC 3339` or a bare date (midnight UTC).
@@ -55,6 +56,11 @@ fn micros(t: &Timestamp) -> i128 {
 fn to_json<M: prost::Message>(name: &str, message: &M) -> Value {
     privacy_proto::message_to_json(&format!("privacy.v1.{name}"), message)
         .expect("every answer's type is in the descriptor set")
+}
+
+/// Each item's proto3 JSON (items of type `privacy.v1.<name>`).
+fn rows<M: prost::Message>(name: &str, items: &[M]) -> Vec<Value> {
+    items.iter().map(|m| to_json(name, m)).collect()
 }
 
 // ---- arguments -------------------------------------------------------------------------
@@ -584,42 +590,16 @@ const HOLD_FIELDS: &[Column] = &[
 
 impl Context {
     pub fn new(settings: Settings, format: Format) -> Result<Context, Failure> {
-        let mut channels = std::collections::BTreeMap::new();
         let ca = match &settings.ca_cert {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
                 Failure::Config(format!("cannot read the CA file {}: {e}", path.display()))
             })?),
             None => None,
         };
-        for service in Service::ALL {
-            let url = settings.url(service).to_owned();
-            let bad = |e: &dyn std::fmt::Display| {
-                Failure::Config(format!(
-                    "{} / {}: {url:?} is not a URL: {e}",
-                    service.flag(),
-                    service.env()
-                ))
-            };
-            let mut endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| bad(&e))?
-                .connect_timeout(std::time::Duration::from_secs(5));
-            if url.starts_with("https://") {
-                let Some(ca) = &ca else {
-                    return Err(Failure::Config(format!(
-                        "{url} is https: name the CA that signed the services' certificates \
-                         with --ca-cert or PRIVACY_CA_CERT"
-                    )));
-                };
-                let tls = tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca));
-                endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
-            }
-            channels.insert(service, endpoint.connect_lazy());
-        }
         Ok(Context {
             settings,
             format,
-            channels,
+            ca,
         })
     }
 
@@ -628,8 +608,35 @@ impl Context {
         self
     }
 
-    fn channel(&self, service: Service) -> Channel {
-        self.channels[&service].clone()
+    /// A channel to `service`, connected on first use; only the services a command calls need
+    /// a valid URL.
+    fn channel(&self, service: Service) -> Result<Channel, Failure> {
+        let url = self.settings.url(service).to_owned();
+        let bad = |e: &dyn std::fmt::Display| {
+            Failure::Config(format!(
+                "{} / {}: {url:?} is not a URL: {e}",
+                service.flag(),
+                service.env()
+            ))
+        };
+        // Each call is bounded by the timeout until its answer (or a stream's first headers,
+        // which the services send at once), so a hung service cannot hang a script.
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| bad(&e))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(self.settings.timeout);
+        if url.starts_with("https://") {
+            let Some(ca) = &self.ca else {
+                return Err(Failure::Config(format!(
+                    "{url} is https: name the CA that signed the services' certificates with \
+                     --ca-cert or PRIVACY_CA_CERT"
+                )));
+            };
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
+        }
+        Ok(endpoint.connect_lazy())
     }
 
     /// A request with the token, for a call that answers once (bounded by the timeout).
@@ -692,11 +699,14 @@ impl Context {
         let mut broken = Vec::new();
         let mut unreachable = None;
         for &service in services {
-            let mut client = AuditServiceClient::new(self.channel(service));
-            match client
-                .verify_chain(self.unary(VerifyChainRequest::default()))
-                .await
-            {
+            let answer = match self.channel(service) {
+                Ok(channel) => AuditServiceClient::new(channel)
+                    .verify_chain(self.unary(VerifyChainRequest::default()))
+                    .await
+                    .map_err(self.failed(service)),
+                Err(failure) => Err(failure),
+            };
+            match answer {
                 Ok(r) => {
                     let r = r.into_inner();
                     if !r.ok {
@@ -718,8 +728,7 @@ impl Context {
                         "detail": r.reason,
                     }));
                 }
-                Err(status) => {
-                    let failure = self.failed(service)(status);
+                Err(failure) => {
                     rows.push(json!({
                         "service": service.name(),
                         "chain": "not checked",
@@ -743,11 +752,14 @@ impl Context {
         let mut rows = Vec::new();
         let mut first_failure = None;
         for &service in services {
-            let mut client = AuditServiceClient::new(self.channel(service));
-            match client
-                .projection_status(self.unary(ProjectionStatusRequest {}))
-                .await
-            {
+            let answer = match self.channel(service) {
+                Ok(channel) => AuditServiceClient::new(channel)
+                    .projection_status(self.unary(ProjectionStatusRequest {}))
+                    .await
+                    .map_err(self.failed(service)),
+                Err(failure) => Err(failure),
+            };
+            match answer {
                 Ok(r) => {
                     let r = r.into_inner();
                     for p in r.projections {
@@ -763,8 +775,7 @@ impl Context {
                         }));
                     }
                 }
-                Err(status) => {
-                    let failure = self.failed(service)(status);
+                Err(failure) => {
                     rows.push(json!({"service": service.name(), "detail": failure.to_string()}));
                     first_failure.get_or_insert(failure);
                 }
@@ -778,7 +789,7 @@ impl Context {
     }
 
     pub async fn rebuild(&self, service: Service, names: Vec<String>) -> Result<(), Failure> {
-        let mut client = AuditServiceClient::new(self.channel(service));
+        let mut client = AuditServiceClient::new(self.channel(service)?);
         let mut stream = client
             .rebuild_projections(self.streaming(RebuildProjectionsRequest { names }))
             .await
@@ -860,7 +871,7 @@ impl Context {
         match list {
             ListCommand::Events(args) => return self.events(args, out).await,
             ListCommand::ConsentHistory(a) => {
-                let mut c = ConsentServiceClient::new(self.channel(Service::Consent));
+                let mut c = ConsentServiceClient::new(self.channel(Service::Consent)?);
                 let r = c
                     .get_consent_history(self.unary(GetConsentHistoryRequest {
                         tenant: a.tenant,
@@ -870,12 +881,11 @@ impl Context {
                     .await
                     .map_err(self.failed(Service::Consent))?
                     .into_inner();
-                let rows = r
-                    .entries
-                    .iter()
-                    .map(|e| to_json("ConsentHistoryEntry", e))
-                    .collect();
-                self.rows(HISTORY_COLUMNS, rows, out)
+                self.rows(
+                    HISTORY_COLUMNS,
+                    rows("ConsentHistoryEntry", &r.entries),
+                    out,
+                )
             }
             ListCommand::Requests(a) => {
                 let states = a
@@ -891,7 +901,7 @@ impl Context {
                     .map(|s| enum_value("--type", "REQUEST_TYPE_", s, RequestType::from_str_name))
                     .collect::<Result<_, _>>()?;
                 let mut c =
-                    SubjectRequestServiceClient::new(self.channel(Service::SubjectRequests));
+                    SubjectRequestServiceClient::new(self.channel(Service::SubjectRequests)?);
                 let r = c
                     .list_requests(self.unary(ListRequestsRequest {
                         tenant: a.tenant,
@@ -905,15 +915,10 @@ impl Context {
                     .await
                     .map_err(self.failed(Service::SubjectRequests))?
                     .into_inner();
-                let rows = r
-                    .requests
-                    .iter()
-                    .map(|q| to_json("SubjectRequest", q))
-                    .collect();
-                self.rows(REQUEST_COLUMNS, rows, out)
+                self.rows(REQUEST_COLUMNS, rows("SubjectRequest", &r.requests), out)
             }
             ListCommand::Accounting(a) => {
-                let mut c = DisclosureLogServiceClient::new(self.channel(Service::DisclosureLog));
+                let mut c = DisclosureLogServiceClient::new(self.channel(Service::DisclosureLog)?);
                 let r = c
                     .accounting_of_disclosures(self.unary(AccountingOfDisclosuresRequest {
                         tenant: a.tenant,
@@ -927,7 +932,7 @@ impl Context {
                 self.disclosure_rows(r, out)
             }
             ListCommand::Recipients(a) => {
-                let mut c = DisclosureLogServiceClient::new(self.channel(Service::DisclosureLog));
+                let mut c = DisclosureLogServiceClient::new(self.channel(Service::DisclosureLog)?);
                 let r = c
                     .recipients_to_notify(self.unary(RecipientsToNotifyRequest {
                         tenant: a.tenant,
@@ -936,15 +941,10 @@ impl Context {
                     .await
                     .map_err(self.failed(Service::DisclosureLog))?
                     .into_inner();
-                let rows = r
-                    .recipients
-                    .iter()
-                    .map(|x| to_json("Recipient", x))
-                    .collect();
-                self.rows(RECIPIENT_COLUMNS, rows, out)
+                self.rows(RECIPIENT_COLUMNS, rows("Recipient", &r.recipients), out)
             }
             ListCommand::Flagged(a) => {
-                let mut c = DisclosureLogServiceClient::new(self.channel(Service::DisclosureLog));
+                let mut c = DisclosureLogServiceClient::new(self.channel(Service::DisclosureLog)?);
                 let r = c
                     .list_disclosures(self.unary(ListDisclosuresRequest {
                         tenant: a.tenant,
@@ -960,7 +960,7 @@ impl Context {
                 self.disclosure_rows(r, out)
             }
             ListCommand::Holds(a) => {
-                let mut c = RetentionServiceClient::new(self.channel(Service::Retention));
+                let mut c = RetentionServiceClient::new(self.channel(Service::Retention)?);
                 let r = c
                     .list_legal_holds(self.unary(ListLegalHoldsRequest {
                         tenant: a.tenant,
@@ -969,8 +969,7 @@ impl Context {
                     .await
                     .map_err(self.failed(Service::Retention))?
                     .into_inner();
-                let rows = r.holds.iter().map(|h| to_json("LegalHold", h)).collect();
-                self.rows(HOLD_COLUMNS, rows, out)
+                self.rows(HOLD_COLUMNS, rows("LegalHold", &r.holds), out)
             }
         }
     }
@@ -1020,7 +1019,7 @@ impl Context {
         };
         let mut streams = Vec::new();
         for &service in &services {
-            let mut client = AuditServiceClient::new(self.channel(service));
+            let mut client = AuditServiceClient::new(self.channel(service)?);
             let stream = client
                 .stream_events(self.streaming(request.clone()))
                 .await
@@ -1063,7 +1062,7 @@ impl Context {
     // ---- consent ----
 
     pub async fn consent(&self, command: ConsentCommand) -> Result<(), Failure> {
-        let mut c = ConsentServiceClient::new(self.channel(Service::Consent));
+        let mut c = ConsentServiceClient::new(self.channel(Service::Consent)?);
         match command {
             ConsentCommand::Check {
                 tenant,
@@ -1119,7 +1118,7 @@ impl Context {
     // ---- requests ----
 
     pub async fn requests(&self, command: RequestsCommand) -> Result<(), Failure> {
-        let mut c = SubjectRequestServiceClient::new(self.channel(Service::SubjectRequests));
+        let mut c = SubjectRequestServiceClient::new(self.channel(Service::SubjectRequests)?);
         let failed = self.failed(Service::SubjectRequests);
         let response = match command {
             RequestsCommand::List(a) => return self.list(ListCommand::Requests(a), None).await,
@@ -1166,7 +1165,7 @@ impl Context {
     // ---- erasure ----
 
     pub async fn erasure(&self, command: ErasureCommand) -> Result<(), Failure> {
-        let mut c = RetentionServiceClient::new(self.channel(Service::Retention));
+        let mut c = RetentionServiceClient::new(self.channel(Service::Retention)?);
         let failed = self.failed(Service::Retention);
         let erasure = match command {
             ErasureCommand::Start {
@@ -1242,7 +1241,7 @@ impl Context {
     }
 
     pub async fn holds(&self, command: HoldsCommand) -> Result<(), Failure> {
-        let mut c = RetentionServiceClient::new(self.channel(Service::Retention));
+        let mut c = RetentionServiceClient::new(self.channel(Service::Retention)?);
         let failed = self.failed(Service::Retention);
         let hold = match command {
             HoldsCommand::List(a) => return self.list(ListCommand::Holds(a), None).await,
@@ -1327,6 +1326,23 @@ fn io_failure(e: std::io::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_answer_type_shown_is_in_the_descriptor_set() {
+        let source = include_str!("commands.rs");
+        let mut names = 0;
+        for part in source
+            .split("to_json(\"")
+            .skip(1)
+            .chain(source.split("rows(\"").skip(1))
+        {
+            let name = &part[..part.find('"').unwrap()];
+            let full = format!("privacy.v1.{name}");
+            assert!(privacy_proto::encoded_to_json(&full, &[]).is_ok(), "{full}");
+            names += 1;
+        }
+        assert!(names >= 9, "{names}");
+    }
 
     #[test]
     fn times_are_rfc3339_or_dates_at_midnight_utc() {
