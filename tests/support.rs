@@ -356,6 +356,24 @@ pub fn disclosed_to(recipient: &str) -> Payload {
     })
 }
 
+/// Opens a request of type `t` for `subject` of the test tenant over the web channel, with a
+/// fresh idempotency key.
+pub async fn open_request(c: &mut Requests, subject: &str, t: RequestType) -> SubjectRequest {
+    c.open_request(OpenRequestRequest {
+        tenant: TENANT.into(),
+        subject_id: subject.into(),
+        request_type: t as i32,
+        channel: "web".into(),
+        event_id: uuid::Uuid::now_v7().to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("OpenRequest")
+    .into_inner()
+    .request
+    .expect("the opened request")
+}
+
 /// The four services in-process against one NATS, their data under one folder.
 pub struct Stack {
     pub consent: InProcess,

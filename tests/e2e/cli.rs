@@ -91,21 +91,8 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
         ),
     )
     .await;
-    let request = requests_client(&requests.url(), OPERATOR_TOKEN)
-        .await
-        .open_request(OpenRequestRequest {
-            tenant: TENANT.into(),
-            subject_id: s.into(),
-            request_type: RequestType::Erasure as i32,
-            channel: "web".into(),
-            event_id: uuid::Uuid::now_v7().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let mut r = requests_client(&requests.url(), OPERATOR_TOKEN).await;
+    let request = open_request(&mut r, s, RequestType::Erasure).await;
     for (svc, head) in [(consent, 2), (disclosures, 1), (retention, 1)] {
         let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
         wait_for_head(&mut audit, head, Duration::from_secs(20)).await;

@@ -46,20 +46,7 @@ async fn the_python_example_publishes_every_user_event_and_each_is_stored() {
 
     // A real order for Python to answer: a rectification, started, orders every system.
     let mut r = requests_client(&stack.requests.url(), OPERATOR_TOKEN).await;
-    let request = r
-        .open_request(OpenRequestRequest {
-            tenant: TENANT.into(),
-            subject_id: subject.into(),
-            request_type: RequestType::Rectification as i32,
-            channel: "web".into(),
-            event_id: uuid::Uuid::now_v7().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let request = open_request(&mut r, subject, RequestType::Rectification).await;
     r.verify_identity(VerifyIdentityRequest {
         tenant: TENANT.into(),
         request_id: request.request_id.clone(),

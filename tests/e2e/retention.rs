@@ -669,20 +669,7 @@ async fn every_service_shreds_on_subject_erased_and_the_certificate_says_so() {
         publish_acked(&js, &env).await;
     }
     let mut r = requests_client(&requests.url(), OPERATOR_TOKEN).await;
-    let request = r
-        .open_request(OpenRequestRequest {
-            tenant: TENANT.into(),
-            subject_id: s.into(),
-            request_type: RequestType::Erasure as i32,
-            channel: "web".into(),
-            event_id: uuid::Uuid::now_v7().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
+    let request = open_request(&mut r, s, RequestType::Erasure).await;
     for (svc, head) in [(&consent, 2), (&disclosures, 1), (&retention, 2)] {
         let mut audit = audit_client(&svc.url(), Some(AUDITOR_TOKEN)).await;
         wait_for_head(&mut audit, head, Duration::from_secs(20)).await;
