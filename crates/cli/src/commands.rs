@@ -863,10 +863,6 @@ impl Context {
 
     // ---- lists ----
 
-    pub async fn export(&self, list: ListCommand, out: Option<PathBuf>) -> Result<(), Failure> {
-        self.list(list, out.as_ref()).await
-    }
-
     pub async fn list(&self, list: ListCommand, out: Option<&PathBuf>) -> Result<(), Failure> {
         match list {
             ListCommand::Events(args) => return self.events(args, out).await,
@@ -1002,11 +998,7 @@ impl Context {
     }
 
     async fn events(&self, a: EventsArgs, out: Option<&PathBuf>) -> Result<(), Failure> {
-        let services = if a.service.is_empty() {
-            Service::ALL.to_vec()
-        } else {
-            a.service.clone()
-        };
+        let services = Service::chosen(a.service.clone());
         let timed = a.since.is_some() || a.until.is_some();
         let request = StreamEventsRequest {
             from_seq: a.from_seq.max(1),

@@ -147,16 +147,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Format::Table
     };
     let ctx = commands::Context::new(settings, format)?;
-    let all = |s: Vec<Service>| {
-        if s.is_empty() {
-            Service::ALL.to_vec()
-        } else {
-            s
-        }
-    };
     match cli.command {
-        Command::Verify { service } => ctx.verify(&all(service)).await,
-        Command::Status { service } => ctx.status(&all(service)).await,
+        Command::Verify { service } => ctx.verify(&Service::chosen(service)).await,
+        Command::Status { service } => ctx.status(&Service::chosen(service)).await,
         Command::Events(args) => ctx.list(commands::ListCommand::Events(args), None).await,
         Command::Consent(c) => ctx.consent(c).await,
         Command::Requests(c) => ctx.requests(c).await,
@@ -172,7 +165,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ExportFormat::Jsonl => Format::Jsonl,
                 ExportFormat::Csv => Format::Csv,
             };
-            ctx.with_format(format).export(list, out).await
+            ctx.with_format(format).list(list, out.as_ref()).await
         }
         Command::Completions { .. } => Ok(()),
     }

@@ -24,42 +24,36 @@ impl Service {
         Service::DisclosureLog,
     ];
 
-    pub const fn name(self) -> &'static str {
-        match self {
-            Service::Consent => "consent",
-            Service::SubjectRequests => "subject-requests",
-            Service::Retention => "retention",
-            Service::DisclosureLog => "disclosure-log",
+    /// `services`, or all four when none was named.
+    pub fn chosen(services: Vec<Service>) -> Vec<Service> {
+        if services.is_empty() {
+            Service::ALL.to_vec()
+        } else {
+            services
         }
+    }
+
+    /// (name, URL key, default port) from the shared table; `ALL` is in its order.
+    fn entry(self) -> (&'static str, &'static str, u16) {
+        privacy_vocab::SERVICES[self as usize]
+    }
+
+    pub fn name(self) -> &'static str {
+        self.entry().0
     }
 
     /// The flag that sets this service's URL.
-    pub const fn flag(self) -> &'static str {
-        match self {
-            Service::Consent => "--consent-url",
-            Service::SubjectRequests => "--subject-requests-url",
-            Service::Retention => "--retention-url",
-            Service::DisclosureLog => "--disclosure-log-url",
-        }
+    pub fn flag(self) -> String {
+        format!("--{}-url", self.name())
     }
 
     /// The environment variable that sets this service's URL (the services' own peer setting).
-    pub const fn env(self) -> &'static str {
-        match self {
-            Service::Consent => "PRIVACY_CONSENT_URL",
-            Service::SubjectRequests => "PRIVACY_SUBJECT_REQUESTS_URL",
-            Service::Retention => "PRIVACY_RETENTION_URL",
-            Service::DisclosureLog => "PRIVACY_DISCLOSURE_LOG_URL",
-        }
+    pub fn env(self) -> String {
+        format!("PRIVACY_{}", self.entry().1)
     }
 
-    const fn default_port(self) -> u16 {
-        match self {
-            Service::Consent => 50051,
-            Service::SubjectRequests => 50052,
-            Service::Retention => 50053,
-            Service::DisclosureLog => 50054,
-        }
+    fn default_port(self) -> u16 {
+        self.entry().2
     }
 }
 
@@ -314,6 +308,28 @@ mod tests {
             // Never the developer's own file.
             config: Some(PathBuf::from("/nonexistent/privacy.toml")),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_flags_and_variables_are_those_of_the_shared_table() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Probe {
+            #[command(flatten)]
+            connection: ConnectionArgs,
+        }
+        let command = Probe::command();
+        for service in Service::ALL {
+            let flag = service.flag();
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == flag.strip_prefix("--"))
+                .unwrap_or_else(|| panic!("{flag}"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(service.env().as_str())
+            );
         }
     }
 

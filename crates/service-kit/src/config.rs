@@ -44,12 +44,7 @@ pub struct ServiceConfig {
 }
 
 /// The four services: (name, URL key, default port) — DESIGN §7.
-pub const PEERS: &[(&str, &str, u16)] = &[
-    ("consent", "CONSENT_URL", 50051),
-    ("subject-requests", "SUBJECT_REQUESTS_URL", 50052),
-    ("retention", "RETENTION_URL", 50053),
-    ("disclosure-log", "DISCLOSURE_LOG_URL", 50054),
-];
+pub use privacy_vocab::SERVICES as PEERS;
 
 /// Where the master key that wraps the vault's data keys comes from.
 #[derive(Debug, Clone)]
@@ -246,7 +241,7 @@ impl ServiceConfig {
             (None, None) => MasterKeySource::Development,
         };
         let mut peers = BTreeMap::new();
-        for (service, key, port) in PEERS {
+        for (service, key, port) in &PEERS {
             let url = get(key).unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(

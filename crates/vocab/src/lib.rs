@@ -1,6 +1,7 @@
 //! The shared vocabulary, defined once and used by the service kit, the rules crate and every
 //! service: tenant ids ([`check_tenant_id`]), [`Jurisdiction`], [`LegalBasis`], and the time
-//! conversions between protobuf timestamps, microseconds and tenant-local dates ([`time`]).
+//! conversions between protobuf timestamps, microseconds and tenant-local dates ([`time`]), and
+//! the four services' names, URL settings and default ports ([`SERVICES`]).
 //!
 //! No I/O, no clock except [`time::now_micros`], and no dependency on the wire contract, so the
 //! rules crate can use it without pulling in gRPC.
@@ -10,6 +11,15 @@
 pub mod time;
 
 use std::fmt;
+
+/// The four services: (name, the URL setting's key after `PRIVACY_`, the local default port) —
+/// DESIGN §7. The services read it for their peers, the `privacy` CLI for where to call.
+pub const SERVICES: [(&str, &str, u16); 4] = [
+    ("consent", "CONSENT_URL", 50051),
+    ("subject-requests", "SUBJECT_REQUESTS_URL", 50052),
+    ("retention", "RETENTION_URL", 50053),
+    ("disclosure-log", "DISCLOSURE_LOG_URL", 50054),
+];
 use std::str::FromStr;
 
 /// A jurisdiction with a rule pack.
