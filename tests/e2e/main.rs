@@ -24,4 +24,5 @@ mod schedules;
 mod tamper;
 mod tenants;
 mod tidy;
+mod traces;
 mod transient;

@@ -77,6 +77,7 @@ async fn transient_failures_nak_and_the_events_arrive_later() {
         config,
         limits: Limits::default(),
         stats: stats.clone(),
+        links: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let task = {

@@ -92,6 +92,8 @@ pub struct Ingest {
     pub config: BusConfig,
     pub limits: Limits,
     pub stats: Arc<IngestStats>,
+    /// Where each stored event's `store` span is left for the outbox relay.
+    pub links: Arc<privacy_telemetry::TraceLinks>,
 }
 
 /// A message's fate within a batch.
@@ -202,8 +204,12 @@ impl Ingest {
         let mut events = Vec::with_capacity(batch.len());
         // The key and content of each user event of this batch: a repeat is one event.
         let mut keys: HashMap<(String, String), [u8; 32]> = HashMap::new();
+        // One `store` span per stored message (a child of its `ingest` span), open until the
+        // commit is durable and acked.
+        let mut spans = Vec::new();
         for msg in batch {
-            match self.classify(&msg, now).await {
+            let (fate, span) = self.classify(&msg, now).await;
+            match fate {
                 Fate::Store(e) => {
                     let first = &e[0];
                     let key = (first.scope.clone(), first.event_id.clone());
@@ -228,6 +234,12 @@ impl Ingest {
                         None => {
                             keys.insert(key, first.content);
                             msgs.push(msg);
+                            let store =
+                                tracing::info_span!(parent: &span, "store", events = e.len());
+                            for event in e.iter().filter(|e| e.publish) {
+                                self.links.remember(&event.scope, &event.event_id, &store);
+                            }
+                            spans.push(store);
                             events.extend(e);
                         }
                     }
@@ -255,6 +267,7 @@ impl Ingest {
             Some(self.store.submit(events, ExpectedVersion::Any).await)
         };
         async move {
+            let _spans = spans;
             let Some(submitted) = submitted else { return };
             let outcome = match submitted {
                 Ok(commit) => commit.await,
@@ -284,19 +297,21 @@ impl Ingest {
         }
     }
 
-    async fn classify(&self, msg: &jetstream::Message, now: SystemTime) -> Fate {
+    /// A message's fate, and its `ingest` span (a child of the publisher's trace context).
+    async fn classify(&self, msg: &jetstream::Message, now: SystemTime) -> (Fate, tracing::Span) {
         let (subject_tenant, subject_type) = match self.config.parse_in_subject(&msg.subject) {
             Some((tenant, event_type)) => (Some(tenant), Some(event_type)),
             None => (None, None),
         };
         let parent = privacy_telemetry::extract_nats(msg.headers.as_ref());
         // The subject is not logged: its tokens are whatever the publisher wrote.
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "ingest",
+            service = %self.service,
             in_seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default()
         );
         privacy_telemetry::set_parent(&span, parent);
-        async {
+        let fate = async {
             if let Err(r) = check_size(msg.payload.len(), &self.limits) {
                 return Fate::Reject(r);
             }
@@ -337,8 +352,9 @@ impl Ingest {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        (fate, span)
     }
 
     async fn dead_letter(&self, msg: &jetstream::Message, rejection: &Rejection) {

@@ -39,6 +39,8 @@ pub struct OutboxRelay {
     /// The last sequence number relayed or skipped (in memory; the durable cursor may lag it
     /// by events that are not published).
     position: Arc<AtomicU64>,
+    /// The spans that committed the events, to parent each publication on.
+    links: Arc<privacy_telemetry::TraceLinks>,
 }
 
 const CURSOR: &str = "outbox.cursor";
@@ -65,7 +67,14 @@ impl OutboxRelay {
             service: service.to_owned(),
             config,
             position: Arc::new(AtomicU64::new(0)),
+            links: Arc::default(),
         }
+    }
+
+    /// Continues each event's trace from the span that committed it, as left in `links`.
+    pub fn with_links(mut self, links: Arc<privacy_telemetry::TraceLinks>) -> Self {
+        self.links = links;
+        self
     }
 
     /// The last sequence number this relay has dealt with since it started.
@@ -197,13 +206,36 @@ impl OutboxRelay {
             .config
             .domain_subject(&self.service, &event.scope, &event.event_type);
         let order = self.order_message(event);
+        let span = tracing::info_span!(
+            "outbox.publish",
+            service = %self.service,
+            seq = event.seq,
+            event_type = %event.event_type,
+        );
+        if let Some(cause) = self.links.take(&event.scope, &event.event_id) {
+            privacy_telemetry::set_parent(&span, cause);
+        }
+        tracing::Instrument::instrument(
+            self.attempt_until_acked(event, &subject, order, shutdown),
+            span,
+        )
+        .await
+    }
+
+    async fn attempt_until_acked(
+        &self,
+        event: &RecordedEvent,
+        subject: &str,
+        order: Option<(String, String, Vec<u8>)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut delay = Duration::from_millis(50);
         loop {
             let attempt = async {
                 if let Some((subject, id, bytes)) = &order {
                     self.send(subject, id, bytes.clone(), None).await?;
                 }
-                self.publish(&subject, event).await
+                self.publish(subject, event).await
             };
             match attempt.await {
                 Ok(()) => return true,

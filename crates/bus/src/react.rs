@@ -97,7 +97,16 @@ pub async fn run_reactions(
                 continue;
             }
         };
-        match reaction.react(envelope, seq).await {
+        // The reaction continues the trace of the publication it answers.
+        let span = tracing::info_span!(
+            "react",
+            consumer = %name,
+            event_type = %envelope.event_type,
+            seq = seq.unwrap_or_default(),
+        );
+        privacy_telemetry::set_parent(&span, privacy_telemetry::extract_nats(msg.headers.as_ref()));
+        let reacted = tracing::Instrument::instrument(reaction.react(envelope, seq), span).await;
+        match reacted {
             Ok(()) => {
                 if let Err(e) = msg.ack().await {
                     tracing::debug!(error = %e, "ack failed; the event comes again");

@@ -147,10 +147,25 @@ impl PrivacyClient {
     }
 
     /// Publishes a complete envelope (e.g. one with its own `occurred_at` or correlation ids).
+    ///
+    /// The publication is a `publish` span (a child of the caller's current span, if any); its
+    /// W3C trace context travels in the message's headers, so the services' spans for this
+    /// event join the caller's trace.
     pub async fn publish_envelope(
         &self,
         envelope: Envelope,
     ) -> Result<PublishReceipt, ClientError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "publish",
+            event_type = %envelope.event_type,
+            tenant = %envelope.tenant,
+            event_id = %envelope.event_id,
+        );
+        self.publish_in_span(envelope).instrument(span).await
+    }
+
+    async fn publish_in_span(&self, envelope: Envelope) -> Result<PublishReceipt, ClientError> {
         validate_envelope(&envelope, None, SystemTime::now(), &self.limits)?;
         let subject = format!(
             "{}.in.{}.{}",

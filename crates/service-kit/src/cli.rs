@@ -43,7 +43,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn serve(spec: ServiceSpec) -> ExitCode {
-    let _telemetry = match privacy_telemetry::init(&format!("privacy-{}", spec.name)) {
+    let runtime = runtime();
+    // The OTLP exporter's gRPC channel lives on the runtime: made inside it, flushed (when the
+    // guard drops, at the end) while it still runs.
+    let telemetry = {
+        let _inside = runtime.enter();
+        privacy_telemetry::init(&format!("privacy-{}", spec.name))
+    };
+    let telemetry = match telemetry {
         Ok(g) => g,
         Err(e) => {
             eprintln!("telemetry: {e}");
@@ -57,7 +64,7 @@ fn serve(spec: ServiceSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime().block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let service = match start(spec, config, shutdown.clone()).await {
             Ok(s) => s,
@@ -78,7 +85,11 @@ fn serve(spec: ServiceSpec) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The last spans leave before the runtime that carries them stops.
+    drop(telemetry);
+    drop(runtime);
+    code
 }
 
 async fn wait_for_signal() {

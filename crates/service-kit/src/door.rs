@@ -57,6 +57,8 @@ pub struct ServiceContext {
     pub peers: Arc<BTreeMap<&'static str, String>>,
     /// The token presented to the other services for this service's own calls, if configured.
     pub peer_token: Option<Arc<str>>,
+    /// The span that committed each event still to be published (read by the outbox relay).
+    pub links: Arc<privacy_telemetry::TraceLinks>,
     domain: Arc<OnceLock<Arc<dyn DomainService>>>,
 }
 
@@ -257,6 +259,7 @@ impl ServiceContext {
             peers: Arc::new(peers),
             peer_token: None,
             limits: Limits::default(),
+            links: Arc::default(),
             domain: Arc::default(),
         }
     }
@@ -486,9 +489,11 @@ impl ServiceContext {
         expected: ExpectedVersion,
     ) -> Result<Position, DoorError> {
         self.vault.sync()?;
-        let positions = self
-            .store
-            .append(events, expected)
+        let span = tracing::info_span!("store", service = self.spec.name, events = events.len());
+        for event in events.iter().filter(|e| e.publish) {
+            self.links.remember(&event.scope, &event.event_id, &span);
+        }
+        let positions = tracing::Instrument::instrument(self.store.append(events, expected), span)
             .await
             .map_err(DoorError::from_store)?;
         self.folded(positions[0]).await

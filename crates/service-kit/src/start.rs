@@ -310,7 +310,9 @@ pub async fn start(
             auth,
         ));
     domain.routes(&ctx, &mut routes);
-    let mut builder = tonic::transport::Server::builder();
+    // Each call is a `grpc` span, parented by the auth interceptor on the caller's trace.
+    let mut builder = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()));
     if let Some((cert, key)) = &config.tls {
         let read = |p: &std::path::PathBuf| {
             std::fs::read(p).map_err(|source| StartError::TlsFile {
@@ -468,6 +470,7 @@ impl Lifecycle {
             self.handler,
             reaction,
             self.stats,
+            self.ctx.links.clone(),
             self.health,
             self.shutdown,
             &self.sup,
@@ -490,6 +493,7 @@ async fn run_bus(
     handler: Arc<dyn IngestHandler>,
     reaction: Arc<dyn privacy_bus::Reaction>,
     stats: Arc<IngestStats>,
+    links: Arc<privacy_telemetry::TraceLinks>,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
     sup: &Supervisor,
@@ -527,6 +531,7 @@ async fn run_bus(
         config: config.clone(),
         limits: Limits::default(),
         stats,
+        links: links.clone(),
     };
     for tail in spec.consumes() {
         let filter = format!("{}.in.{tail}", config.prefix);
@@ -574,7 +579,7 @@ async fn run_bus(
             Ok(())
         }));
     }
-    let relay = OutboxRelay::new(js, store, spec.name, config);
+    let relay = OutboxRelay::new(js, store, spec.name, config).with_links(links);
     let relay_shutdown = shutdown.clone();
     parts.spawn(sup.supervise("the outbox relay".into(), async move {
         while !relay_shutdown.is_cancelled() {

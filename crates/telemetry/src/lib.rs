@@ -14,6 +14,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -39,8 +40,12 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber and propagator for a binary named `service`.
 ///
-/// `RUST_LOG` sets the filter (default `info`); `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP
-/// export; `OTEL_SERVICE_NAME` overrides the service name.
+/// `RUST_LOG` sets what is logged (default `info`); traces record every `info` span whatever
+/// it says (the spans that follow an event across services are `info` spans); `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP export (the `OTEL_BSP_*`
+/// variables tune its batching); `OTEL_SERVICE_NAME` overrides the service name.
+///
+/// With an endpoint, call it inside a Tokio runtime context (`Runtime::enter`) and drop the
+/// guard while that runtime still runs: the exporter's gRPC channel lives on it.
 pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
@@ -60,14 +65,19 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let tracer = provider.tracer(name);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
-        .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_target(true)
                 .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter),
         )
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        // Traces do not depend on how much is logged: `RUST_LOG=warn` keeps them whole.
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     if exporting {
@@ -106,6 +116,13 @@ pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
     let cx = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut NatsHeaders(headers))
+    });
+}
+
+/// Writes the trace context of `cx` into NATS headers (nothing when it carries no valid span).
+pub fn inject_nats_context(cx: &Context, headers: &mut async_nats::HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(cx, &mut NatsHeaders(headers))
     });
 }
 
@@ -170,6 +187,74 @@ pub fn set_parent(span: &tracing::Span, cx: Context) {
     }
 }
 
+/// The trace context of the step that committed each event, kept until the outbox relay
+/// publishes it, so that the published message continues the trace of the event that caused it.
+///
+/// Keyed by (tenant, event id), which are known before the commit, so a link is in place before
+/// the relay can see the event. Bounded: past [`TraceLinks::CAPACITY`] links the oldest go (an
+/// event published long after its commit, e.g. after a restart, starts a trace of its own).
+#[derive(Default)]
+pub struct TraceLinks {
+    inner: std::sync::Mutex<Links>,
+}
+
+#[derive(Default)]
+struct Links {
+    by_event: std::collections::HashMap<(String, String), Context>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl TraceLinks {
+    /// How many links are kept at most.
+    pub const CAPACITY: usize = 8192;
+
+    /// Remembers `span` as the cause of the event `(scope, event_id)`, when the span is
+    /// recorded (has a valid trace context).
+    pub fn remember(&self, scope: &str, event_id: &str, span: &tracing::Span) {
+        use opentelemetry::trace::TraceContextExt;
+        if span.is_disabled() {
+            return;
+        }
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return;
+        }
+        let key = (scope.to_owned(), event_id.to_owned());
+        let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if links.by_event.insert(key.clone(), cx).is_none() {
+            links.order.push_back(key);
+        }
+        while links.order.len() > Self::CAPACITY {
+            if let Some(old) = links.order.pop_front() {
+                links.by_event.remove(&old);
+            }
+        }
+    }
+
+    /// Takes the remembered cause of `(scope, event_id)`, if any.
+    pub fn take(&self, scope: &str, event_id: &str) -> Option<Context> {
+        let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // The key stays in `order` until it is evicted; removing it from the map is enough.
+        links
+            .by_event
+            .remove(&(scope.to_owned(), event_id.to_owned()))
+    }
+
+    /// How many links are held (for tests and health output).
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_event
+            .len()
+    }
+
+    /// Whether no link is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A tonic interceptor that parents the request's handling on the caller's trace.
 #[derive(Clone, Copy, Default)]
 pub struct TraceContextInterceptor;
@@ -184,6 +269,42 @@ impl tonic::service::Interceptor for TraceContextInterceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_links_hand_each_event_its_cause_once_and_stay_bounded() {
+        use opentelemetry::trace::TraceContextExt;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let links = TraceLinks::default();
+            // Nothing is kept for a span that records nothing.
+            links.remember("acme", "e-0", &tracing::Span::none());
+            assert!(links.is_empty());
+
+            let span = tracing::info_span!("store");
+            links.remember("acme", "e-1", &span);
+            let want = span.context().span().span_context().clone();
+            assert!(
+                links.take("other", "e-1").is_none(),
+                "tenants do not share links"
+            );
+            let got = links.take("acme", "e-1").expect("the link");
+            assert_eq!(got.span().span_context(), &want);
+            assert!(links.take("acme", "e-1").is_none(), "taken once");
+
+            for i in 0..TraceLinks::CAPACITY + 10 {
+                links.remember("acme", &format!("e-{i}"), &span);
+            }
+            assert_eq!(links.len(), TraceLinks::CAPACITY);
+            assert!(links.take("acme", "e-0").is_none(), "the oldest went first");
+            assert!(
+                links
+                    .take("acme", &format!("e-{}", TraceLinks::CAPACITY + 9))
+                    .is_some()
+            );
+        });
+    }
 
     #[test]
     fn trace_context_round_trips_through_nats_headers_and_grpc_metadata() {
