@@ -21,8 +21,8 @@ mod vault;
 pub use projection::{Projection, ProjectionStatus, Projector, View, ViewEntry, ViewWriter};
 pub use record::{FLAG_PUBLISH, GENESIS_HASH, HASH_LEN, RecordedEvent};
 pub use store::{
-    EventStore, ExpectedVersion, Head, Known, MAX_RECORD_BYTES, NewEvent, Position,
-    SEGMENT_TARGET_BYTES, SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
+    DEFAULT_CACHE_BYTES, EventStore, ExpectedVersion, Head, Known, MAX_RECORD_BYTES, NewEvent,
+    Position, SEGMENT_TARGET_BYTES, SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
 };
 pub use subscription::Subscription;
 pub use vault::{MasterKey, Opened, SealedField, Vault};

@@ -147,7 +147,13 @@ pub struct StoreConfig {
     pub fsync: bool,
     /// The commit clock, microseconds since the Unix epoch.
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// sled's page cache for the log and the views, in bytes (sled's own default is 1 GiB).
+    pub cache_bytes: u64,
 }
+
+/// The default page cache of a store: what keeps a service's memory small; the OS page cache
+/// still holds the hot parts of the file.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -160,6 +166,7 @@ impl Default for StoreConfig {
                     .map(|d| d.as_micros() as i64)
                     .unwrap_or(0)
             }),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -169,6 +176,7 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("max_batch_events", &self.max_batch_events)
             .field("fsync", &self.fsync)
+            .field("cache_bytes", &self.cache_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -334,6 +342,7 @@ impl EventStore {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .segment_size(sled_segment_size(dir))
+            .cache_capacity(config.cache_bytes)
             .open()
             .map_err(storage)?;
         let log = db.open_tree("log").map_err(storage)?;

@@ -84,6 +84,9 @@ type SubjectKeys = HashMap<String, (u32, XChaCha20Poly1305)>;
 /// Most subjects whose live key is cached; the cache is emptied when it grows past this.
 const CACHE_LIMIT: usize = 100_000;
 
+/// sled's page cache for a vault database.
+const VAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 const KEYS_TREE: &str = "keys";
 /// Entries per batch when compaction copies a tree (bounds its memory, not its atomicity:
 /// the copy only becomes live once complete).
@@ -182,8 +185,13 @@ enum Slot {
 impl Inner {
     fn open(root: &Path, place: Place) -> Result<Inner, StoreError> {
         let dir = place.dir(root);
-        // Default sled settings: the vault's values are small, nothing lands in `blobs/`.
-        let db = sled::Config::new().path(&dir).open().map_err(storage)?;
+        // The vault's values are small (nothing lands in `blobs/`) and few are hot: a small
+        // page cache, not sled's default 1 GiB.
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(VAULT_CACHE_BYTES)
+            .open()
+            .map_err(storage)?;
         let keys = db.open_tree(KEYS_TREE).map_err(storage)?;
         Ok(Inner {
             db,

@@ -33,6 +33,8 @@ pub struct ServiceConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// fdatasync after each group commit (on unless `PRIVACY_FSYNC=false`).
     pub fsync: bool,
+    /// The event store's page cache in bytes (`PRIVACY_CACHE_MB`, default 64).
+    pub cache_bytes: u64,
     /// Where the vault's master key comes from.
     pub master_key: MasterKeySource,
     /// The gRPC address of each of the four services (`PRIVACY_<SERVICE>_URL`), for the
@@ -77,6 +79,7 @@ pub const KEYS: &[&str] = &[
     "ACK_WAIT_SECS",
     "DLQ_MAX_AGE_DAYS",
     "FSYNC",
+    "CACHE_MB",
     "MASTER_KEY",
     "MASTER_KEY_FILE",
     "CONSENT_URL",
@@ -226,6 +229,13 @@ impl ServiceConfig {
             Some("false") | Some("0") => false,
             Some(v) => return Err(invalid("FSYNC", format!("{v:?} is not true or false"))),
         };
+        let cache_mb = number(
+            "CACHE_MB",
+            privacy_event_store::DEFAULT_CACHE_BYTES / (1024 * 1024),
+        )?;
+        if cache_mb == 0 {
+            return Err(invalid("CACHE_MB", "must be at least 1".into()));
+        }
         let master_key = match (get("MASTER_KEY"), get("MASTER_KEY_FILE")) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -263,6 +273,7 @@ impl ServiceConfig {
             tokens,
             tls,
             fsync,
+            cache_bytes: cache_mb.saturating_mul(1024 * 1024),
             master_key,
         })
     }
@@ -287,6 +298,17 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(".data"));
         assert!(c.fsync);
         assert!(c.tls.is_none());
+        assert_eq!(c.cache_bytes, privacy_event_store::DEFAULT_CACHE_BYTES);
+    }
+
+    #[test]
+    fn the_page_cache_is_set_in_mib_and_never_zero() {
+        let c = ServiceConfig::from_map(&map(&[("PRIVACY_CACHE_MB", "256")]), 1).unwrap();
+        assert_eq!(c.cache_bytes, 256 << 20);
+        for bad in ["0", "lots"] {
+            let err = ServiceConfig::from_map(&map(&[("PRIVACY_CACHE_MB", bad)]), 1).unwrap_err();
+            assert!(err.to_string().starts_with("PRIVACY_CACHE_MB"), "{err}");
+        }
     }
 
     #[test]

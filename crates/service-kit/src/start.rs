@@ -240,6 +240,7 @@ pub async fn start(
         &events_dir,
         StoreConfig {
             fsync: config.fsync,
+            cache_bytes: config.cache_bytes,
             ..StoreConfig::default()
         },
     )

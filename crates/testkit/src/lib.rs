@@ -556,6 +556,11 @@ impl ServiceProcess {
         panic!("{} did not exit within {timeout:?} of SIGTERM", self.name);
     }
 
+    /// The process id (`None` once it was killed or stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

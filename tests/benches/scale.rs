@@ -1,0 +1,338 @@
+//! Scale benchmark (issue #15), in two parts.
+//!
+//! **The event store alone**: appends `SCALE_EVENTS` events (default 1M) of 300-byte payloads
+//! over `SCALE_STREAMS` streams (default 1M) in batches of 1000, every commit fdatasynced, and
+//! reports the append rate, the disk used against the payload (sled's `db` file and `blobs/`
+//! apart), the resident memory while appending, and, in a fresh process, the time sled alone
+//! takes to open and read the log, the time the store takes to open (the same read plus
+//! decoding and the in-memory indexes) and its resident memory.
+//!
+//! **One service at that size**: the consent service binary ingests `SCALE_SERVICE_EVENTS`
+//! `consent.granted` events (default 1M) over `SCALE_SUBJECTS` subjects (default 1M) through a
+//! real nats-server; then the end-to-end ingest rate, the service's disk and memory, the time
+//! from a restart to SERVING, and CheckConsent latency at concurrency 1 on that data.
+//!
+//! Run: `cargo bench -p privacy-e2e --bench scale` (`SCALE_EVENTS=10000000` for 10M; either
+//! count 0 skips its part; `SCALE_CACHE_MB` sets the store's page cache; the store's data goes
+//! to a temporary directory unless `SCALE_DIR` names an empty one). Build the binaries first:
+//! `cargo build --release --bins`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use privacy_e2e::bench_kit::{Stats, runtime};
+use privacy_e2e::*;
+use privacy_event_store::{EventStore, ExpectedVersion, NewEvent, StoreConfig};
+use privacy_proto::v1::CheckConsentRequest;
+use privacy_testkit::{NatsServer, ServiceProcess, free_port};
+
+const PAYLOAD: usize = 300;
+const BATCH: usize = 1000;
+/// Commits in flight while appending (the writer group-commits what is queued).
+const PIPELINE: usize = 4;
+
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `/proc/self/status` figure in MiB (`VmRSS`, `VmHWM`).
+fn proc_mib(field: &str) -> f64 {
+    pid_mib("self", field)
+}
+
+/// A `/proc/<pid>/status` figure in MiB.
+fn pid_mib(pid: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Bytes under `path` (files only), recursively.
+fn du(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| du(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        meta.len()
+    }
+}
+
+fn event(i: u64, streams: u64) -> NewEvent {
+    let mut data = vec![0u8; PAYLOAD];
+    // Distinct, incompressible-ish bytes per event.
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    NewEvent::new(
+        "bench",
+        format!("{i:016x}-0000-7000-8000-000000000000"),
+        format!("bench/u-{}", i % streams),
+        "consent.granted",
+        data,
+    )
+}
+
+/// The store's settings (`SCALE_CACHE_MB` overrides the page cache).
+fn config() -> StoreConfig {
+    let mut config = StoreConfig::default();
+    if let Ok(mb) = std::env::var("SCALE_CACHE_MB") {
+        config.cache_bytes = mb.parse::<u64>().expect("SCALE_CACHE_MB is a number") << 20;
+    }
+    config
+}
+
+fn append(dir: &Path, events: u64, streams: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = EventStore::open(dir, config()).unwrap();
+        let started = Instant::now();
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut rss_max: f64 = 0.0;
+        let mut i = 0;
+        let mut batches = 0u64;
+        while i < events {
+            let n = BATCH.min((events - i) as usize) as u64;
+            let batch: Vec<NewEvent> = (i..i + n).map(|j| event(j, streams)).collect();
+            i += n;
+            in_flight.push_back(store.submit(batch, ExpectedVersion::Any).await.unwrap());
+            if in_flight.len() >= PIPELINE {
+                in_flight.pop_front().unwrap().await.unwrap();
+            }
+            batches += 1;
+            if batches.is_multiple_of(100) {
+                rss_max = rss_max.max(proc_mib("VmRSS"));
+            }
+            if batches.is_multiple_of(1000) {
+                eprintln!("  appended {i} events");
+            }
+        }
+        for c in in_flight {
+            c.await.unwrap();
+        }
+        let took = started.elapsed();
+        rss_max = rss_max.max(proc_mib("VmRSS"));
+        println!(
+            "append: {events} events in {:.1} s = {:.0} events/s (fdatasync per commit)",
+            took.as_secs_f64(),
+            events as f64 / took.as_secs_f64()
+        );
+        println!(
+            "rss while appending: max {rss_max:.0} MiB (sampled), peak {:.0} MiB",
+            proc_mib("VmHWM")
+        );
+        drop(store);
+    });
+    // The writer thread joins when the last handle drops; give sled's own threads a moment to
+    // let go of the files before the child opens them.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+fn disk(dir: &Path, events: u64) {
+    let payload = events * PAYLOAD as u64;
+    let total = du(dir);
+    let blobs = du(&dir.join("blobs"));
+    let db = du(&dir.join("db"));
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "disk: {:.0} MiB = {:.2}x the payload ({:.0} MiB): db {:.0} MiB, blobs/ {:.0} MiB, \
+         other {:.0} MiB",
+        mib(total),
+        total as f64 / payload as f64,
+        mib(payload),
+        mib(db),
+        mib(blobs),
+        mib(total - db - blobs)
+    );
+}
+
+/// How long sled alone takes to open the database and read every value of the log (no
+/// decoding, no index): the floor under the store's open.
+fn raw_scan(dir: &Path) -> (Duration, Duration, u64) {
+    let started = Instant::now();
+    let db = sled::Config::new()
+        .path(dir)
+        .segment_size(privacy_event_store::SLED_SEGMENT_BYTES)
+        .cache_capacity(config().cache_bytes)
+        .open()
+        .unwrap();
+    let log = db.open_tree("log").unwrap();
+    let opened = started.elapsed();
+    let mut bytes = 0u64;
+    for kv in log.iter() {
+        bytes += kv.unwrap().1.len() as u64;
+    }
+    (opened, started.elapsed() - opened, bytes)
+}
+
+/// In a fresh process: open the store, say how long it took and the memory it holds.
+fn reopen_child(dir: &Path) {
+    let (sled_open, sled_scan, bytes) = raw_scan(dir);
+    println!(
+        "sled alone: open {:.2} s, read every log value ({:.0} MiB) {:.2} s",
+        sled_open.as_secs_f64(),
+        bytes as f64 / (1024.0 * 1024.0),
+        sled_scan.as_secs_f64()
+    );
+    let before = proc_mib("VmRSS");
+    let started = Instant::now();
+    let store = EventStore::open(dir, config()).unwrap();
+    let opened = started.elapsed();
+    let head = store.head().seq;
+    let rss = proc_mib("VmRSS");
+    let started = Instant::now();
+    let mut read = 0;
+    for s in 0..1000u64 {
+        read += store
+            .read_stream(&format!("bench/u-{}", s * 997 % 1_000_000), 0, 100)
+            .unwrap()
+            .len();
+    }
+    let streams = started.elapsed();
+    println!(
+        "reopen: {:.2} s to open {head} events; rss {before:.0} MiB before, {rss:.0} MiB after; \
+         1000 stream reads ({read} events) in {:.1} ms",
+        opened.as_secs_f64(),
+        streams.as_secs_f64() * 1000.0
+    );
+}
+
+/// The consent service at `events` events: ingest, disk, memory, restart, CheckConsent.
+fn service(events: u64, subjects: u64) {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut env = service_env(&nats.url(), data.path(), port);
+    env.insert("PRIVACY_INGEST_BATCH".into(), "1000".into());
+    if let Ok(mb) = std::env::var("SCALE_CACHE_MB") {
+        env.insert("PRIVACY_CACHE_MB".into(), mb);
+    }
+    let rt = runtime();
+    let mut process = ServiceProcess::spawn("privacy-consent", &env);
+    let rss_of = |p: &ServiceProcess| pid_mib(&p.pid().unwrap().to_string(), "VmRSS");
+    rt.block_on(async {
+        wait_serving(&url).await;
+        publish_policy_v1(&url).await;
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut audit = audit_client(&url, Some(AUDITOR_TOKEN)).await;
+        let base = head_seq(&mut audit).await;
+        let started = Instant::now();
+        let mut published = 0;
+        while published < events {
+            let n = 100_000.min(events - published);
+            let envs: Vec<_> = (published..published + n)
+                .map(|i| envelope(&format!("u-{}", i % subjects), granted("marketing")))
+                .collect();
+            publish_pipelined(&js, envs).await;
+            published += n;
+            eprintln!("  published {published} events");
+        }
+        let head = wait_for_head(&mut audit, base + events, Duration::from_secs(3600)).await;
+        assert_eq!(head, base + events, "every event stored");
+        let took = started.elapsed();
+        println!(
+            "service ingest: {events} consent.granted over {subjects} subjects through NATS in \
+             {:.1} s = {:.0} events/s; rss {:.0} MiB",
+            took.as_secs_f64(),
+            events as f64 / took.as_secs_f64(),
+            rss_of(&process),
+        );
+    });
+    let status = process.terminate(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "SIGTERM ends the service cleanly");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let base = data.path().join("consent");
+    println!(
+        "service disk: events/ {:.0} MiB, vault/ {:.0} MiB",
+        mib(du(&base.join("events"))),
+        mib(du(&base.join("vault")))
+    );
+
+    let started = Instant::now();
+    let process = ServiceProcess::spawn("privacy-consent", &env);
+    rt.block_on(async {
+        wait_serving(&url).await;
+        let serving = started.elapsed();
+        println!(
+            "service restart: SERVING {:.2} s after start; rss {:.0} MiB",
+            serving.as_secs_f64(),
+            rss_of(&process)
+        );
+        let mut consent = consent_client(&url, BACKEND_TOKEN).await;
+        let calls = 2000;
+        let mut latencies = Vec::with_capacity(calls);
+        let started = Instant::now();
+        for i in 0..calls as u64 {
+            let begin = Instant::now();
+            consent
+                .check_consent(CheckConsentRequest {
+                    tenant: TENANT.into(),
+                    subject_id: format!("u-{}", (i * 7919) % subjects.min(events)),
+                    purpose: "marketing".into(),
+                    as_of: None,
+                })
+                .await
+                .unwrap();
+            latencies.push(begin.elapsed());
+        }
+        println!(
+            "CheckConsent at {events} events, concurrency 1: {}; rss {:.0} MiB",
+            Stats::of(latencies, started.elapsed()).line(),
+            rss_of(&process)
+        );
+    });
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var("SCALE_REOPEN") {
+        reopen_child(Path::new(&dir));
+        return;
+    }
+    let events = env_count("SCALE_EVENTS", 1_000_000);
+    let streams = env_count("SCALE_STREAMS", 1_000_000);
+    if events > 0 {
+        store(events, streams);
+    }
+    let events = env_count("SCALE_SERVICE_EVENTS", 1_000_000);
+    let subjects = env_count("SCALE_SUBJECTS", 1_000_000);
+    if events > 0 {
+        service(events, subjects);
+    }
+}
+
+fn store(events: u64, streams: u64) {
+    let temp = tempfile::tempdir().unwrap();
+    let dir: PathBuf = std::env::var("SCALE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| temp.path().join("store"));
+    println!(
+        "scale: {events} events of {PAYLOAD} bytes over {streams} streams, batches of {BATCH}"
+    );
+    append(&dir, events, streams);
+    disk(&dir, events);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SCALE_REOPEN", &dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the reopen process failed");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+}
