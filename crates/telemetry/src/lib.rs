@@ -41,8 +41,9 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber and propagator for a binary named `service`.
 ///
 /// `RUST_LOG` sets what is logged (default `info`); traces record every `info` span whatever
-/// it says (the spans that follow an event across services are `info` spans); `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP export (the `OTEL_BSP_*`
-/// variables tune its batching); `OTEL_SERVICE_NAME` overrides the service name.
+/// it says (the spans that follow an event across services are `info` spans).
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP export (the `OTEL_BSP_*` variables tune its
+/// batching); `OTEL_SERVICE_NAME` overrides the service name.
 ///
 /// With an endpoint, call it inside a Tokio runtime context (`Runtime::enter`) and drop the
 /// guard while that runtime still runs: the exporter's gRPC channel lives on it.
@@ -116,13 +117,6 @@ pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
     let cx = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut NatsHeaders(headers))
-    });
-}
-
-/// Writes the trace context of `cx` into NATS headers (nothing when it carries no valid span).
-pub fn inject_nats_context(cx: &Context, headers: &mut async_nats::HeaderMap) {
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(cx, &mut NatsHeaders(headers))
     });
 }
 
