@@ -138,11 +138,9 @@ fn append(dir: &Path, events: u64, streams: u64) {
             "rss while appending: max {rss_max:.0} MiB (sampled), peak {:.0} MiB",
             proc_mib("VmHWM")
         );
+        // The writer thread joins when the last handle drops: the database is closed after.
         drop(store);
     });
-    // The writer thread joins when the last handle drops; give sled's own threads a moment to
-    // let go of the files before the child opens them.
-    std::thread::sleep(Duration::from_millis(200));
 }
 
 fn disk(dir: &Path, events: u64) {

@@ -234,7 +234,7 @@ impl TraceLinks {
             .remove(&(scope.to_owned(), event_id.to_owned()))
     }
 
-    /// How many links are held (for tests and health output).
+    /// How many links are held.
     pub fn len(&self) -> usize {
         self.inner
             .lock()
