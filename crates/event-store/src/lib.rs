@@ -1,5 +1,5 @@
-//! The event store every service owns: an append-only, hash-chained log over sled with a single
-//! group-committing writer, idempotent appends, catch-up-then-live subscriptions, projections
+//! The event store every service owns: an append-only, hash-chained log in its own files with a
+//! single group-committing writer, on-disk indexes with checkpoints, idempotent appends, catch-up-then-live subscriptions, projections
 //! with atomic checkpoints, and a separate key vault for crypto-shredding.
 //!
 //! sled never appears in this crate's API, so the rest of the workspace cannot depend on it.
@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+mod index;
+mod log;
 mod projection;
 mod record;
 mod store;
@@ -21,8 +23,9 @@ mod vault;
 pub use projection::{Projection, ProjectionStatus, Projector, View, ViewEntry, ViewWriter};
 pub use record::{FLAG_PUBLISH, GENESIS_HASH, HASH_LEN, RecordedEvent};
 pub use store::{
-    DEFAULT_CACHE_BYTES, EventStore, ExpectedVersion, Head, Known, MAX_RECORD_BYTES, NewEvent,
-    Position, SEGMENT_TARGET_BYTES, SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
+    DEFAULT_CACHE_BYTES, DEFAULT_INDEX_MEMTABLE_EVENTS, DEFAULT_LOG_FILE_BYTES, EventStore,
+    ExpectedVersion, Head, Known, MAX_RECORD_BYTES, NewEvent, Position, SLED_SEGMENT_BYTES,
+    StoreConfig, VerifyReport, content_digest,
 };
 pub use subscription::Subscription;
 pub use vault::{MasterKey, Opened, SealedField, Vault};
@@ -69,5 +72,7 @@ pub enum StoreError {
     Closed,
 }
 
+#[cfg(test)]
+mod log_tests;
 #[cfg(test)]
 mod tests;

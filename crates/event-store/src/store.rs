@@ -1,34 +1,33 @@
 //! The event log: a single writer thread per store assigns gap-free sequence numbers, checks
-//! expected versions and idempotency, and group-commits many appends as one atomic sled batch
-//! followed by one `flush` and one `fdatasync` of the database file.
+//! expected versions and idempotency, and group-commits many appends as one positional write to
+//! the current log file followed by one `fdatasync` (see [`crate::log`] for the file format and
+//! the recovery of a torn tail).
 //!
-//! A group commit is stored as *segments*: sled values of at most [`SEGMENT_TARGET_BYTES`]
-//! (or one record, at most [`MAX_RECORD_BYTES`]) holding consecutive records, written in the
-//! same atomic batch as the new head. A few sled writes per commit instead of several per event
-//! is what lets the store keep up with the raw floor (see the benchmark). The lookups
-//! (`(scope, event_id)` → seq, stream → seqs, the segment directory) live in memory and are
-//! rebuilt from the segments when the store opens, as Bitcask does with its key directory: the
-//! log is the only thing on disk, so an index can never disagree with it.
+//! The lookups (`(scope, event_id)` → seq, stream → versions and seqs) are [`crate::index`]:
+//! a memory table of the newest events plus sorted runs on disk, checkpointed by an indexer
+//! thread every [`StoreConfig::index_memtable_events`] events together with the log's sparse
+//! directory. Opening a store loads the checkpoint and reads only the log after it, so the open
+//! does not grow with the log, and memory holds the runs' filters and block keys rather than
+//! every key. The index is derived from the log: without a checkpoint it is rebuilt from it.
 //!
-//! **Power safety.** sled 0.34 writes any page larger than a quarter of its segment size to a
-//! separate file in `blobs/` that it never fsyncs; only the `db` file is made durable here. A
-//! sled leaf holds at most about 17 values before it splits, so the store opens sled with
-//! [`SLED_SEGMENT_BYTES`] segments (blob threshold ≈ 2 MiB) and bounds each value: 20 values of
-//! the largest segment (one record of [`MAX_RECORD_BYTES`]) are 1.9 MiB, below the threshold, so
-//! every committed byte lands in the fsynced `db` file and `blobs/` stays empty (tested).
+//! sled holds the rest, in the same directory: the store's metadata (e.g. the outbox cursor,
+//! written with flush + `fdatasync`), the projections' views and checkpoints. A store created
+//! before the log had its own files kept its records in sled; opening it moves them into log
+//! files once (into `log.migrating/`, renamed to `log/` when complete).
 //!
-//! **Fail-stop.** A commit that fails leaves sled's memory possibly ahead of the disk, so the
-//! writer refuses every later append and publishes the failure ([`EventStore::watch_failure`]);
-//! the service kit turns that into NOT_SERVING and a non-zero exit. A restart recovers. The
-//! failed batch's fate is indeterminate (sled's background flush may still write it): its
-//! callers were told it failed, and their retries dedupe, so nothing is stored twice.
+//! **Fail-stop.** A commit that fails may leave part of its bytes in the file, so the writer
+//! refuses every later append and publishes the failure ([`EventStore::watch_failure`]); the
+//! service kit turns that into NOT_SERVING and a non-zero exit. A restart recovers (the torn
+//! bytes are cut). The failed batch's fate is indeterminate (its write may have reached the
+//! disk): its callers were told it failed, and their retries dedupe, so nothing is stored twice.
+//! A failed index checkpoint stops the store the same way.
 //!
-//! Key layout in the `log` tree (integers big-endian):
-//! `g first_seq` → segment (`u32 count`, then per record `u32 len` + record bytes)
-//! · `h` → head seq + head hash · `m name` → metadata (e.g. the outbox cursor).
+//! Key layout in sled's `log` tree: `m name` → metadata. (`g first_seq` → segment and `h` →
+//! head were the log itself before it moved to files; they are removed once migrated.)
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,14 +35,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::StoreError;
+use crate::index::{self, Covered, Index, MemTable, Run, stream_key};
+use crate::log::{self, DirEntry, Files, Frame, FrameReader, HEADER_LEN, LogFile};
 use crate::record::{self, GENESIS_HASH, HASH_LEN, RecordedEvent, Unsealed};
 
 /// The largest record (an event with its names and chain fields) the store accepts.
 pub const MAX_RECORD_BYTES: usize = 96 * 1024;
-/// A commit's records are cut into sled values of about this size.
-pub const SEGMENT_TARGET_BYTES: usize = 64 * 1024;
-/// sled's segment size for a new store (its blob threshold is a quarter of it).
+/// sled's segment size for a new store (its blob threshold is a quarter of it): the views'
+/// values stay below it, so sled's unsynced `blobs/` files stay empty.
 pub const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+/// A log file is closed, and the next commit starts a new one, past this size.
+pub const DEFAULT_LOG_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Events in the index's memory table before it is checkpointed as a run on disk.
+pub const DEFAULT_INDEX_MEMTABLE_EVENTS: usize = 131_072;
 
 /// An event to append. (`scope`, `event_id`) is the idempotency key; `content` tells a
 /// redelivery (same digest) from a different event reusing the key.
@@ -143,12 +147,18 @@ pub struct Position {
 pub struct StoreConfig {
     /// Most events committed in one group commit.
     pub max_batch_events: usize,
-    /// Follow each group commit's flush with `fdatasync` of the database file.
+    /// Follow each group commit's write with `fdatasync` of the log file (and each index
+    /// checkpoint's files with `fsync`).
     pub fsync: bool,
     /// The commit clock, microseconds since the Unix epoch.
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
-    /// sled's page cache for the log and the views, in bytes (sled's own default is 1 GiB).
+    /// sled's page cache for the views and metadata, in bytes (sled's own default is 1 GiB).
     pub cache_bytes: u64,
+    /// A log file's size before the next one is started.
+    pub log_file_bytes: u64,
+    /// Events the index keeps in memory before writing them as a run (and checkpointing).
+    /// Bounds both the index's memory and what an open must re-read from the log.
+    pub index_memtable_events: usize,
 }
 
 /// The default page cache of a store: what keeps a service's memory small; the OS page cache
@@ -167,6 +177,8 @@ impl Default for StoreConfig {
                     .unwrap_or(0)
             }),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            log_file_bytes: DEFAULT_LOG_FILE_BYTES,
+            index_memtable_events: DEFAULT_INDEX_MEMTABLE_EVENTS,
         }
     }
 }
@@ -177,6 +189,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("max_batch_events", &self.max_batch_events)
             .field("fsync", &self.fsync)
             .field("cache_bytes", &self.cache_bytes)
+            .field("log_file_bytes", &self.log_file_bytes)
+            .field("index_memtable_events", &self.index_memtable_events)
             .finish_non_exhaustive()
     }
 }
@@ -203,36 +217,6 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<Vec<Position>, StoreError>>,
 }
 
-/// The in-memory lookups, rebuilt from the segments at open.
-#[derive(Default)]
-struct Index {
-    /// First sequence number of every segment, ascending.
-    segments: Vec<u64>,
-    /// Truncated BLAKE3 of an `event_id` → its sequence number (a hit is confirmed by reading
-    /// the record, so a truncation collision cannot hide an event).
-    ids: HashMap<[u8; 16], u64>,
-    /// Stream → the sequence numbers of its events, in version order.
-    streams: HashMap<String, Vec<u64>>,
-}
-
-impl Index {
-    /// First seq of the segment holding `seq`.
-    fn segment_of(&self, seq: u64) -> Option<u64> {
-        let i = self.segments.partition_point(|first| *first <= seq);
-        (i > 0).then(|| self.segments[i - 1])
-    }
-
-    fn add(&mut self, id: [u8; 16], stream: &str, seq: u64) {
-        self.ids.insert(id, seq);
-        match self.streams.get_mut(stream) {
-            Some(seqs) => seqs.push(seq),
-            None => {
-                self.streams.insert(stream.to_owned(), vec![seq]);
-            }
-        }
-    }
-}
-
 fn id_digest(scope: &str, event_id: &str) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(&(scope.len() as u64).to_be_bytes());
@@ -243,14 +227,30 @@ fn id_digest(scope: &str, event_id: &str) -> [u8; 16] {
 
 pub(crate) struct Shared {
     pub(crate) db: sled::Db,
-    pub(crate) log: sled::Tree,
+    /// sled's `log` tree: the store's metadata.
+    meta: sled::Tree,
     pub(crate) head: watch::Sender<Head>,
+    files: RwLock<Files>,
     index: RwLock<Index>,
+    log_dir: PathBuf,
     db_file: PathBuf,
     /// Set once a commit failed or the writer died; the store then refuses writes.
     failure: watch::Sender<Option<StoreError>>,
     /// Makes the next commit fail (fault injection for tests).
     inject_failure: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn fail(&self, e: StoreError) {
+        self.failure.send_if_modified(|f| {
+            if f.is_none() {
+                *f = Some(e);
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 /// An append-only, hash-chained event log. Cheap to clone; one per database directory.
@@ -287,10 +287,6 @@ fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-fn segment_key(first_seq: u64) -> Vec<u8> {
-    key(K_SEGMENT, &first_seq.to_be_bytes())
-}
-
 pub(crate) fn be_u64(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[..8]);
@@ -301,7 +297,61 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
-/// Splits a segment into its records' bytes.
+/// The log's files as a reader sees them: each with its committed length.
+type Snapshot = Vec<(Arc<LogFile>, u64)>;
+
+/// Calls `visit(seq, record bytes)` for each record from `from` to `last` (inclusive) of the
+/// files in `snapshot`, starting at the directory entry `start`, until it returns false.
+fn scan(
+    snapshot: &Snapshot,
+    start: DirEntry,
+    from: u64,
+    last: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut seq = start.seq;
+    let chunk = if last - from < 64 {
+        32 * 1024
+    } else {
+        256 * 1024
+    };
+    for (i, (f, len)) in snapshot.iter().enumerate().skip(start.file as usize) {
+        let offset = if i == start.file as usize {
+            start.offset
+        } else {
+            0
+        };
+        let mut reader = FrameReader::new(f, offset, *len, chunk);
+        while let Some(frame) = reader.next_frame()? {
+            match frame {
+                Frame::Header(h) => {
+                    if be_u64(&h[4..12]) != seq {
+                        return Err(StoreError::Corrupt {
+                            seq,
+                            reason: format!(
+                                "{}: a commit starts at event {}, expected {seq}",
+                                f.path.display(),
+                                be_u64(&h[4..12])
+                            ),
+                        });
+                    }
+                }
+                Frame::Record(bytes) => {
+                    if seq >= from && !visit(seq, bytes)? {
+                        return Ok(());
+                    }
+                    seq += 1;
+                    if seq > last {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits a sled segment (the log's format before it moved to files) into its records' bytes.
 fn split_segment(first_seq: u64, bytes: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         seq: first_seq,
@@ -332,9 +382,180 @@ fn split_segment(first_seq: u64, bytes: &[u8]) -> Result<Vec<&[u8]>, StoreError>
     Ok(records)
 }
 
+/// Builds a commit: room for its header, then record frames. Returns the bytes to write once
+/// [`seal_commit`] filled the header.
+fn new_commit(capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + capacity);
+    buf.resize(HEADER_LEN, 0);
+    buf
+}
+
+fn seal_commit(buf: &mut [u8], first_seq: u64, count: u32) {
+    let header = log::header(first_seq, count, &buf[HEADER_LEN..]);
+    buf[..HEADER_LEN].copy_from_slice(&header);
+}
+
+/// Moves a store whose records are in sled (before the log had its own files) into log files:
+/// written to `log.migrating/`, made durable, renamed to `log/`, then removed from sled.
+fn migrate_from_sled(
+    dir: &Path,
+    meta: &sled::Tree,
+    log_dir: &Path,
+    config: &StoreConfig,
+) -> Result<(), StoreError> {
+    let segments = || meta.range(key(K_SEGMENT, &0u64.to_be_bytes())..key(K_SEGMENT + 1, &[]));
+    if !log_dir.exists() {
+        if segments().next().is_none() {
+            return Ok(());
+        }
+        let tmp = dir.join("log.migrating");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(storage)?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(storage)?;
+        let head = meta
+            .get([K_HEAD])
+            .map_err(storage)?
+            .filter(|v| v.len() == 8 + HASH_LEN)
+            .map(|v| be_u64(&v));
+        let started = std::time::Instant::now();
+        let mut next = 1u64;
+        let mut out: Option<(File, u64)> = None;
+        for kv in segments() {
+            let (k, v) = kv.map_err(storage)?;
+            let first = be_u64(&k[1..]);
+            if first != next {
+                return Err(StoreError::Corrupt {
+                    seq: next,
+                    reason: format!("the log jumps from {} to {first}", next - 1),
+                });
+            }
+            let records = split_segment(first, &v)?;
+            let mut buf = new_commit(v.len());
+            for bytes in &records {
+                buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                buf.extend_from_slice(bytes);
+            }
+            seal_commit(&mut buf, first, records.len() as u32);
+            let roll = out
+                .as_ref()
+                .is_none_or(|(_, len)| *len > 0 && len + buf.len() as u64 > config.log_file_bytes);
+            if roll {
+                if let Some((f, _)) = out.take() {
+                    f.sync_data().map_err(storage)?;
+                }
+                let path = tmp.join(log::file_name(first));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .map_err(storage)?;
+                out = Some((f, 0));
+            }
+            let (f, len) = out.as_mut().expect("a file");
+            f.write_all_at(&buf, *len).map_err(storage)?;
+            *len += buf.len() as u64;
+            next = first + records.len() as u64;
+        }
+        if let Some((f, _)) = out.take() {
+            f.sync_data().map_err(storage)?;
+        }
+        if head.is_some_and(|h| h != next - 1) {
+            return Err(StoreError::Corrupt {
+                seq: next - 1,
+                reason: format!(
+                    "the head says {} but the log ends at {}",
+                    head.unwrap_or(0),
+                    next - 1
+                ),
+            });
+        }
+        log::sync_dir(&tmp)?;
+        std::fs::rename(&tmp, log_dir).map_err(storage)?;
+        log::sync_dir(dir)?;
+        tracing::info!(
+            dir = %dir.display(),
+            events = next - 1,
+            seconds = started.elapsed().as_secs_f64(),
+            "moved the log out of sled into log files"
+        );
+    }
+    // The records are in log files now (this run or an interrupted earlier one): drop sled's copy.
+    let mut batch = sled::Batch::default();
+    let mut any = false;
+    for k in segments().keys() {
+        batch.remove(k.map_err(storage)?);
+        any = true;
+    }
+    if any {
+        batch.remove(vec![K_HEAD]);
+        meta.apply_batch(batch).map_err(storage)?;
+        meta.flush().map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// What opening the store rebuilds while it reads the log after the checkpoint.
+struct OpenReplay<'a> {
+    index: Index,
+    files: Files,
+    next_run: u64,
+    log_dir: &'a Path,
+    config: &'a StoreConfig,
+    last: Option<([u8; HASH_LEN], i64)>,
+}
+
+impl log::Replay for OpenReplay<'_> {
+    fn record(&mut self, seq: u64, file: u32, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let rec = record::decode(seq, bytes)?;
+        if rec.seq != seq {
+            return Err(StoreError::Corrupt {
+                seq,
+                reason: format!("the record at this position names event {}", rec.seq),
+            });
+        }
+        self.index.add(
+            id_digest(&rec.scope, &rec.event_id),
+            stream_key(&rec.stream),
+            rec.stream_version,
+            seq,
+        );
+        self.files.note(seq, file, offset);
+        self.last = Some((rec.hash, rec.recorded_at_micros));
+        Ok(())
+    }
+
+    fn committed(&mut self, next_seq: u64, file: u32, end: u64) -> Result<(), StoreError> {
+        if self.index.mem.events < self.config.index_memtable_events {
+            return Ok(());
+        }
+        let mem = std::mem::take(&mut self.index.mem);
+        let covered = Covered {
+            seq: next_seq - 1,
+            next: DirEntry {
+                seq: next_seq,
+                file,
+                offset: end,
+            },
+        };
+        let (runs, next_run) = index::checkpoint(
+            self.log_dir,
+            &mem,
+            &self.index.runs,
+            self.next_run,
+            covered,
+            &self.files.directory,
+            self.config.fsync,
+        )?;
+        self.index.runs = runs;
+        self.next_run = next_run;
+        Ok(())
+    }
+}
+
 impl EventStore {
-    /// Opens (or creates) the store in `dir`, rebuilds its in-memory lookups from the log, and
-    /// starts its writer thread.
+    /// Opens (or creates) the store in `dir`: loads the index checkpoint, reads the log after
+    /// it (cutting a torn last commit), and starts the writer and indexer threads.
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<EventStore, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(storage)?;
@@ -345,74 +566,129 @@ impl EventStore {
             .cache_capacity(config.cache_bytes)
             .open()
             .map_err(storage)?;
-        let log = db.open_tree("log").map_err(storage)?;
-        let head = match log.get([K_HEAD]).map_err(storage)? {
-            Some(v) if v.len() == 8 + HASH_LEN => Head {
-                seq: be_u64(&v),
-                hash: v[8..].try_into().expect("32 bytes"),
-            },
-            Some(_) => {
-                return Err(StoreError::Corrupt {
-                    seq: 0,
-                    reason: "the head record has the wrong length".into(),
-                });
+        let meta = db.open_tree("log").map_err(storage)?;
+        let log_dir = dir.join("log");
+        migrate_from_sled(dir, &meta, &log_dir, &config)?;
+        std::fs::create_dir_all(&log_dir).map_err(storage)?;
+        let mut files = log::list(&log_dir)?;
+        if files.is_empty() {
+            files.push(log::create(&log_dir, 1, config.fsync)?);
+        }
+        let checkpoint = index::load(&log_dir)?.filter(|m| {
+            let fits = |e: &DirEntry| {
+                files
+                    .get(e.file as usize)
+                    .is_some_and(|f| f.file.metadata().is_ok_and(|md| md.len() >= e.offset))
+            };
+            let ok = fits(&m.covered.next) && m.directory.iter().all(fits);
+            if !ok {
+                tracing::warn!(
+                    "the index checkpoint reaches past the log; rebuilding it from the log"
+                );
             }
-            None => Head {
-                seq: 0,
-                hash: GENESIS_HASH,
-            },
+            ok
+        });
+        let (start, mut replay) = match checkpoint {
+            Some(m) => (
+                m.covered.next,
+                OpenReplay {
+                    index: Index {
+                        runs: m.runs,
+                        ..Index::default()
+                    },
+                    files: Files {
+                        files: Vec::new(),
+                        directory: m.directory,
+                    },
+                    next_run: m.next_run,
+                    log_dir: &log_dir,
+                    config: &config,
+                    last: None,
+                },
+            ),
+            None => (
+                DirEntry {
+                    seq: 1,
+                    file: 0,
+                    offset: 0,
+                },
+                OpenReplay {
+                    index: Index::default(),
+                    files: Files::default(),
+                    next_run: 1,
+                    log_dir: &log_dir,
+                    config: &config,
+                    last: None,
+                },
+            ),
         };
-        let mut index = Index::default();
-        let mut next = 1;
-        for kv in log.range(segment_key(0)..key(K_SEGMENT + 1, &[])) {
-            let (k, v) = kv.map_err(storage)?;
-            let first = be_u64(&k[1..]);
-            index.segments.push(first);
-            for bytes in split_segment(first, &v)? {
-                let rec = record::decode(next, bytes)?;
-                if rec.seq != next {
-                    return Err(StoreError::Corrupt {
-                        seq: next,
-                        reason: format!("the log jumps from {} to {}", next - 1, rec.seq),
-                    });
-                }
-                index.add(id_digest(&rec.scope, &rec.event_id), &rec.stream, rec.seq);
-                next += 1;
+        let started = std::time::Instant::now();
+        let recovered = log::recover(&files, start, &mut replay)?;
+        let OpenReplay {
+            index,
+            files: mut file_set,
+            next_run,
+            last,
+            ..
+        } = replay;
+        file_set.files = files.into_iter().zip(recovered.lengths).collect();
+        tracing::debug!(
+            replayed = recovered.next_seq - start.seq,
+            seconds = started.elapsed().as_secs_f64(),
+            "read the log after the index checkpoint"
+        );
+        let head_seq = recovered.next_seq - 1;
+        let (head_hash, last_recorded_at) = match last {
+            Some(l) => l,
+            None if head_seq == 0 => (GENESIS_HASH, i64::MIN),
+            None => {
+                let snapshot = file_set.files.clone();
+                let mut found = None;
+                scan(
+                    &snapshot,
+                    file_set.start_for(head_seq),
+                    head_seq,
+                    head_seq,
+                    |seq, b| {
+                        let rec = record::decode(seq, b)?;
+                        found = Some((rec.hash, rec.recorded_at_micros));
+                        Ok(false)
+                    },
+                )?;
+                found.ok_or_else(|| StoreError::Corrupt {
+                    seq: head_seq,
+                    reason: "the last event cannot be read".into(),
+                })?
             }
-        }
-        if next - 1 != head.seq {
-            return Err(StoreError::Corrupt {
-                seq: head.seq,
-                reason: format!(
-                    "the head says {} but the log ends at {}",
-                    head.seq,
-                    next - 1
-                ),
-            });
-        }
+        };
+        let head = Head {
+            seq: head_seq,
+            hash: head_hash,
+        };
         let (head_tx, _) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
-            log,
+            meta,
             head: head_tx,
+            files: RwLock::new(file_set),
             index: RwLock::new(index),
+            log_dir,
             db_file: dir.join("db"),
             failure: watch::channel(None).0,
             inject_failure: Default::default(),
         });
         let (tx, rx) = mpsc::channel(1024);
+        let writer = Writer::new(shared.clone(), config, last_recorded_at, next_run)?;
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("event-store-writer".into())
             .spawn(move || {
-                let failure = writer_shared.failure.clone();
-                let run =
-                    std::panic::AssertUnwindSafe(|| Writer::new(writer_shared, config).run(rx));
+                let run = std::panic::AssertUnwindSafe(|| writer.run(rx));
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!("the event store's writer panicked; the store refuses writes");
-                    failure.send_replace(Some(StoreError::Storage(
+                    writer_shared.fail(StoreError::Storage(
                         "the writer thread panicked; restart the service to recover".into(),
-                    )));
+                    ));
                 }
             })
             .map_err(storage)?;
@@ -437,7 +713,6 @@ impl EventStore {
     ) -> Result<Vec<Position>, StoreError> {
         self.submit(events, expected).await?.await
     }
-
     /// Queues an append and returns a future of its outcome. Appends are committed in the order
     /// they were submitted, so a caller can submit the next batch before the previous one is
     /// durable (pipelining) without reordering them.
@@ -533,30 +808,26 @@ impl EventStore {
         &self,
         from: u64,
         last: u64,
-        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+        visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let start = self.index().segment_of(from).unwrap_or(1);
-        for kv in self
-            .shared
-            .log
-            .range(segment_key(start)..key(K_SEGMENT + 1, &[]))
-        {
-            let (k, v) = kv.map_err(storage)?;
-            let first = be_u64(&k[1..]);
-            if first > last {
-                break;
-            }
-            for (i, bytes) in split_segment(first, &v)?.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from {
-                    continue;
-                }
-                if seq > last || !visit(seq, bytes)? {
-                    return Ok(());
-                }
-            }
+        EventStore::scan_shared(&self.shared, from, last, visit)
+    }
+
+    fn scan_shared(
+        shared: &Shared,
+        from: u64,
+        last: u64,
+        visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        if from > last {
+            return Ok(());
         }
-        Ok(())
+        // A snapshot, so that a long read never holds up the writer.
+        let (snapshot, start) = {
+            let files = shared.files.read().unwrap_or_else(|p| p.into_inner());
+            (files.files.clone(), files.start_for(from))
+        };
+        scan(&snapshot, start, from, last, visit)
     }
 
     /// Events with `seq >= from`, at most `limit`, in order (only committed ones).
@@ -619,58 +890,29 @@ impl EventStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let seqs: Vec<u64> = match self.index().streams.get(stream) {
-            Some(seqs) => seqs
-                .iter()
-                .skip(from_version.max(1) as usize - 1)
-                .take(limit)
-                .copied()
-                .collect(),
-            None => return Ok(Vec::new()),
-        };
+        let seqs = self
+            .index()
+            .stream_events(&stream_key(stream), from_version.max(1), limit)?;
         let mut out = Vec::with_capacity(seqs.len());
-        // Events of one stream are often in one segment: decode each segment once.
-        let mut cached: Option<(u64, sled::IVec)> = None;
-        for seq in seqs {
-            let first = self
-                .index()
-                .segment_of(seq)
-                .ok_or_else(|| StoreError::Corrupt {
-                    seq,
-                    reason: "no segment holds this event".into(),
-                })?;
-            if cached.as_ref().is_none_or(|(f, _)| *f != first) {
-                let v = self
-                    .shared
-                    .log
-                    .get(segment_key(first))
-                    .map_err(storage)?
-                    .ok_or_else(|| StoreError::Corrupt {
+        for (_, seq) in seqs {
+            match EventStore::read_one(&self.shared, seq)? {
+                // A 128-bit digest collision is not expected; the name check makes it harmless.
+                Some(rec) if rec.stream == stream => out.push(rec),
+                Some(_) => {}
+                None => {
+                    return Err(StoreError::Corrupt {
                         seq,
-                        reason: format!("segment {first} is missing"),
-                    })?;
-                cached = Some((first, v));
+                        reason: format!("the index places an event of {stream:?} here"),
+                    });
+                }
             }
-            let (first, v) = cached.as_ref().expect("cached above");
-            let records = split_segment(*first, v)?;
-            let bytes = records
-                .get((seq - first) as usize)
-                .ok_or_else(|| StoreError::Corrupt {
-                    seq,
-                    reason: "segment is shorter than its index says".into(),
-                })?;
-            out.push(record::decode(seq, bytes)?);
         }
         Ok(out)
     }
 
     /// The last version of a stream (0 when it does not exist).
     pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .index()
-            .streams
-            .get(stream)
-            .map_or(0, |s| s.len() as u64))
+        self.index().stream_version(&stream_key(stream))
     }
 
     /// Recomputes the chain over `from..=to` (0 = head) and names the first bad record. The
@@ -695,70 +937,51 @@ impl EventStore {
                 _ => [0; HASH_LEN],
             }
         };
-        let first_segment = self.index().segment_of(from).unwrap_or(1);
-        let mut expected = first_segment;
-        let fail = |mut report: VerifyReport, seq: u64, reason: &str| {
-            report.first_bad = Some((seq, reason.to_owned()));
-            Ok(report)
-        };
-        for kv in self
-            .shared
-            .log
-            .range(segment_key(first_segment)..key(K_SEGMENT + 1, &[]))
-        {
-            let (k, v) = kv.map_err(storage)?;
-            let first = be_u64(&k[1..]);
-            if first != expected {
-                return fail(
-                    report,
-                    expected.max(from),
-                    "events are missing from the log",
-                );
-            }
-            let records = match split_segment(first, &v) {
-                Ok(r) => r,
-                Err(e) => return fail(report, first.max(from), &e.to_string()),
+        let mut bad: Option<(u64, String)> = None;
+        let mut checked = 0u64;
+        let scanned = self.scan_records(from, to, |seq, bytes| {
+            let reason = if !record::check_hash(bytes) {
+                Some("hash does not match the record's bytes".to_owned())
+            } else {
+                match record::decode(seq, bytes) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(rec) if rec.seq != seq => {
+                        Some("record names another sequence number".to_owned())
+                    }
+                    Ok(rec) if rec.prev_hash != prev => {
+                        Some("prev_hash does not match the previous record's hash".to_owned())
+                    }
+                    Ok(rec) => {
+                        prev = rec.hash;
+                        None
+                    }
+                }
             };
-            for (i, bytes) in records.into_iter().enumerate() {
-                let seq = first + i as u64;
-                expected = seq + 1;
-                if seq < from {
-                    continue;
+            match reason {
+                Some(r) => {
+                    bad = Some((seq, r));
+                    Ok(false)
                 }
-                if seq > to {
-                    break;
+                None => {
+                    checked += 1;
+                    Ok(true)
                 }
-                if !record::check_hash(bytes) {
-                    return fail(report, seq, "hash does not match the record's bytes");
-                }
-                let rec = match record::decode(seq, bytes) {
-                    Ok(rec) => rec,
-                    Err(e) => return fail(report, seq, &e.to_string()),
-                };
-                if rec.seq != seq {
-                    return fail(report, seq, "record names another sequence number");
-                }
-                if rec.prev_hash != prev {
-                    return fail(
-                        report,
-                        seq,
-                        "prev_hash does not match the previous record's hash",
-                    );
-                }
-                prev = rec.hash;
-                report.events_checked += 1;
             }
-            if expected > to {
-                break;
-            }
+        });
+        report.events_checked = checked;
+        if let Err(e) = scanned {
+            bad = Some((from + checked, e.to_string()));
         }
-        if report.events_checked < to - from + 1 {
-            let missing = from + report.events_checked;
-            return fail(report, missing, "events are missing from the log");
+        if bad.is_none() && checked < to - from + 1 {
+            bad = Some((from + checked, "events are missing from the log".to_owned()));
         }
-        if to == head.seq && prev != head.hash {
-            return fail(report, to, "the head hash does not match the last record");
+        if bad.is_none() && to == head.seq && prev != head.hash {
+            bad = Some((
+                to,
+                "the head hash does not match the last record".to_owned(),
+            ));
         }
+        report.first_bad = bad;
         Ok(report)
     }
 
@@ -766,7 +989,7 @@ impl EventStore {
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .shared
-            .log
+            .meta
             .get(key(K_META, name.as_bytes()))
             .map_err(storage)?
             .map(|v| v.to_vec()))
@@ -774,14 +997,13 @@ impl EventStore {
 
     /// Writes a metadata value durably (flushed and fdatasynced, like a commit).
     pub async fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        // After a failed commit, a flush could make the failed batch durable after all.
         if let Some(e) = self.failure() {
             return Err(e);
         }
         let shared = self.shared.clone();
         let (key, value) = (key(K_META, name.as_bytes()), value.to_vec());
         tokio::task::spawn_blocking(move || {
-            shared.log.insert(key, value).map_err(storage)?;
+            shared.meta.insert(key, value).map_err(storage)?;
             shared.db.flush().map_err(storage)?;
             File::open(&shared.db_file)
                 .and_then(|f| f.sync_data())
@@ -791,8 +1013,8 @@ impl EventStore {
         .map_err(storage)?
     }
 
-    /// Waits until every earlier write is durable (used at shutdown). Refused after a failed
-    /// commit, so that the failed batch sled may still hold in memory never reaches the disk.
+    /// Waits until every earlier write is durable (used at shutdown): the log's commits are
+    /// already; this flushes sled's views and metadata. Refused after a failure.
     pub async fn flush(&self) -> Result<(), StoreError> {
         if let Some(e) = self.failure() {
             return Err(e);
@@ -801,32 +1023,94 @@ impl EventStore {
         Ok(())
     }
 
-    /// Overwrites one byte of a stored record. Exists only to prove that tampering is caught.
+    /// Overwrites one byte of a stored record and mends its commit's checksum, as an attacker
+    /// with disk access would. Exists only to prove that tampering is caught.
     #[cfg(any(test, feature = "tamper"))]
     pub fn tamper_flip_byte(&self, seq: u64, index: usize) -> Result<(), StoreError> {
-        let first = self
-            .index()
-            .segment_of(seq)
-            .ok_or_else(|| StoreError::Invalid(format!("no event {seq}")))?;
-        let v = self
+        let snapshot = self
             .shared
-            .log
-            .get(segment_key(first))
-            .map_err(storage)?
-            .ok_or_else(|| StoreError::Invalid(format!("no event {seq}")))?;
-        let records = split_segment(first, &v)?;
-        let target = records
-            .get((seq - first) as usize)
-            .ok_or_else(|| StoreError::Invalid(format!("no event {seq}")))?;
-        let offset = target.as_ptr() as usize - v.as_ptr() as usize + index % target.len();
-        let mut bytes = v.to_vec();
-        bytes[offset] ^= 0x01;
-        self.shared
-            .log
-            .insert(segment_key(first), bytes)
-            .map_err(storage)?;
-        self.shared.db.flush().map_err(storage)?;
-        Ok(())
+            .files
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .files
+            .clone();
+        for (f, len) in &snapshot {
+            let mut reader = FrameReader::sequential(f, 0, *len);
+            while reader.remaining() > 0 {
+                let at = reader.offset();
+                let h = reader
+                    .peek(HEADER_LEN)?
+                    .and_then(log::parse_header)
+                    .ok_or_else(|| StoreError::Invalid(format!("no commit at {at}")))?;
+                reader.skip(HEADER_LEN);
+                if (h.first_seq..h.first_seq + h.count as u64).contains(&seq) {
+                    let mut commit = new_commit(h.body_len as usize);
+                    commit.extend_from_slice(reader.peek(h.body_len as usize)?.expect("whole"));
+                    let mut pos = HEADER_LEN;
+                    for _ in h.first_seq..seq {
+                        pos += 4 + log::record_at(&commit, pos).expect("a record").len();
+                    }
+                    let len = log::record_at(&commit, pos).expect("a record").len();
+                    commit[pos + 4 + index % len] ^= 0x01;
+                    seal_commit(&mut commit, h.first_seq, h.count);
+                    let w = OpenOptions::new()
+                        .write(true)
+                        .open(&f.path)
+                        .map_err(storage)?;
+                    w.write_all_at(&commit, at).map_err(storage)?;
+                    return w.sync_data().map_err(storage);
+                }
+                reader.skip(h.body_len as usize);
+            }
+        }
+        Err(StoreError::Invalid(format!("no event {seq}")))
+    }
+}
+
+/// A checkpoint for the indexer thread to write.
+struct CheckpointJob {
+    frozen: Arc<MemTable>,
+    covered: Covered,
+    directory: Vec<DirEntry>,
+}
+
+/// Writes index checkpoints in the background, so that the writer never waits for one.
+fn run_indexer(
+    shared: Arc<Shared>,
+    jobs: std::sync::mpsc::Receiver<CheckpointJob>,
+    mut next_run: u64,
+    sync: bool,
+) {
+    for job in jobs {
+        let runs: Vec<Arc<Run>> = shared
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .runs
+            .clone();
+        match index::checkpoint(
+            &shared.log_dir,
+            &job.frozen,
+            &runs,
+            next_run,
+            job.covered,
+            &job.directory,
+            sync,
+        ) {
+            Ok((runs, next)) => {
+                next_run = next;
+                let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
+                index.runs = runs;
+                index.frozen = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "writing the index checkpoint failed; the store refuses writes until restarted");
+                shared.fail(StoreError::Storage(format!(
+                    "writing the index checkpoint failed ({e}); restart the service to recover"
+                )));
+                return;
+            }
+        }
     }
 }
 
@@ -836,9 +1120,16 @@ struct Writer {
     config: StoreConfig,
     head: Head,
     last_recorded_at: i64,
-    db_file: Option<File>,
-    /// Set when a commit failed: the writer then refuses everything (fail-stop), because what
-    /// sled holds in memory may differ from what is durable. A restart recovers.
+    /// The last log file, open for writing: its index and committed length.
+    out: File,
+    out_file: u32,
+    out_len: u64,
+    indexer: Option<(
+        std::sync::mpsc::Sender<CheckpointJob>,
+        std::thread::JoinHandle<()>,
+    )>,
+    /// Set when a commit failed: the writer then refuses everything (fail-stop), because part
+    /// of the commit may be in the file. A restart recovers.
     failed: Option<StoreError>,
 }
 
@@ -857,9 +1148,8 @@ fn sled_segment_size(dir: &Path) -> usize {
             tracing::warn!(
                 dir = %dir.display(),
                 segment_size = size,
-                "this store was created with small sled segments: large commits may land in \
-                 blobs/ files that are not fsynced; replay it into a new data directory to be \
-                 power-safe"
+                "this store was created with small sled segments: large view values may land \
+                 in blobs/ files that are not fsynced; rebuild the views in a new data directory"
             );
             size
         }
@@ -874,57 +1164,50 @@ enum Staged {
     Failed(StoreError),
 }
 
-/// One sled value of a commit: consecutive records from `first`.
-struct Chunk {
-    first: u64,
-    count: u32,
-    body: Vec<u8>,
-}
-
 /// Records staged by one group commit.
-#[derive(Default)]
-struct Segment {
-    chunks: Vec<Chunk>,
-    /// (id digest, stream, seq) to add to the index once durable.
-    added: Vec<([u8; 16], String, u64)>,
+struct Staging {
+    /// The commit's bytes: room for the header, then record frames.
+    bytes: Vec<u8>,
+    first_seq: u64,
+    count: u32,
+    /// (id digest, stream key, version, seq, frame offset in `bytes`) to index once durable.
+    added: Vec<([u8; 16], index::StreamKey, u64, u64, usize)>,
     ids: HashMap<[u8; 16], Known>,
     versions: HashMap<String, u64>,
 }
 
-impl Segment {
-    /// The body to append a record of `len` bytes at `seq` to, cutting a new chunk when the
-    /// current one would pass [`SEGMENT_TARGET_BYTES`].
-    fn body_for(&mut self, seq: u64, len: usize) -> &mut Vec<u8> {
-        let full = self
-            .chunks
-            .last()
-            .is_none_or(|c| c.count > 0 && c.body.len() + 4 + len > SEGMENT_TARGET_BYTES);
-        if full {
-            self.chunks.push(Chunk {
-                first: seq,
-                count: 0,
-                body: Vec::with_capacity((4 + len).max(SEGMENT_TARGET_BYTES)),
-            });
-        }
-        let chunk = self.chunks.last_mut().expect("a chunk");
-        chunk.count += 1;
-        &mut chunk.body
-    }
-}
-
 impl Writer {
-    fn new(shared: Arc<Shared>, config: StoreConfig) -> Writer {
+    fn new(
+        shared: Arc<Shared>,
+        config: StoreConfig,
+        last_recorded_at: i64,
+        next_run: u64,
+    ) -> Result<Writer, StoreError> {
         let head = *shared.head.borrow();
-        let last_recorded_at = EventStore::read_last(&shared, head.seq);
-        let db_file = File::open(&shared.db_file).ok();
-        Writer {
+        let (path, out_file, out_len) = {
+            let files = shared.files.read().unwrap_or_else(|p| p.into_inner());
+            let (f, len) = files.files.last().expect("the store has a log file");
+            (f.path.clone(), files.files.len() as u32 - 1, *len)
+        };
+        let out = OpenOptions::new().write(true).open(path).map_err(storage)?;
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let indexer_shared = shared.clone();
+        let sync = config.fsync;
+        let indexer = std::thread::Builder::new()
+            .name("event-store-indexer".into())
+            .spawn(move || run_indexer(indexer_shared, rx, next_run, sync))
+            .map_err(storage)?;
+        Ok(Writer {
             shared,
             config,
             head,
             last_recorded_at,
-            db_file,
+            out,
+            out_file,
+            out_len,
+            indexer: Some((jobs, indexer)),
             failed: None,
-        }
+        })
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
@@ -945,9 +1228,18 @@ impl Writer {
         if self.failed.is_none() {
             let _ = self.shared.db.flush();
         }
+        if let Some((jobs, thread)) = self.indexer.take() {
+            drop(jobs);
+            let _ = thread.join();
+        }
     }
 
     fn commit(&mut self, requests: Vec<AppendRequest>) {
+        if self.failed.is_none()
+            && let Some(e) = self.shared.failure.borrow().clone()
+        {
+            self.failed = Some(e);
+        }
         if let Some(e) = &self.failed {
             for req in requests {
                 let _ = req.reply.send(Err(e.clone()));
@@ -955,45 +1247,37 @@ impl Writer {
             return;
         }
         let start_head = self.head;
-        let mut segment = Segment::default();
+        let capacity = requests
+            .iter()
+            .flat_map(|r| &r.events)
+            .map(|e| 4 + e.stored_len())
+            .sum();
+        let mut staging = Staging {
+            bytes: new_commit(capacity),
+            first_seq: self.head.seq + 1,
+            count: 0,
+            added: Vec::new(),
+            ids: HashMap::new(),
+            versions: HashMap::new(),
+        };
         let now = (self.config.clock)().max(self.last_recorded_at);
         let outcomes: Vec<Staged> = requests
             .iter()
-            .map(|req| match self.stage(req, now, &mut segment) {
+            .map(|req| match self.stage(req, now, &mut staging) {
                 Ok(p) => Staged::Appended(p),
                 Err(e) => Staged::Failed(e),
             })
             .collect();
-        let result = if segment.chunks.is_empty() {
+        let result = if staging.count == 0 {
             Ok(())
         } else {
-            let mut batch = sled::Batch::default();
-            for chunk in &segment.chunks {
-                let mut value = Vec::with_capacity(4 + chunk.body.len());
-                value.extend_from_slice(&chunk.count.to_be_bytes());
-                value.extend_from_slice(&chunk.body);
-                batch.insert(segment_key(chunk.first), value);
-            }
-            let mut h = self.head.seq.to_be_bytes().to_vec();
-            h.extend_from_slice(&self.head.hash);
-            batch.insert(vec![K_HEAD], h);
-            self.durable_apply(batch)
+            self.durable_write(&mut staging)
         };
         match result {
             Ok(()) => {
-                if !segment.chunks.is_empty() {
-                    {
-                        let mut index =
-                            self.shared.index.write().unwrap_or_else(|p| p.into_inner());
-                        index
-                            .segments
-                            .extend(segment.chunks.iter().map(|c| c.first));
-                        for (id, stream, seq) in &segment.added {
-                            index.add(*id, stream, *seq);
-                        }
-                    }
+                if staging.count > 0 {
+                    self.publish(&staging);
                     self.last_recorded_at = now;
-                    self.shared.head.send_replace(self.head);
                 }
                 for (req, outcome) in requests.into_iter().zip(outcomes) {
                     let _ = req.reply.send(match outcome {
@@ -1009,7 +1293,7 @@ impl Writer {
                     "an earlier commit failed ({e}); restart the service to recover"
                 ));
                 self.failed = Some(failed.clone());
-                self.shared.failure.send_replace(Some(failed));
+                self.shared.fail(failed);
                 for req in requests {
                     let _ = req.reply.send(Err(e.clone()));
                 }
@@ -1017,7 +1301,9 @@ impl Writer {
         }
     }
 
-    fn durable_apply(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+    /// Writes a staged commit to the log file (starting a new file when this one is full) and
+    /// makes it durable.
+    fn durable_write(&mut self, staging: &mut Staging) -> Result<(), StoreError> {
         if self
             .shared
             .inject_failure
@@ -1025,17 +1311,80 @@ impl Writer {
         {
             return Err(StoreError::Storage("injected commit failure".into()));
         }
-        self.shared.log.apply_batch(batch).map_err(storage)?;
-        self.shared.db.flush().map_err(storage)?;
+        seal_commit(&mut staging.bytes, staging.first_seq, staging.count);
+        let size = staging.bytes.len() as u64;
+        if self.out_len > 0 && self.out_len + size > self.config.log_file_bytes {
+            let next = log::create(&self.shared.log_dir, staging.first_seq, self.config.fsync)?;
+            self.out = OpenOptions::new()
+                .write(true)
+                .open(&next.path)
+                .map_err(storage)?;
+            self.shared
+                .files
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .files
+                .push((next, 0));
+            self.out_file += 1;
+            self.out_len = 0;
+        }
+        self.out
+            .write_all_at(&staging.bytes, self.out_len)
+            .map_err(storage)?;
         if self.config.fsync {
-            if self.db_file.is_none() {
-                self.db_file = Some(File::open(&self.shared.db_file).map_err(storage)?);
-            }
-            if let Some(f) = &self.db_file {
-                f.sync_data().map_err(storage)?;
-            }
+            self.out.sync_data().map_err(storage)?;
         }
         Ok(())
+    }
+
+    /// Makes a durable commit visible: the files' committed length and directory, the index,
+    /// the head; and hands the index's memory table to the indexer when it is full.
+    fn publish(&mut self, staging: &Staging) {
+        let at = self.out_len;
+        self.out_len += staging.bytes.len() as u64;
+        let directory = {
+            let mut files = self.shared.files.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(last) = files.files.last_mut() {
+                last.1 = self.out_len;
+            }
+            files.note(staging.first_seq, self.out_file, at);
+            for (_, _, _, seq, offset) in &staging.added {
+                files.note(*seq, self.out_file, at + *offset as u64);
+            }
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            for (id, stream, version, seq, _) in &staging.added {
+                index.add(*id, *stream, *version, *seq);
+            }
+            let full = index.mem.events >= self.config.index_memtable_events
+                && index.frozen.is_none()
+                && self.indexer.is_some();
+            full.then(|| {
+                let frozen = Arc::new(std::mem::take(&mut index.mem));
+                index.frozen = Some(frozen.clone());
+                (frozen, files.directory.clone())
+            })
+        };
+        self.shared.head.send_replace(self.head);
+        if let Some((frozen, directory)) = directory
+            && let Some((jobs, _)) = &self.indexer
+        {
+            let job = CheckpointJob {
+                frozen,
+                covered: Covered {
+                    seq: self.head.seq,
+                    next: DirEntry {
+                        seq: self.head.seq + 1,
+                        file: self.out_file,
+                        offset: self.out_len,
+                    },
+                },
+                directory,
+            };
+            if jobs.send(job).is_err() {
+                // The indexer stopped after a failure it already reported.
+                self.indexer = None;
+            }
+        }
     }
 
     /// Stages one request into the commit, or refuses it whole.
@@ -1043,7 +1392,7 @@ impl Writer {
         &mut self,
         req: &AppendRequest,
         now: i64,
-        segment: &mut Segment,
+        staging: &mut Staging,
     ) -> Result<Vec<Position>, StoreError> {
         let digests: Vec<[u8; 16]> = req
             .events
@@ -1054,7 +1403,7 @@ impl Writer {
             .events
             .iter()
             .zip(&digests)
-            .map(|(e, d)| self.lookup_id(e, *d, segment))
+            .map(|(e, d)| self.lookup_id(e, *d, staging))
             .collect::<Result<_, _>>()?;
         // Within one request, a key may repeat only with the same content.
         let mut first_of: HashMap<[u8; 16], &[u8; HASH_LEN]> = HashMap::new();
@@ -1074,7 +1423,7 @@ impl Writer {
         }
         if req.expected != ExpectedVersion::Any {
             let stream = &req.events[0].stream;
-            let actual = self.current_version(stream, segment);
+            let actual = self.current_version(stream, staging)?;
             let ok = match req.expected {
                 ExpectedVersion::Any => true,
                 ExpectedVersion::NoStream => actual == 0,
@@ -1090,14 +1439,14 @@ impl Writer {
         }
         let mut positions = Vec::with_capacity(req.events.len());
         for ((e, known), digest) in req.events.iter().zip(known).zip(digests) {
-            if let Some(k) = known.or_else(|| segment.ids.get(&digest).copied()) {
+            if let Some(k) = known.or_else(|| staging.ids.get(&digest).copied()) {
                 positions.push(Position {
                     duplicate: true,
                     ..k.position
                 });
                 continue;
             }
-            let version = self.current_version(&e.stream, segment) + 1;
+            let version = self.current_version(&e.stream, staging)? + 1;
             let seq = self.head.seq + 1;
             let record = Unsealed {
                 seq,
@@ -1112,16 +1461,20 @@ impl Writer {
                 data: &e.data,
                 content: e.content,
             };
-            let len = record.len();
-            let body = segment.body_for(seq, len);
-            body.extend_from_slice(&(len as u32).to_be_bytes());
-            let hash = record.encode_into(body);
-            segment.added.push((digest, e.stream.clone(), seq));
+            let offset = staging.bytes.len();
+            staging
+                .bytes
+                .extend_from_slice(&(record.len() as u32).to_be_bytes());
+            let hash = record.encode_into(&mut staging.bytes);
+            staging.count += 1;
+            staging
+                .added
+                .push((digest, stream_key(&e.stream), version, seq, offset));
             self.head = Head { seq, hash };
-            match segment.versions.get_mut(&e.stream) {
+            match staging.versions.get_mut(&e.stream) {
                 Some(v) => *v = version,
                 None => {
-                    segment.versions.insert(e.stream.clone(), version);
+                    staging.versions.insert(e.stream.clone(), version);
                 }
             }
             let p = Position {
@@ -1129,7 +1482,7 @@ impl Writer {
                 stream_version: version,
                 duplicate: false,
             };
-            segment.ids.insert(
+            staging.ids.insert(
                 digest,
                 Known {
                     position: p,
@@ -1147,9 +1500,9 @@ impl Writer {
         &self,
         e: &NewEvent,
         digest: [u8; 16],
-        segment: &Segment,
+        staging: &Staging,
     ) -> Result<Option<Known>, StoreError> {
-        let known = match segment.ids.get(&digest) {
+        let known = match staging.ids.get(&digest) {
             Some(k) => Some(*k),
             None => EventStore::known(&self.shared, &e.scope, &e.event_id, digest)?,
         };
@@ -1170,12 +1523,12 @@ impl Writer {
         }
     }
 
-    fn current_version(&self, stream: &str, segment: &Segment) -> u64 {
-        if let Some(v) = segment.versions.get(stream) {
-            return *v;
+    fn current_version(&self, stream: &str, staging: &Staging) -> Result<u64, StoreError> {
+        if let Some(v) = staging.versions.get(stream) {
+            return Ok(*v);
         }
         let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
-        index.streams.get(stream).map_or(0, |s| s.len() as u64)
+        index.stream_version(&stream_key(stream))
     }
 }
 
@@ -1190,7 +1543,7 @@ impl EventStore {
     ) -> Result<Option<Known>, StoreError> {
         let candidate = {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            index.ids.get(&digest).copied()
+            index.id(&digest)?
         };
         let Some(seq) = candidate else {
             return Ok(None);
@@ -1207,28 +1560,13 @@ impl EventStore {
             }))
     }
 
-    /// Reads one committed record straight from the tree (for the writer, which has no handle).
+    /// Reads one committed record (for the writer, which has no handle).
     fn read_one(shared: &Shared, seq: u64) -> Result<Option<RecordedEvent>, StoreError> {
-        let first = {
-            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            index.segment_of(seq)
-        };
-        let Some(first) = first else { return Ok(None) };
-        let Some(v) = shared.log.get(segment_key(first)).map_err(storage)? else {
-            return Ok(None);
-        };
-        let records = split_segment(first, &v)?;
-        match records.get((seq - first) as usize) {
-            Some(bytes) => Ok(Some(record::decode(seq, bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The commit time of the last record, so that commit times never go backwards.
-    fn read_last(shared: &Shared, head: u64) -> i64 {
-        EventStore::read_one(shared, head)
-            .ok()
-            .flatten()
-            .map_or(i64::MIN, |r| r.recorded_at_micros)
+        let mut found = None;
+        EventStore::scan_shared(shared, seq, seq, |seq, bytes| {
+            found = Some(record::decode(seq, bytes)?);
+            Ok(false)
+        })?;
+        Ok(found)
     }
 }
