@@ -404,10 +404,15 @@ fn migrate_from_sled(
     config: &StoreConfig,
 ) -> Result<(), StoreError> {
     let segments = || meta.range(key(K_SEGMENT, &0u64.to_be_bytes())..key(K_SEGMENT + 1, &[]));
+    if segments().next().is_none() {
+        return Ok(());
+    }
+    // `log/` appears complete (by rename) or not at all; one without log files holds nothing
+    // of sled's records, so the move starts over rather than dropping them.
+    if log_dir.exists() && log::list(log_dir)?.is_empty() {
+        std::fs::remove_dir_all(log_dir).map_err(storage)?;
+    }
     if !log_dir.exists() {
-        if segments().next().is_none() {
-            return Ok(());
-        }
         let tmp = dir.join("log.migrating");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(storage)?;
