@@ -24,8 +24,8 @@ pub use projection::{Projection, ProjectionStatus, Projector, View, ViewEntry, V
 pub use record::{FLAG_PUBLISH, GENESIS_HASH, HASH_LEN, RecordedEvent};
 pub use store::{
     DEFAULT_CACHE_BYTES, DEFAULT_INDEX_MEMTABLE_EVENTS, DEFAULT_LOG_FILE_BYTES, EventStore,
-    ExpectedVersion, Head, Known, MAX_RECORD_BYTES, NewEvent, Position, SLED_SEGMENT_BYTES,
-    StoreConfig, VerifyReport, content_digest,
+    ExpectedVersion, Head, Known, MAX_APPEND_BYTES, MAX_RECORD_BYTES, NewEvent, Position,
+    SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
 };
 pub use subscription::Subscription;
 pub use vault::{MasterKey, Opened, SealedField, Vault};

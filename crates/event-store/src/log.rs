@@ -339,8 +339,16 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(
     files: &[Arc<LogFile>],
     start: DirEntry,
+    sync: bool,
     replay: &mut dyn Replay,
 ) -> Result<Recovered, StoreError> {
+    if sync {
+        // A process killed between a commit's write and its fdatasync leaves the commit in the
+        // OS page cache only: make what is about to be served (and checkpointed) durable.
+        for f in files.iter().skip(start.file as usize) {
+            f.file.sync_data().map_err(storage)?;
+        }
+    }
     let mut lengths = Vec::with_capacity(files.len());
     let mut next_seq = start.seq;
     for (i, f) in files.iter().enumerate() {
@@ -466,8 +474,9 @@ pub(crate) fn record_at(body: &[u8], pos: usize) -> Option<&[u8]> {
     body.get(pos + 4..pos + 4 + word as usize)
 }
 
-/// Whether any commit header that checks starts in `from..len` of the file: damage followed by
-/// one is not a torn tail.
+/// Whether a whole commit that checks (header and body) starts in `from..len` of the file:
+/// damage followed by one is not a torn tail. (A header alone could be bytes of an event's
+/// data; a whole commit with its body hash is not there by chance.)
 fn valid_header_after(f: &LogFile, from: u64, len: u64) -> Result<bool, StoreError> {
     if len < from + HEADER_LEN as u64 {
         return Ok(false);
@@ -475,7 +484,12 @@ fn valid_header_after(f: &LogFile, from: u64, len: u64) -> Result<bool, StoreErr
     let mut bytes = vec![0u8; (len - from) as usize];
     f.file.read_exact_at(&mut bytes, from).map_err(storage)?;
     let word = HEADER_WORD.to_be_bytes();
-    Ok(bytes
-        .windows(HEADER_LEN)
-        .any(|w| w[..4] == word && parse_header(w).is_some()))
+    Ok((0..=bytes.len() - HEADER_LEN).any(|at| {
+        bytes[at..at + 4] == word
+            && parse_header(&bytes[at..]).is_some_and(|h| {
+                bytes
+                    .get(at + HEADER_LEN..at + HEADER_LEN + h.body_len as usize)
+                    .is_some_and(|body| body_matches(&h, body))
+            })
+    }))
 }

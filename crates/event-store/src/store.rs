@@ -41,6 +41,9 @@ use crate::record::{self, GENESIS_HASH, HASH_LEN, RecordedEvent, Unsealed};
 
 /// The largest record (an event with its names and chain fields) the store accepts.
 pub const MAX_RECORD_BYTES: usize = 96 * 1024;
+/// The most bytes one append may store (a commit's length must fit its header's u32 with the
+/// rest of its group: at most 4096 events of [`MAX_RECORD_BYTES`] besides).
+pub const MAX_APPEND_BYTES: usize = 256 * 1024 * 1024;
 /// sled's segment size for a new store (its blob threshold is a quarter of it): the views'
 /// values stay below it, so sled's unsynced `blobs/` files stay empty.
 pub const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
@@ -574,25 +577,47 @@ impl EventStore {
         let meta = db.open_tree("log").map_err(storage)?;
         let log_dir = dir.join("log");
         migrate_from_sled(dir, &meta, &log_dir, &config)?;
-        std::fs::create_dir_all(&log_dir).map_err(storage)?;
+        if !log_dir.exists() {
+            std::fs::create_dir_all(&log_dir).map_err(storage)?;
+            if config.fsync {
+                log::sync_dir(dir)?;
+            }
+        }
         let mut files = log::list(&log_dir)?;
         if files.is_empty() {
             files.push(log::create(&log_dir, 1, config.fsync)?);
         }
-        let checkpoint = index::load(&log_dir)?.filter(|m| {
-            let fits = |e: &DirEntry| {
-                files
-                    .get(e.file as usize)
-                    .is_some_and(|f| f.file.metadata().is_ok_and(|md| md.len() >= e.offset))
-            };
-            let ok = fits(&m.covered.next) && m.directory.iter().all(fits);
-            if !ok {
-                tracing::warn!(
-                    "the index checkpoint reaches past the log; rebuilding it from the log"
-                );
+        let checkpoint = match index::load(&log_dir)? {
+            Some(m) => {
+                let fits = |e: &DirEntry| {
+                    files
+                        .get(e.file as usize)
+                        .is_some_and(|f| f.file.metadata().is_ok_and(|md| md.len() >= e.offset))
+                };
+                if fits(&m.covered.next) && m.directory.iter().all(fits) {
+                    Some(m)
+                } else if config.fsync {
+                    // A checkpoint covers only fdatasynced commits: the log lost some.
+                    return Err(StoreError::Corrupt {
+                        seq: m.covered.seq,
+                        reason: format!(
+                            "the index checkpoint covers events up to {} but the log files in \
+                             {} end before them; events acknowledged earlier are missing (to \
+                             open what is left, remove log/MANIFEST)",
+                            m.covered.seq,
+                            log_dir.display()
+                        ),
+                    });
+                } else {
+                    tracing::warn!(
+                        "the index checkpoint reaches past the log (written without fsync); \
+                         rebuilding it from the log"
+                    );
+                    None
+                }
             }
-            ok
-        });
+            None => None,
+        };
         let (start, mut replay) = match checkpoint {
             Some(m) => (
                 m.covered.next,
@@ -628,7 +653,7 @@ impl EventStore {
             ),
         };
         let started = std::time::Instant::now();
-        let recovered = log::recover(&files, start, &mut replay)?;
+        let recovered = log::recover(&files, start, config.fsync, &mut replay)?;
         let OpenReplay {
             index,
             files: mut file_set,
@@ -747,6 +772,13 @@ impl EventStore {
                     max: MAX_RECORD_BYTES,
                 });
             }
+        }
+        let total: usize = events.iter().map(|e| 4 + e.stored_len()).sum();
+        if total > MAX_APPEND_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "an append of {total} bytes is more than the {MAX_APPEND_BYTES} one may hold; \
+                 split it"
+            )));
         }
         if expected != ExpectedVersion::Any && events.iter().any(|e| e.stream != events[0].stream) {
             return Err(StoreError::Invalid(
@@ -1442,6 +1474,14 @@ impl Writer {
                 });
             }
         }
+        // Every fallible lookup comes before anything is staged, so that a request is staged
+        // whole or not at all.
+        let mut base: HashMap<&str, u64> = HashMap::new();
+        for e in &req.events {
+            if !base.contains_key(e.stream.as_str()) {
+                base.insert(&e.stream, self.current_version(&e.stream, staging)?);
+            }
+        }
         let mut positions = Vec::with_capacity(req.events.len());
         for ((e, known), digest) in req.events.iter().zip(known).zip(digests) {
             if let Some(k) = known.or_else(|| staging.ids.get(&digest).copied()) {
@@ -1451,7 +1491,12 @@ impl Writer {
                 });
                 continue;
             }
-            let version = self.current_version(&e.stream, staging)? + 1;
+            let version = staging
+                .versions
+                .get(&e.stream)
+                .copied()
+                .unwrap_or(base[e.stream.as_str()])
+                + 1;
             let seq = self.head.seq + 1;
             let record = Unsealed {
                 seq,
