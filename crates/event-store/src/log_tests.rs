@@ -40,6 +40,21 @@ fn log_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// A closed store of `n` one-event commits, and its last log file.
+async fn commits(config: &StoreConfig, n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EventStore::open(dir.path(), config.clone()).unwrap();
+    for i in 0..n {
+        store
+            .append(vec![ev(&format!("e{i}"), "s")], ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let file = log_files(dir.path()).pop().unwrap();
+    (dir, file)
+}
+
 /// What the store must answer, kept by the test.
 #[derive(Default)]
 struct Model {
@@ -164,17 +179,7 @@ async fn checkpoints_write_runs_and_merge_them_and_a_reopen_reads_only_the_tail(
 
 #[tokio::test]
 async fn a_torn_last_commit_is_cut_and_the_log_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
-        for i in 0..3 {
-            store
-                .append(vec![ev(&format!("e{i}"), "s")], ExpectedVersion::Any)
-                .await
-                .unwrap();
-        }
-    }
-    let file = log_files(dir.path()).pop().unwrap();
+    let (dir, file) = commits(&StoreConfig::default(), 3).await;
     let good = std::fs::metadata(&file).unwrap().len();
     // A commit whose write stopped partway: its header and half its body.
     let (record, _) = Unsealed {
@@ -221,17 +226,7 @@ async fn a_torn_last_commit_is_cut_and_the_log_goes_on() {
 
 #[tokio::test]
 async fn damage_with_acknowledged_commits_after_it_refuses_to_open() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
-        for i in 0..3 {
-            store
-                .append(vec![ev(&format!("e{i}"), "s")], ExpectedVersion::Any)
-                .await
-                .unwrap();
-        }
-    }
-    let file = log_files(dir.path()).pop().unwrap();
+    let (dir, file) = commits(&StoreConfig::default(), 3).await;
     let bytes = std::fs::read(&file).unwrap();
     // The second commit's header starts where the first commit ends.
     let first_len = crate::log::HEADER_LEN
@@ -341,16 +336,7 @@ async fn a_store_whose_log_is_in_sled_is_moved_into_log_files() {
 
 #[tokio::test]
 async fn a_log_shorter_than_its_checkpoint_refuses_to_open() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = EventStore::open(dir.path(), small()).unwrap();
-        for i in 0..40 {
-            store
-                .append(vec![ev(&format!("e{i}"), "s")], ExpectedVersion::Any)
-                .await
-                .unwrap();
-        }
-    }
+    let (dir, _) = commits(&small(), 40).await;
     // Acknowledged, checkpointed events vanish from the files (a lost disk write, a bad copy).
     for file in log_files(dir.path()).iter().skip(1) {
         std::fs::remove_file(file).unwrap();
