@@ -248,18 +248,24 @@ async fn damage_with_acknowledged_commits_after_it_refuses_to_open() {
     assert_eq!(std::fs::read(&file).unwrap().len(), bytes.len());
 }
 
+/// The store's sled database and its `log` tree, opened directly.
+fn sled_log(dir: &Path) -> (sled::Db, sled::Tree) {
+    let db = sled::Config::new()
+        .path(dir)
+        .segment_size(SLED_SEGMENT_BYTES)
+        .open()
+        .unwrap();
+    let tree = db.open_tree("log").unwrap();
+    (db, tree)
+}
+
 #[tokio::test]
 async fn a_store_whose_log_is_in_sled_is_moved_into_log_files() {
     let dir = tempfile::tempdir().unwrap();
     // The layout before log files: `g first_seq` → segment, `h` → head, `m name` → metadata.
     let mut prev = GENESIS_HASH;
     {
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(SLED_SEGMENT_BYTES)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("log").unwrap();
+        let (db, tree) = sled_log(dir.path());
         let mut seq = 0u64;
         for segment in 0..3u64 {
             let first = seq + 1;
@@ -320,12 +326,7 @@ async fn a_store_whose_log_is_in_sled_is_moved_into_log_files() {
     drop(store);
     // sled no longer holds the records; a second open finds them in the files alone.
     {
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(SLED_SEGMENT_BYTES)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("log").unwrap();
+        let (_db, tree) = sled_log(dir.path());
         let left: Vec<_> = tree.iter().keys().map(|k| k.unwrap()[0]).collect();
         assert_eq!(left, vec![b'm']);
     }
