@@ -354,6 +354,20 @@ fn scan(
     Ok(())
 }
 
+/// The record `seq`, read from `snapshot` starting at the directory entry `start`.
+fn record_in(
+    snapshot: &Snapshot,
+    start: DirEntry,
+    seq: u64,
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let mut found = None;
+    scan(snapshot, start, seq, seq, |seq, bytes| {
+        found = Some(record::decode(seq, bytes)?);
+        Ok(false)
+    })?;
+    Ok(found)
+}
+
 /// Splits a sled segment (the log's format before it moved to files) into its records' bytes.
 fn split_segment(first_seq: u64, bytes: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
@@ -618,39 +632,28 @@ impl EventStore {
             }
             None => None,
         };
-        let (start, mut replay) = match checkpoint {
-            Some(m) => (
-                m.covered.next,
-                OpenReplay {
-                    index: Index {
-                        runs: m.runs,
-                        ..Index::default()
-                    },
-                    files: Files {
-                        files: Vec::new(),
-                        directory: m.directory,
-                    },
-                    next_run: m.next_run,
-                    log_dir: &log_dir,
-                    config: &config,
-                    last: None,
-                },
-            ),
-            None => (
-                DirEntry {
-                    seq: 1,
-                    file: 0,
-                    offset: 0,
-                },
-                OpenReplay {
-                    index: Index::default(),
-                    files: Files::default(),
-                    next_run: 1,
-                    log_dir: &log_dir,
-                    config: &config,
-                    last: None,
-                },
-            ),
+        let from_scratch = DirEntry {
+            seq: 1,
+            file: 0,
+            offset: 0,
+        };
+        let (start, runs, directory, next_run) = match checkpoint {
+            Some(m) => (m.covered.next, m.runs, m.directory, m.next_run),
+            None => (from_scratch, Vec::new(), Vec::new(), 1),
+        };
+        let mut replay = OpenReplay {
+            index: Index {
+                runs,
+                ..Index::default()
+            },
+            files: Files {
+                files: Vec::new(),
+                directory,
+            },
+            next_run,
+            log_dir: &log_dir,
+            config: &config,
+            last: None,
         };
         let started = std::time::Instant::now();
         let recovered = log::recover(&files, start, config.fsync, &mut replay)?;
@@ -671,25 +674,12 @@ impl EventStore {
         let (head_hash, last_recorded_at) = match last {
             Some(l) => l,
             None if head_seq == 0 => (GENESIS_HASH, i64::MIN),
-            None => {
-                let snapshot = file_set.files.clone();
-                let mut found = None;
-                scan(
-                    &snapshot,
-                    file_set.start_for(head_seq),
-                    head_seq,
-                    head_seq,
-                    |seq, b| {
-                        let rec = record::decode(seq, b)?;
-                        found = Some((rec.hash, rec.recorded_at_micros));
-                        Ok(false)
-                    },
-                )?;
-                found.ok_or_else(|| StoreError::Corrupt {
+            None => record_in(&file_set.files, file_set.start_for(head_seq), head_seq)?
+                .map(|rec| (rec.hash, rec.recorded_at_micros))
+                .ok_or_else(|| StoreError::Corrupt {
                     seq: head_seq,
                     reason: "the last event cannot be read".into(),
-                })?
-            }
+                })?,
         };
         let head = Head {
             seq: head_seq,
@@ -1612,11 +1602,10 @@ impl EventStore {
 
     /// Reads one committed record (for the writer, which has no handle).
     fn read_one(shared: &Shared, seq: u64) -> Result<Option<RecordedEvent>, StoreError> {
-        let mut found = None;
-        EventStore::scan_shared(shared, seq, seq, |seq, bytes| {
-            found = Some(record::decode(seq, bytes)?);
-            Ok(false)
-        })?;
-        Ok(found)
+        let (snapshot, start) = {
+            let files = shared.files.read().unwrap_or_else(|p| p.into_inner());
+            (files.files.clone(), files.start_for(seq))
+        };
+        record_in(&snapshot, start, seq)
     }
 }
