@@ -26,7 +26,7 @@ use crate::record::RecordedEvent;
 use crate::store::{EventStore, storage};
 
 /// How many events a projection folds into one atomic view commit.
-const APPLY_BATCH: usize = 16_384;
+const APPLY_BATCH: usize = 65_536;
 const META_KEY: &[u8] = b"m";
 const DATA: u8 = b'd';
 /// The tree that records each projection's live generation.
@@ -108,12 +108,14 @@ impl ViewWriter<'_> {
         key: &[u8],
         change: impl FnOnce(&mut Option<Vec<u8>>),
     ) -> Result<(), StoreError> {
-        let k = data_key(key);
-        if !self.overlay.contains_key(&k) {
-            let current = self.tree.get(&k).map_err(storage)?.map(|v| v.to_vec());
-            self.overlay.insert(k.clone(), current);
-        }
-        change(self.overlay.get_mut(&k).expect("staged above"));
+        let staged = match self.overlay.entry(data_key(key)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let current = self.tree.get(e.key()).map_err(storage)?.map(|v| v.to_vec());
+                e.insert(current)
+            }
+        };
+        change(staged);
         Ok(())
     }
 }
@@ -393,14 +395,28 @@ impl Projector {
         for slot in self.entries.iter() {
             if slot.stale.load(Ordering::Acquire) {
                 total += self.rebuild_slot(slot, &mut |_, _| {})?.checkpoint;
-                continue;
             }
-            let _fold = lock(&slot.fold);
-            let tree = slot.live_tree();
-            let (applied, checkpoint) = fold_to_head(&self.store, slot, &tree, &mut |_, _| {})?;
-            slot.checkpoint.send_replace(checkpoint);
-            total += applied;
         }
+        // The live views fold together: each batch of the log is read and decoded once.
+        let live: Vec<&Slot> = self
+            .entries
+            .iter()
+            .filter(|slot| !slot.stale.load(Ordering::Acquire))
+            .collect();
+        let _folding: Vec<_> = live.iter().map(|slot| lock(&slot.fold)).collect();
+        let trees: Vec<sled::Tree> = live.iter().map(|slot| slot.live_tree()).collect();
+        let mut folds = live
+            .iter()
+            .zip(&trees)
+            .map(|(slot, tree)| Fold::open(slot, tree))
+            .collect::<Result<Vec<_>, _>>()?;
+        let folded = fold_all(&self.store, &mut folds, &mut |_, _| {});
+        // A view that committed before another failed keeps (and shows) what it folded.
+        for fold in &folds {
+            fold.slot.checkpoint.send_replace(fold.meta.checkpoint);
+            total += fold.applied;
+        }
+        folded?;
         Ok(total)
     }
 
@@ -521,28 +537,52 @@ fn fold_to_head(
     tree: &sled::Tree,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, u64), StoreError> {
-    let head = store.head().seq;
-    let mut meta = read_meta(tree)?.unwrap_or(Meta {
-        version: slot.projection.version(),
-        checkpoint: 0,
-        rebuilding: false,
-    });
-    let mut applied = 0;
-    while meta.checkpoint < head {
-        let want = ((head - meta.checkpoint) as usize).min(APPLY_BATCH);
-        let events = store.read(meta.checkpoint + 1, want)?;
-        let Some(last) = events.last() else { break };
-        let last_seq = last.seq;
-        let mut writer = ViewWriter {
+    let mut folds = [Fold::open(slot, tree)?];
+    fold_all(store, &mut folds, progress)?;
+    Ok((folds[0].applied, folds[0].meta.checkpoint))
+}
+
+/// One view being folded: its slot, tree and checkpoint.
+struct Fold<'a> {
+    slot: &'a Slot,
+    tree: &'a sled::Tree,
+    meta: Meta,
+    applied: u64,
+}
+
+impl<'a> Fold<'a> {
+    fn open(slot: &'a Slot, tree: &'a sled::Tree) -> Result<Fold<'a>, StoreError> {
+        let meta = read_meta(tree)?.unwrap_or(Meta {
+            version: slot.projection.version(),
+            checkpoint: 0,
+            rebuilding: false,
+        });
+        Ok(Fold {
+            slot,
             tree,
+            meta,
+            applied: 0,
+        })
+    }
+
+    /// Applies the events after this view's checkpoint and commits them with the new
+    /// checkpoint in one atomic batch.
+    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        let fresh = events.partition_point(|e| e.seq <= self.meta.checkpoint);
+        let events = &events[fresh..];
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let mut writer = ViewWriter {
+            tree: self.tree,
             overlay: BTreeMap::new(),
             tree_last: std::collections::HashMap::new(),
         };
-        for event in &events {
-            slot.projection.apply(event, &mut writer)?;
+        for event in events {
+            self.slot.projection.apply(event, &mut writer)?;
         }
-        meta.checkpoint = last_seq;
-        meta.rebuilding = false;
+        self.meta.checkpoint = last.seq;
+        self.meta.rebuilding = false;
         let mut batch = sled::Batch::default();
         let mut oversized = None;
         for (k, v) in writer.overlay {
@@ -559,19 +599,73 @@ fn fold_to_head(
             // Not fatal (views are rebuilt from the log), but such a value may land in sled's
             // unsynced blobs/ files: the projection should cut it into smaller values.
             tracing::warn!(
-                projection = slot.projection.name(),
+                projection = self.slot.projection.name(),
                 key = %String::from_utf8_lossy(&key[1..]),
                 bytes = len,
                 max = crate::MAX_RECORD_BYTES,
                 "a view value is larger than sled keeps in its synced log"
             );
         }
-        batch.insert(META_KEY, meta.encode());
-        tree.apply_batch(batch).map_err(storage)?;
-        applied += events.len() as u64;
-        progress(meta.checkpoint, head);
+        batch.insert(META_KEY, self.meta.encode());
+        self.tree.apply_batch(batch).map_err(storage)?;
+        self.applied += events.len() as u64;
+        Ok(())
     }
-    Ok((applied, meta.checkpoint))
+}
+
+/// Folds every committed event up to the head into each of `folds`, reading (and decoding)
+/// each batch of the log once for all of them. With more than one batch to go, the next batch
+/// is read on a second thread while this one is applied.
+fn fold_all(
+    store: &EventStore,
+    folds: &mut [Fold<'_>],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), StoreError> {
+    let head = store.head().seq;
+    let Some(from) = folds.iter().map(|f| f.meta.checkpoint).min() else {
+        return Ok(());
+    };
+    if from >= head {
+        return Ok(());
+    }
+    let mut apply = |events: Vec<RecordedEvent>| -> Result<(), StoreError> {
+        for fold in folds.iter_mut() {
+            fold.apply(&events)?;
+        }
+        if let Some(last) = events.last() {
+            progress(last.seq, head);
+        }
+        Ok(())
+    };
+    if head - from <= APPLY_BATCH as u64 {
+        return apply(store.read(from + 1, (head - from) as usize)?);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<RecordedEvent>, StoreError>>(1);
+        scope.spawn(move || {
+            let mut next = from + 1;
+            while next <= head {
+                let want = ((head + 1 - next) as usize).min(APPLY_BATCH);
+                let batch = store.read(next, want);
+                let last = match &batch {
+                    Ok(events) => events.last().map(|e| e.seq),
+                    Err(_) => None,
+                };
+                // The folding side has stopped (an error): stop reading.
+                if tx.send(batch).is_err() {
+                    return;
+                }
+                match last {
+                    Some(last) => next = last + 1,
+                    None => return,
+                }
+            }
+        });
+        for batch in rx {
+            apply(batch?)?;
+        }
+        Ok(())
+    })
 }
 
 fn read_meta(tree: &sled::Tree) -> Result<Option<Meta>, StoreError> {

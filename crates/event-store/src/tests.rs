@@ -491,6 +491,122 @@ async fn a_rebuild_never_shows_readers_a_half_built_view() {
     assert!(reads > 0);
 }
 
+/// Counts every event under one key; fails on the event whose id is `fail_at`, when set.
+struct Total {
+    fail_at: Option<&'static str>,
+}
+
+impl Projection for Total {
+    fn name(&self) -> &'static str {
+        "total"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
+        if self.fail_at == Some(event.event_id.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "cannot fold {}",
+                event.event_id
+            )));
+        }
+        let n = view
+            .get(b"n")?
+            .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+        view.put(b"n", (n + 1).to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn views_at_different_checkpoints_fold_together_over_many_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let append = |range: std::ops::Range<u32>| {
+        let events: Vec<NewEvent> = range
+            .map(|i| ev(&format!("e{i}"), &format!("s{}", i % 5)))
+            .collect();
+        let store = store.clone();
+        async move {
+            for chunk in events.chunks(20_000) {
+                store
+                    .append(chunk.to_vec(), ExpectedVersion::Any)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    append(0..1000).await;
+    // One view folds the first thousand alone; then a second view joins, at checkpoint 0.
+    Projector::open(&store, vec![Arc::new(CountPerStream)])
+        .unwrap()
+        .catch_up()
+        .await
+        .unwrap();
+    append(1000..140_000).await;
+    let projector = Projector::open(
+        &store,
+        vec![Arc::new(CountPerStream), Arc::new(Total { fail_at: None })],
+    )
+    .unwrap();
+    let checkpoints: Vec<u64> = projector
+        .status()
+        .unwrap()
+        .iter()
+        .map(|s| s.checkpoint)
+        .collect();
+    assert_eq!(checkpoints, [1000, 0]);
+    // Several read batches (one read ahead while the other folds): each event lands once in
+    // each view.
+    assert_eq!(projector.catch_up().await.unwrap(), 139_000 + 140_000);
+    assert_eq!(projector.checkpoint(), 140_000);
+    let count = |name: &str, key: &[u8]| {
+        projector
+            .view(name)
+            .unwrap()
+            .get(key)
+            .unwrap()
+            .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+    };
+    assert_eq!(count("count_per_stream", b"s0"), Some(28_000));
+    assert_eq!(count("total", b"n"), Some(140_000));
+    let folded = projector.status().unwrap();
+    for name in ["count_per_stream", "total"] {
+        let rebuilt = projector.rebuild(name, |_, _| {}).await.unwrap();
+        assert!(folded.contains(&rebuilt), "{name} rebuilt to other bytes");
+    }
+}
+
+#[tokio::test]
+async fn a_fold_that_fails_while_the_next_batch_is_read_ahead_reports_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let events: Vec<NewEvent> = (0..140_000).map(|i| ev(&format!("e{i}"), "s")).collect();
+    for chunk in events.chunks(20_000) {
+        store
+            .append(chunk.to_vec(), ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    let projector = Projector::open(
+        &store,
+        vec![
+            Arc::new(CountPerStream),
+            Arc::new(Total {
+                fail_at: Some("e100000"),
+            }),
+        ],
+    )
+    .unwrap();
+    let err = projector.catch_up().await.unwrap_err();
+    assert!(err.to_string().contains("cannot fold e100000"), "{err}");
+    // What each view committed before the failure is kept and shown: whole batches only.
+    let status = projector.status().unwrap();
+    assert_eq!(status[1].checkpoint, 65_536, "{status:?}");
+    assert_eq!(status[0].checkpoint, 131_072, "{status:?}");
+    assert_eq!(projector.checkpoint(), status[1].checkpoint);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 

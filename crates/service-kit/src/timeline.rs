@@ -59,24 +59,28 @@ impl Projection for SubjectTimeline {
             Some(last) => last,
             None => [prefix.as_slice(), &0u32.to_be_bytes()].concat(),
         };
-        let mut full = false;
-        view.update(&key, |v| {
-            full = v.as_deref().is_some_and(|b| {
-                u16::from_be_bytes([b[0], b[1]]) as u32 >= CHUNK || b.len() >= CHUNK_BYTES
-            });
-        })?;
-        if full {
-            let n = u32::from_be_bytes(key[prefix.len()..].try_into().unwrap_or([0; 4]));
-            key = [prefix.as_slice(), &(n + 1).to_be_bytes()].concat();
-        }
-        view.update(&key, |v| {
+        // Appends to the chunk unless it is full; says whether it appended.
+        let add = |v: &mut Option<Vec<u8>>| {
             let chunk = v.get_or_insert_with(|| vec![0, 0]);
-            let count = u16::from_be_bytes([chunk[0], chunk[1]]) + 1;
-            chunk[..2].copy_from_slice(&count.to_be_bytes());
+            let count = u16::from_be_bytes([chunk[0], chunk[1]]);
+            if count as u32 >= CHUNK || chunk.len() >= CHUNK_BYTES {
+                return false;
+            }
+            chunk[..2].copy_from_slice(&(count + 1).to_be_bytes());
             entry
                 .encode_length_delimited(chunk)
                 .expect("a Vec grows as needed");
-        })
+            true
+        };
+        let mut added = false;
+        view.update(&key, |v| added = add(v))?;
+        if !added {
+            let n = u32::from_be_bytes(key[prefix.len()..].try_into().unwrap_or([0; 4]));
+            key = [prefix.as_slice(), &(n + 1).to_be_bytes()].concat();
+            view.update(&key, |v| added = add(v))?;
+        }
+        debug_assert!(added, "a fresh chunk takes an entry");
+        Ok(())
     }
 }
 
