@@ -6,8 +6,9 @@
 //! A run is two table files, `run-<n>.ids` (16-byte id digest → seq) and `run-<n>.streams`
 //! (16-byte stream digest + version → seq). A table is its entries sorted by key, then a Bloom
 //! filter over the keys' first 16 bytes, then the first key of every block of [`BLOCK`]
-//! entries, then a footer; only the filter and the block keys are held in memory, and a lookup
-//! reads one block with `pread`. When the memory table reaches its size it is frozen and written
+//! entries, then a CRC-32 of every block, then a footer whose check covers the filter, keys and
+//! CRCs; only those are held in memory, and a lookup reads one block with `pread` and checks it
+//! (a damaged block is an error naming the file and the remedy, never a wrong answer). When the memory table reaches its size it is frozen and written
 //! as a new run by the store's indexer thread, which then merges the newest runs while the one
 //! before them is less than twice their size (so there are about log₂(events / table size)
 //! runs), and writes the manifest — tables first, each fsynced, then the manifest by rename —
@@ -31,7 +32,8 @@ const BLOCK: usize = 128;
 /// Bloom filter bits per entry (about 1% false positives with [`BLOOM_HASHES`]).
 const BLOOM_BITS: u64 = 10;
 const BLOOM_HASHES: u64 = 7;
-const TABLE_MAGIC: u64 = 0x504c_4944_5831_0001;
+/// Version 2: a CRC per block (version 1 tables are not read; the index is rebuilt from the log).
+const TABLE_MAGIC: u64 = 0x504c_4944_5831_0002;
 const MANIFEST_MAGIC: u64 = 0x504c_4d41_4e31_0001;
 const FOOTER_LEN: usize = 8 * 5;
 const MANIFEST: &str = "MANIFEST";
@@ -80,6 +82,8 @@ pub(crate) struct Table {
     bloom: Vec<u8>,
     /// The first key of every block, concatenated.
     fences: Vec<u8>,
+    /// The CRC-32C of every block's bytes.
+    checks: Vec<u32>,
 }
 
 fn bloom_bits(key: &[u8], bits: u64) -> impl Iterator<Item = u64> {
@@ -128,7 +132,21 @@ impl Table {
         self.file
             .read_exact_at(&mut bytes, first * self.entry_len() as u64)
             .map_err(storage)?;
+        self.check_block(block, &bytes)?;
         Ok(bytes)
+    }
+
+    fn check_block(&self, block: usize, bytes: &[u8]) -> Result<(), StoreError> {
+        if block_crc(bytes) == self.checks[block] {
+            return Ok(());
+        }
+        Err(corrupt(
+            &self.path,
+            &format!(
+                "block {block} does not match its checksum; stop the service and remove \
+                 log/MANIFEST to rebuild the index from the log"
+            ),
+        ))
     }
 
     /// The value of the last entry whose key is at most `key`, with that key, within `key`'s
@@ -200,8 +218,14 @@ impl Table {
         Ok(())
     }
 
+    /// How many entries the table holds.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
     /// Opens a table file, reading its filter and block keys.
-    fn open(path: PathBuf) -> Result<Table, StoreError> {
+    pub(crate) fn open(path: PathBuf) -> Result<Table, StoreError> {
         let file = File::open(&path).map_err(storage)?;
         let len = file.metadata().map_err(storage)?.len();
         if len < FOOTER_LEN as u64 {
@@ -220,14 +244,23 @@ impl Table {
         let data_len = entries * (key_len as u64 + 8);
         let blocks = entries.div_ceil(BLOCK as u64);
         let fences_len = blocks * key_len as u64;
-        if data_len + bloom_len + fences_len + FOOTER_LEN as u64 != len {
+        let checks_len = blocks * 4;
+        if data_len + bloom_len + fences_len + checks_len + FOOTER_LEN as u64 != len {
             return Err(corrupt(&path, "its parts do not add up to its length"));
         }
-        let mut meta = vec![0u8; (bloom_len + fences_len) as usize];
+        let mut meta = vec![0u8; (bloom_len + fences_len + checks_len) as usize];
         file.read_exact_at(&mut meta, data_len).map_err(storage)?;
         if table_check(&meta, &footer[..32]) != check {
-            return Err(corrupt(&path, "its filter or block keys do not check"));
+            return Err(corrupt(
+                &path,
+                "its filter, block keys or block checksums do not check",
+            ));
         }
+        let checks = meta
+            .split_off((bloom_len + fences_len) as usize)
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+            .collect();
         let fences = meta.split_off(bloom_len as usize);
         Ok(Table {
             file,
@@ -236,8 +269,14 @@ impl Table {
             entries,
             bloom: meta,
             fences,
+            checks,
         })
     }
+}
+
+/// CRC-32 of a block: catches flipped bits in it, cheaply enough for every lookup.
+fn block_crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
 }
 
 fn table_check(meta: &[u8], footer_head: &[u8]) -> u64 {
@@ -255,6 +294,9 @@ struct TableWriter {
     entries: u64,
     bloom: Vec<u8>,
     fences: Vec<u8>,
+    /// The CRC of the block being written, and those of the blocks before it.
+    block: crc32fast::Hasher,
+    checks: Vec<u8>,
 }
 
 impl TableWriter {
@@ -273,6 +315,8 @@ impl TableWriter {
             entries: 0,
             bloom: vec![0; bloom_bytes],
             fences: Vec::new(),
+            block: crc32fast::Hasher::new(),
+            checks: Vec::new(),
         })
     }
 
@@ -287,11 +331,24 @@ impl TableWriter {
         }
         self.out.write_all(key).map_err(storage)?;
         self.out.write_all(&value.to_be_bytes()).map_err(storage)?;
+        self.block.update(key);
+        self.block.update(&value.to_be_bytes());
         self.entries += 1;
+        if self.entries.is_multiple_of(BLOCK as u64) {
+            self.close_block();
+        }
         Ok(())
     }
 
+    fn close_block(&mut self) {
+        let crc = std::mem::take(&mut self.block).finalize();
+        self.checks.extend_from_slice(&crc.to_be_bytes());
+    }
+
     fn finish(mut self, sync: bool) -> Result<Table, StoreError> {
+        if !self.entries.is_multiple_of(BLOCK as u64) {
+            self.close_block();
+        }
         let mut footer = Vec::with_capacity(FOOTER_LEN);
         for w in [
             TABLE_MAGIC,
@@ -303,6 +360,7 @@ impl TableWriter {
         }
         let mut meta = std::mem::take(&mut self.bloom);
         meta.extend_from_slice(&self.fences);
+        meta.extend_from_slice(&self.checks);
         footer.extend_from_slice(&table_check(&meta, &footer).to_be_bytes());
         self.out.write_all(&meta).map_err(storage)?;
         self.out.write_all(&footer).map_err(storage)?;
@@ -315,30 +373,47 @@ impl TableWriter {
     }
 }
 
-/// Reads a table's entries in order (for merges).
-struct TableCursor {
+/// Reads a table's entries in order (for merges), checking each block as it ends.
+struct TableCursor<'a> {
+    table: &'a Table,
     input: BufReader<File>,
-    left: u64,
+    read: u64,
+    block: crc32fast::Hasher,
     entry: Vec<u8>,
 }
 
-impl TableCursor {
-    fn new(t: &Table) -> Result<TableCursor, StoreError> {
-        let file = File::open(&t.path).map_err(storage)?;
+impl<'a> TableCursor<'a> {
+    fn new(table: &'a Table) -> Result<TableCursor<'a>, StoreError> {
+        let file = File::open(&table.path).map_err(storage)?;
         Ok(TableCursor {
+            table,
             input: BufReader::with_capacity(1 << 20, file),
-            left: t.entries,
-            entry: vec![0; t.entry_len()],
+            read: 0,
+            block: crc32fast::Hasher::new(),
+            entry: vec![0; table.entry_len()],
         })
     }
 
     /// Moves to the next entry; false at the end.
     fn advance(&mut self) -> Result<bool, StoreError> {
-        if self.left == 0 {
+        if self.read == self.table.entries {
             return Ok(false);
         }
         self.input.read_exact(&mut self.entry).map_err(storage)?;
-        self.left -= 1;
+        self.block.update(&self.entry);
+        self.read += 1;
+        if self.read.is_multiple_of(BLOCK as u64) || self.read == self.table.entries {
+            let block = ((self.read - 1) / BLOCK as u64) as usize;
+            if std::mem::take(&mut self.block).finalize() != self.table.checks[block] {
+                return Err(corrupt(
+                    &self.table.path,
+                    &format!(
+                        "block {block} does not match its checksum; stop the service and \
+                         remove log/MANIFEST to rebuild the index from the log"
+                    ),
+                ));
+            }
+        }
         Ok(true)
     }
 }
@@ -556,7 +631,7 @@ pub(crate) fn load(dir: &Path) -> Result<Option<Manifest>, StoreError> {
         match Run::open(dir, n) {
             Ok(run) => runs.push(Arc::new(run)),
             Err(e) => {
-                tracing::warn!(error = %e, "an index run does not check; rebuilding the index from the log");
+                tracing::warn!(error = %e, "an index run cannot be used (damaged, or written by an older version); rebuilding the index from the log");
                 return Ok(None);
             }
         }
