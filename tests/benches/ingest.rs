@@ -6,7 +6,8 @@
 //! (target ≥ 0.8). Then (c) rebuilds the timeline projection of the resulting store and compares
 //! it with a raw walk of the same store's log files and with a scan decoding every record.
 //!
-//! Run: `cargo bench -p privacy-e2e --bench ingest` (BENCH_EVENTS sets the count, default 50000).
+//! Run: `cargo bench -p privacy-e2e --bench ingest` (BENCH_EVENTS sets the count, default 50000;
+//! BENCH_SUBJECTS how many subjects they name, default 2000).
 
 use std::fs::File;
 use std::sync::Arc;
@@ -26,10 +27,19 @@ mod floor;
 
 use floor::{BATCH, floor};
 
+/// How many subjects the events are spread over (`BENCH_SUBJECTS`, default 2000): each new
+/// subject gets a data key, which the vault makes durable before the events' commit.
+fn subjects() -> usize {
+    std::env::var("BENCH_SUBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 async fn publish(js: &jetstream::Context, n: usize) {
     let mut acks = Vec::with_capacity(BATCH);
     for i in 0..n {
-        let env = envelope(&format!("u-{}", i % 2000), granted("marketing"));
+        let env = envelope(&format!("u-{}", i % subjects()), granted("marketing"));
         let msg = PublishMessage::build()
             .payload(env.encode_to_vec().into())
             .message_id(&env.event_id);
@@ -191,7 +201,7 @@ fn prepare_only(n: usize) -> f64 {
             .unwrap();
     let limits = privacy_proto::Limits::default();
     let msgs: Vec<Vec<u8>> = (0..n)
-        .map(|i| envelope(&format!("u-{}", i % 2000), granted("marketing")).encode_to_vec())
+        .map(|i| envelope(&format!("u-{}", i % subjects()), granted("marketing")).encode_to_vec())
         .collect();
     let start = Instant::now();
     for bytes in &msgs {

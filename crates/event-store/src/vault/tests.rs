@@ -450,3 +450,47 @@ fn leftovers_of_an_interrupted_compaction_are_removed_at_open() {
         Opened::Clear(b"x".to_vec())
     );
 }
+
+#[test]
+fn a_key_creation_half_written_before_a_crash_leaves_a_usable_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vault = Vault::open(dir.path(), &master()).unwrap();
+        let inner = vault.read();
+        // A generation pointer whose key never reached the disk, and a key without a pointer.
+        inner
+            .keys
+            .insert(subject_key("acme", "u-1"), &1u32.to_be_bytes())
+            .unwrap();
+        let orphan = generation_key("acme", "u-2", 1);
+        inner
+            .keys
+            .insert(
+                orphan.as_slice(),
+                vault.wrap_key(&orphan, &[7u8; 32]).unwrap(),
+            )
+            .unwrap();
+        drop(inner);
+        vault.sync().unwrap();
+    }
+    let vault = Vault::open(dir.path(), &master()).unwrap();
+    let first = vault
+        .seal("acme", "u-1", "email", b"ann@example.com")
+        .unwrap();
+    let second = vault
+        .seal("acme", "u-2", "email", b"bo@example.com")
+        .unwrap();
+    vault.sync().unwrap();
+    assert_eq!((first.key_generation, second.key_generation), (2, 1));
+    assert_ne!(vault.key_bytes_for_test("acme", "u-2"), Some(vec![7u8; 32]));
+    drop(vault);
+    let vault = Vault::open(dir.path(), &master()).unwrap();
+    assert_eq!(
+        vault.open_field("acme", "u-1", "email", &first).unwrap(),
+        Opened::Clear(b"ann@example.com".to_vec())
+    );
+    assert_eq!(
+        vault.open_field("acme", "u-2", "email", &second).unwrap(),
+        Opened::Clear(b"bo@example.com".to_vec())
+    );
+}
