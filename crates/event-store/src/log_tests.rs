@@ -373,7 +373,7 @@ async fn a_damaged_index_block_is_an_error_never_a_wrong_answer() {
             damaged += 1;
         }
     }
-    assert!(damaged > 1, "the small config makes several runs");
+    assert!(damaged > 0, "the small config makes runs");
     let store = EventStore::open(dir.path(), small()).unwrap();
     let mut refused = 0;
     for i in 0..40 {

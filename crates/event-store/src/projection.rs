@@ -25,8 +25,11 @@ use crate::StoreError;
 use crate::record::RecordedEvent;
 use crate::store::{EventStore, storage};
 
-/// How many events a projection folds into one atomic view commit.
+/// How many events a projection folds into one atomic view commit, at most; a batch also ends
+/// once its records reach [`APPLY_BATCH_BYTES`], so its memory is bounded whatever the events'
+/// sizes (a rebuild holds up to three batches: one folding, one queued, one being read).
 const APPLY_BATCH: usize = 65_536;
+const APPLY_BATCH_BYTES: usize = 32 << 20;
 const META_KEY: &[u8] = b"m";
 const DATA: u8 = b'd';
 /// The tree that records each projection's live generation.
@@ -637,8 +640,15 @@ fn fold_all(
         }
         Ok(())
     };
+    let mut from = from;
     if head - from <= APPLY_BATCH as u64 {
-        return apply(store.read(from + 1, (head - from) as usize)?);
+        // Usually one batch: read it here (a batch cut short by its bytes goes on below).
+        let events = store.read_bounded(from + 1, (head - from) as usize, APPLY_BATCH_BYTES)?;
+        from = events.last().map_or(head, |e| e.seq);
+        apply(events)?;
+        if from >= head {
+            return Ok(());
+        }
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<RecordedEvent>, StoreError>>(1);
@@ -646,7 +656,7 @@ fn fold_all(
             let mut next = from + 1;
             while next <= head {
                 let want = ((head + 1 - next) as usize).min(APPLY_BATCH);
-                let batch = store.read(next, want);
+                let batch = store.read_bounded(next, want, APPLY_BATCH_BYTES);
                 let last = match &batch {
                     Ok(events) => events.last().map(|e| e.seq),
                     Err(_) => None,

@@ -873,6 +873,31 @@ impl EventStore {
         Ok(out)
     }
 
+    /// Like [`EventStore::read`], but stops after the record that brings the bytes read to
+    /// `max_bytes` (so at least one event when any is committed): bounds a batch's memory
+    /// whatever the events' sizes.
+    pub(crate) fn read_bounded(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = from.max(1);
+        let head = self.head().seq;
+        if from > head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = head.min(from.saturating_add(limit as u64 - 1));
+        let mut out = Vec::new();
+        let mut read = 0;
+        self.scan_records(from, last, |seq, bytes| {
+            out.push(record::decode(seq, bytes)?);
+            read += bytes.len();
+            Ok(read < max_bytes)
+        })?;
+        Ok(out)
+    }
+
     /// Scans at most `scan` committed records from `from` and decodes only those whose flags
     /// share a bit with `mask` (the others are skipped by their header byte). Returns them and
     /// the last sequence number scanned (0 when nothing was).

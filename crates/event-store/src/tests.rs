@@ -607,6 +607,48 @@ async fn a_fold_that_fails_while_the_next_batch_is_read_ahead_reports_the_error(
     assert_eq!(projector.checkpoint(), status[1].checkpoint);
 }
 
+#[tokio::test]
+async fn a_fold_batch_ends_at_its_byte_bound_whatever_the_event_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // 400 events of 90 KiB: 35 MiB, past one batch's 32 MiB though far below its event count.
+    let events: Vec<NewEvent> = (0..400)
+        .map(|i| {
+            NewEvent::new(
+                "t",
+                format!("e{i}"),
+                "s",
+                "test.happened",
+                vec![7; 90 << 10],
+            )
+        })
+        .collect();
+    for chunk in events.chunks(100) {
+        store
+            .append(chunk.to_vec(), ExpectedVersion::Any)
+            .await
+            .unwrap();
+    }
+    let projector = Projector::open(&store, vec![Arc::new(Total { fail_at: None })]).unwrap();
+    assert_eq!(projector.catch_up().await.unwrap(), 400);
+    let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = batches.clone();
+    let rebuilt = projector
+        .rebuild("total", move |applied, _| {
+            seen.lock().unwrap().push(applied)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.checkpoint, 400);
+    let batches = batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    assert_eq!(batches[1], 400);
+    assert_eq!(
+        projector.view("total").unwrap().get(b"n").unwrap(),
+        Some(400u64.to_be_bytes().to_vec())
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 
