@@ -300,6 +300,37 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
+/// How long an open waits for a sled database's file lock that this process still holds.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled database. A handle dropped just before in this same process (a store or vault
+/// closed and reopened) can hold the file lock a little longer: sled's own I/O threads let go
+/// of the file after the handle. So a lock held elsewhere is waited for, up to
+/// [`SLED_LOCK_WAIT`], before the open fails naming the directory.
+pub(crate) fn open_sled(config: sled::Config, dir: &Path) -> Result<sled::Db, StoreError> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && start.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(StoreError::Storage(format!(
+                    "{} is open in another process (its lock was not released in {} s): {e}",
+                    dir.display(),
+                    SLED_LOCK_WAIT.as_secs()
+                )));
+            }
+            other => return other.map_err(storage),
+        }
+    }
+}
+
 /// The log's files as a reader sees them: each with its committed length.
 type Snapshot = Vec<(Arc<LogFile>, u64)>;
 
@@ -581,13 +612,14 @@ impl EventStore {
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<EventStore, StoreError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .segment_size(sled_segment_size(dir))
-            .cache_capacity(config.cache_bytes)
-            .open()
-            .map_err(storage)?;
+        let db = open_sled(
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .segment_size(sled_segment_size(dir))
+                .cache_capacity(config.cache_bytes),
+            dir,
+        )?;
         let meta = db.open_tree("log").map_err(storage)?;
         let log_dir = dir.join("log");
         migrate_from_sled(dir, &meta, &log_dir, &config)?;

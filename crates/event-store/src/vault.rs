@@ -187,11 +187,12 @@ impl Inner {
         let dir = place.dir(root);
         // The vault's values are small (nothing lands in `blobs/`) and few are hot: a small
         // page cache, not sled's default 1 GiB.
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(VAULT_CACHE_BYTES)
-            .open()
-            .map_err(storage)?;
+        let db = crate::store::open_sled(
+            sled::Config::new()
+                .path(&dir)
+                .cache_capacity(VAULT_CACHE_BYTES),
+            &dir,
+        )?;
         let keys = db.open_tree(KEYS_TREE).map_err(storage)?;
         Ok(Inner {
             db,
