@@ -15,7 +15,7 @@
 //! In a view tree, data keys start with `d` and the checkpoint lives at `m`:
 //! `version u32 | checkpoint u64 | rebuilding u8`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -25,9 +25,9 @@ use crate::StoreError;
 use crate::record::RecordedEvent;
 use crate::store::{EventStore, storage};
 
-/// How many events a projection folds into one atomic view commit, at most; a batch also ends
-/// once its records reach [`APPLY_BATCH_BYTES`], so its memory is bounded whatever the events'
-/// sizes (a rebuild holds up to three batches: one folding, one queued, one being read).
+/// How many events a projection folds into one atomic view commit, at most; a commit also ends
+/// before its records pass [`APPLY_BATCH_BYTES`], so what it stages is bounded whatever the
+/// events' sizes.
 const APPLY_BATCH: usize = 65_536;
 const APPLY_BATCH_BYTES: usize = 32 << 20;
 const META_KEY: &[u8] = b"m";
@@ -52,7 +52,13 @@ pub struct ViewWriter<'a> {
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The tree does not change while a batch is staged, so its last key per prefix is looked
     /// up once.
-    tree_last: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+    tree_last: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// For each chunked list appended to in this batch ([`ViewWriter::append_chunked`]): its
+    /// prefix → the data key of its last chunk. Cleared by any other change to the view, so
+    /// it never disagrees with the overlay.
+    chunk_tails: HashMap<Vec<u8>, Vec<u8>>,
+    /// A reused buffer for data keys that are only looked up.
+    scratch: Vec<u8>,
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
@@ -62,7 +68,25 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-impl ViewWriter<'_> {
+impl<'a> ViewWriter<'a> {
+    fn new(tree: &'a sled::Tree) -> ViewWriter<'a> {
+        ViewWriter {
+            tree,
+            overlay: BTreeMap::new(),
+            tree_last: HashMap::new(),
+            chunk_tails: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// A change that does not go through [`ViewWriter::append_chunked`] may move a list's
+    /// last chunk: forget the remembered ones.
+    fn forget_chunk_tails(&mut self) {
+        if !self.chunk_tails.is_empty() {
+            self.chunk_tails.clear();
+        }
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let k = data_key(key);
         if let Some(v) = self.overlay.get(&k) {
@@ -72,10 +96,12 @@ impl ViewWriter<'_> {
     }
 
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        self.forget_chunk_tails();
         self.overlay.insert(data_key(key), Some(value));
     }
 
     pub fn remove(&mut self, key: &[u8]) {
+        self.forget_chunk_tails();
         self.overlay.insert(data_key(key), None);
     }
 
@@ -83,13 +109,13 @@ impl ViewWriter<'_> {
     /// prefix's data mark.
     pub fn last_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let start = data_key(prefix);
-        let staged = self
-            .overlay
-            .range(start.clone()..)
-            .take_while(|(k, _)| k.starts_with(&start))
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| k.clone())
-            .last();
+        // Walk back from the end of the prefix's range: only the last staged key is cloned.
+        let staged = match prefix_end(&start) {
+            Some(end) => self.overlay.range(start.clone()..end).rev(),
+            None => self.overlay.range(start.clone()..).rev(),
+        }
+        .find(|(_, v)| v.is_some())
+        .map(|(k, _)| k.clone());
         let stored = match self.tree_last.get(&start) {
             Some(cached) => cached.clone(),
             None => {
@@ -111,16 +137,77 @@ impl ViewWriter<'_> {
         key: &[u8],
         change: impl FnOnce(&mut Option<Vec<u8>>),
     ) -> Result<(), StoreError> {
-        let staged = match self.overlay.entry(data_key(key)) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let current = self.tree.get(e.key()).map_err(storage)?.map(|v| v.to_vec());
-                e.insert(current)
-            }
-        };
-        change(staged);
+        self.forget_chunk_tails();
+        self.scratch.clear();
+        self.scratch.push(DATA);
+        self.scratch.extend_from_slice(key);
+        change(staged(self.tree, &mut self.overlay, &self.scratch)?);
         Ok(())
     }
+
+    /// Appends to a list kept in numbered chunks under `prefix`: keys `prefix` + chunk number
+    /// (u32 BE, from 0). `add` is offered the list's last chunk (`None` = absent) and says
+    /// whether it took the entry; when it did not (the chunk is full), the next chunk is opened
+    /// and offered to `add`, which must take it. The same as finding the last chunk with
+    /// [`ViewWriter::last_with_prefix`] and changing it with [`ViewWriter::update`], but the
+    /// last chunk of each list is remembered for the rest of the batch.
+    pub fn append_chunked(
+        &mut self,
+        prefix: &[u8],
+        mut add: impl FnMut(&mut Option<Vec<u8>>) -> bool,
+    ) -> Result<(), StoreError> {
+        if !self.chunk_tails.contains_key(prefix) {
+            let mut tail = vec![DATA];
+            match self.last_with_prefix(prefix)? {
+                Some(key) => tail.extend_from_slice(&key),
+                None => {
+                    tail.extend_from_slice(prefix);
+                    tail.extend_from_slice(&0u32.to_be_bytes());
+                }
+            }
+            self.chunk_tails.insert(prefix.to_vec(), tail);
+        }
+        let tail = self.chunk_tails.get_mut(prefix).expect("inserted above");
+        if add(staged(self.tree, &mut self.overlay, tail)?) {
+            return Ok(());
+        }
+        // The last chunk is full: the tail moves to the next one.
+        let number = tail
+            .get(1 + prefix.len()..)
+            .and_then(|n| <[u8; 4]>::try_from(n).ok())
+            .map_or(0, u32::from_be_bytes);
+        tail.truncate(1 + prefix.len());
+        tail.extend_from_slice(&(number + 1).to_be_bytes());
+        let added = add(staged(self.tree, &mut self.overlay, tail)?);
+        debug_assert!(added, "a fresh chunk takes an entry");
+        Ok(())
+    }
+}
+
+/// The staged value of the data key `key`, loaded from `tree` the first time it is touched.
+fn staged<'o>(
+    tree: &sled::Tree,
+    overlay: &'o mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    key: &[u8],
+) -> Result<&'o mut Option<Vec<u8>>, StoreError> {
+    if !overlay.contains_key(key) {
+        let current = tree.get(key).map_err(storage)?.map(|v| v.to_vec());
+        overlay.insert(key.to_vec(), current);
+    }
+    Ok(overlay.get_mut(key).expect("inserted above"))
+}
+
+/// The least key greater than every key that starts with `prefix` (`None`: there is none,
+/// the prefix is all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// A view entry: key (without the data mark) and value.
@@ -141,11 +228,21 @@ impl View {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// Runs `read` on the value at `key` where it is stored, without copying it (for values
+    /// that are decoded right away).
+    pub fn get_with<R>(
+        &self,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
         Ok(self
             .tree()
             .get(data_key(key))
             .map_err(storage)?
-            .map(|v| v.to_vec()))
+            .map(|v| read(&v)))
     }
 
     /// Every entry whose key starts with `prefix`, in key order (keys without the `d` mark).
@@ -545,12 +642,18 @@ fn fold_to_head(
     Ok((folds[0].applied, folds[0].meta.checkpoint))
 }
 
-/// One view being folded: its slot, tree and checkpoint.
+/// One view being folded: its slot, tree and checkpoint, and the changes staged since its
+/// last commit.
 struct Fold<'a> {
     slot: &'a Slot,
     tree: &'a sled::Tree,
     meta: Meta,
     applied: u64,
+    writer: ViewWriter<'a>,
+    /// Events staged in `writer` and not committed yet, their records' bytes, the last one's seq.
+    staged: usize,
+    staged_bytes: usize,
+    staged_last: u64,
 }
 
 impl<'a> Fold<'a> {
@@ -565,27 +668,48 @@ impl<'a> Fold<'a> {
             tree,
             meta,
             applied: 0,
+            writer: ViewWriter::new(tree),
+            staged: 0,
+            staged_bytes: 0,
+            staged_last: 0,
         })
     }
 
-    /// Applies the events after this view's checkpoint and commits them with the new
-    /// checkpoint in one atomic batch.
-    fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
-        let fresh = events.partition_point(|e| e.seq <= self.meta.checkpoint);
-        let events = &events[fresh..];
-        let Some(last) = events.last() else {
-            return Ok(());
-        };
-        let mut writer = ViewWriter {
-            tree: self.tree,
-            overlay: BTreeMap::new(),
-            tree_last: std::collections::HashMap::new(),
-        };
-        for event in events {
-            self.slot.projection.apply(event, &mut writer)?;
+    /// Stages the events after this view's checkpoint (and after what is staged already),
+    /// committing first whenever the next event would take the staged changes past
+    /// [`APPLY_BATCH`] events or [`APPLY_BATCH_BYTES`] of records; `committed` is told the
+    /// checkpoint of each commit.
+    fn stage(
+        &mut self,
+        events: &[RecordedEvent],
+        committed: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
+        let through = self.meta.checkpoint.max(self.staged_last);
+        let fresh = events.partition_point(|e| e.seq <= through);
+        for event in &events[fresh..] {
+            if self.staged >= APPLY_BATCH
+                || (self.staged > 0 && self.staged_bytes + event.data.len() > APPLY_BATCH_BYTES)
+            {
+                self.commit()?;
+                committed(self.meta.checkpoint);
+            }
+            self.slot.projection.apply(event, &mut self.writer)?;
+            self.staged += 1;
+            self.staged_bytes += event.data.len();
+            self.staged_last = event.seq;
         }
-        self.meta.checkpoint = last.seq;
-        self.meta.rebuilding = false;
+        Ok(())
+    }
+
+    /// Commits the staged changes with the new checkpoint in one atomic batch.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.staged == 0 {
+            return Ok(());
+        }
+        let writer = std::mem::replace(&mut self.writer, ViewWriter::new(self.tree));
+        let mut meta = self.meta;
+        meta.checkpoint = self.staged_last;
+        meta.rebuilding = false;
         let mut batch = sled::Batch::default();
         let mut oversized = None;
         for (k, v) in writer.overlay {
@@ -609,16 +733,23 @@ impl<'a> Fold<'a> {
                 "a view value is larger than sled keeps in its synced log"
             );
         }
-        batch.insert(META_KEY, self.meta.encode());
+        batch.insert(META_KEY, meta.encode());
+        let staged = std::mem::take(&mut self.staged);
+        self.staged_bytes = 0;
         self.tree.apply_batch(batch).map_err(storage)?;
-        self.applied += events.len() as u64;
+        self.meta = meta;
+        self.applied += staged as u64;
         Ok(())
     }
 }
 
+/// How many events are read from the log at a time while folding: a piece is staged into the
+/// views while the next one is read, and the views commit every [`APPLY_BATCH`] events.
+const READ_PIECE: usize = 4096;
+
 /// Folds every committed event up to the head into each of `folds`, reading (and decoding)
-/// each batch of the log once for all of them. With more than one batch to go, the next batch
-/// is read on a second thread while this one is applied.
+/// each piece of the log once for all of them. With more than one piece to go, the next piece
+/// is read on a second thread while this one is staged.
 fn fold_all(
     store: &EventStore,
     folds: &mut [Fold<'_>],
@@ -631,51 +762,63 @@ fn fold_all(
     if from >= head {
         return Ok(());
     }
-    let mut apply = |events: Vec<RecordedEvent>| -> Result<(), StoreError> {
-        for fold in folds.iter_mut() {
-            fold.apply(&events)?;
+    // Progress is reported at each commit (once per sequence number when several views fold
+    // together), and at the end.
+    let mut reported = from;
+    let mut report = |seq: u64| {
+        if seq > reported {
+            progress(seq, head);
+            reported = seq;
         }
-        if let Some(last) = events.last() {
-            progress(last.seq, head);
+    };
+    let mut stage = |events: Vec<RecordedEvent>| -> Result<(), StoreError> {
+        for fold in folds.iter_mut() {
+            fold.stage(&events, &mut report)?;
         }
         Ok(())
     };
-    let mut from = from;
-    if head - from <= APPLY_BATCH as u64 {
-        // Usually one batch: read it here (a batch cut short by its bytes goes on below).
-        let events = store.read_bounded(from + 1, (head - from) as usize, APPLY_BATCH_BYTES)?;
-        from = events.last().map_or(head, |e| e.seq);
-        apply(events)?;
-        if from >= head {
-            return Ok(());
+    if head - from <= READ_PIECE as u64 {
+        // Usually one piece (a live view following the log): read it here.
+        let mut from = from;
+        while from < head {
+            let events = store.read_bounded(from + 1, (head - from) as usize, APPLY_BATCH_BYTES)?;
+            from = events.last().map_or(head, |e| e.seq);
+            stage(events)?;
         }
-    }
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<RecordedEvent>, StoreError>>(1);
-        scope.spawn(move || {
-            let mut next = from + 1;
-            while next <= head {
-                let want = ((head + 1 - next) as usize).min(APPLY_BATCH);
-                let batch = store.read_bounded(next, want, APPLY_BATCH_BYTES);
-                let last = match &batch {
-                    Ok(events) => events.last().map(|e| e.seq),
-                    Err(_) => None,
-                };
-                // The folding side has stopped (an error): stop reading.
-                if tx.send(batch).is_err() {
-                    return;
+    } else {
+        std::thread::scope(|scope| {
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Result<Vec<RecordedEvent>, StoreError>>(2);
+            scope.spawn(move || {
+                let mut next = from + 1;
+                while next <= head {
+                    let want = ((head + 1 - next) as usize).min(READ_PIECE);
+                    let piece = store.read_bounded(next, want, APPLY_BATCH_BYTES);
+                    let last = match &piece {
+                        Ok(events) => events.last().map(|e| e.seq),
+                        Err(_) => None,
+                    };
+                    // The folding side has stopped (an error): stop reading.
+                    if tx.send(piece).is_err() {
+                        return;
+                    }
+                    match last {
+                        Some(last) => next = last + 1,
+                        None => return,
+                    }
                 }
-                match last {
-                    Some(last) => next = last + 1,
-                    None => return,
-                }
+            });
+            for piece in rx {
+                stage(piece?)?;
             }
-        });
-        for batch in rx {
-            apply(batch?)?;
-        }
-        Ok(())
-    })
+            Ok::<(), StoreError>(())
+        })?;
+    }
+    for fold in folds.iter_mut() {
+        fold.commit()?;
+        report(fold.meta.checkpoint);
+    }
+    Ok(())
 }
 
 fn read_meta(tree: &sled::Tree) -> Result<Option<Meta>, StoreError> {

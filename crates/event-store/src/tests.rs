@@ -572,8 +572,21 @@ async fn views_at_different_checkpoints_fold_together_over_many_batches() {
     assert_eq!(count("total", b"n"), Some(140_000));
     let folded = projector.status().unwrap();
     for name in ["count_per_stream", "total"] {
-        let rebuilt = projector.rebuild(name, |_, _| {}).await.unwrap();
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let rebuilt = projector
+            .rebuild(name, move |applied, target| {
+                seen.lock().unwrap().push((applied, target))
+            })
+            .await
+            .unwrap();
         assert!(folded.contains(&rebuilt), "{name} rebuilt to other bytes");
+        // A commit (and a report) about every 65,536 events, then the last one at the head.
+        let reports = reports.lock().unwrap().clone();
+        assert!(reports.len() >= 3, "{reports:?}");
+        assert!(reports.windows(2).all(|w| w[0].0 < w[1].0), "{reports:?}");
+        assert_eq!(reports.last(), Some(&(140_000, 140_000)));
+        assert_eq!(reports[0].0, 65_536, "{reports:?}");
     }
 }
 
@@ -600,10 +613,11 @@ async fn a_fold_that_fails_while_the_next_batch_is_read_ahead_reports_the_error(
     .unwrap();
     let err = projector.catch_up().await.unwrap_err();
     assert!(err.to_string().contains("cannot fold e100000"), "{err}");
-    // What each view committed before the failure is kept and shown: whole batches only.
+    // What each view committed before the failure is kept and shown: whole batches only (the
+    // other view had staged past 65,536 too, uncommitted: a restart folds it again).
     let status = projector.status().unwrap();
     assert_eq!(status[1].checkpoint, 65_536, "{status:?}");
-    assert_eq!(status[0].checkpoint, 131_072, "{status:?}");
+    assert_eq!(status[0].checkpoint, 65_536, "{status:?}");
     assert_eq!(projector.checkpoint(), status[1].checkpoint);
 }
 
@@ -673,4 +687,80 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// Keeps each stream's event ids in chunks of at most three, under `<stream> 0`, and every
+/// fifth event's id at `last/<stream>`; `CHUNKED` says whether through
+/// `ViewWriter::append_chunked` or by finding the last chunk and updating it.
+struct Chunks<const CHUNKED: bool>;
+
+impl<const CHUNKED: bool> Projection for Chunks<CHUNKED> {
+    fn name(&self) -> &'static str {
+        if CHUNKED { "chunked" } else { "by_hand" }
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
+        let mut prefix = event.stream.as_bytes().to_vec();
+        prefix.push(0);
+        let id = event.event_id.as_bytes();
+        let add = |v: &mut Option<Vec<u8>>| {
+            let chunk = v.get_or_insert_with(Vec::new);
+            if chunk.iter().filter(|b| **b == b';').count() >= 3 {
+                return false;
+            }
+            chunk.extend_from_slice(id);
+            chunk.push(b';');
+            true
+        };
+        if CHUNKED {
+            view.append_chunked(&prefix, add)?;
+        } else {
+            let mut key = view
+                .last_with_prefix(&prefix)?
+                .unwrap_or_else(|| [prefix.as_slice(), &0u32.to_be_bytes()].concat());
+            let mut added = false;
+            view.update(&key, |v| added = add(v))?;
+            if !added {
+                let n = u32::from_be_bytes(key[prefix.len()..].try_into().unwrap());
+                key = [prefix.as_slice(), &(n + 1).to_be_bytes()].concat();
+                view.update(&key, |v| added = add(v))?;
+            }
+            assert!(added);
+        }
+        if event.seq.is_multiple_of(5) {
+            // Another change between appends: a write outside the chunked lists.
+            view.put(format!("last/{}", event.stream).as_bytes(), id.to_vec());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn chunked_appends_write_what_finding_the_last_chunk_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let projector = Projector::open(
+        &store,
+        vec![Arc::new(Chunks::<true>), Arc::new(Chunks::<false>)],
+    )
+    .unwrap();
+    for i in 0..200 {
+        // Streams of one, two and more events in a batch; batches of 1 to 13 events.
+        let batch = (0..1 + i % 13)
+            .map(|j| ev(&format!("e{i}.{j}"), &format!("s{}", (i * 7 + j) % 5)))
+            .collect();
+        store.append(batch, ExpectedVersion::Any).await.unwrap();
+        if i % 3 == 0 {
+            projector.catch_up().await.unwrap();
+        }
+    }
+    projector.catch_up().await.unwrap();
+    let chunked = projector.view("chunked").unwrap().scan_prefix(b"").unwrap();
+    let by_hand = projector.view("by_hand").unwrap().scan_prefix(b"").unwrap();
+    assert!(chunked.len() > 100, "{} entries", chunked.len());
+    assert_eq!(chunked, by_hand);
+    let status = projector.status().unwrap();
+    assert_eq!(status[0].digest, status[1].digest);
 }

@@ -55,12 +55,7 @@ impl Projection for SubjectTimeline {
             source: env.source,
         };
         // Append to the subject's last chunk, or open the next one when it is full.
-        let mut key = match view.last_with_prefix(&prefix)? {
-            Some(last) => last,
-            None => [prefix.as_slice(), &0u32.to_be_bytes()].concat(),
-        };
-        // Appends to the chunk unless it is full; says whether it appended.
-        let add = |v: &mut Option<Vec<u8>>| {
+        view.append_chunked(&prefix, |v| {
             let chunk = v.get_or_insert_with(|| vec![0, 0]);
             let count = u16::from_be_bytes([chunk[0], chunk[1]]);
             if count as u32 >= CHUNK || chunk.len() >= CHUNK_BYTES {
@@ -71,16 +66,7 @@ impl Projection for SubjectTimeline {
                 .encode_length_delimited(chunk)
                 .expect("a Vec grows as needed");
             true
-        };
-        let mut added = false;
-        view.update(&key, |v| added = add(v))?;
-        if !added {
-            let n = u32::from_be_bytes(key[prefix.len()..].try_into().unwrap_or([0; 4]));
-            key = [prefix.as_slice(), &(n + 1).to_be_bytes()].concat();
-            view.update(&key, |v| added = add(v))?;
-        }
-        debug_assert!(added, "a fresh chunk takes an entry");
-        Ok(())
+        })
     }
 }
 

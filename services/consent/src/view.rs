@@ -183,11 +183,14 @@ impl ConsentReader {
     ) -> Result<Vec<ConsentHistoryEntry>, StoreError> {
         let mut out = Vec::new();
         for p in [purpose, "*"] {
-            if let Some(bytes) = self.view.get(&history_key(tenant, subject, p))? {
-                out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
+            if let Some(entries) = self.view.get_with(
+                &history_key(tenant, subject, p),
+                decode_all::<ConsentHistoryEntry>,
+            )? {
+                out.extend(entries?);
             }
         }
-        out.sort_by_key(|e| (e.seq, e.purpose.clone()));
+        out.sort_by(|a, b| (a.seq, &a.purpose).cmp(&(b.seq, &b.purpose)));
         Ok(out)
     }
 
@@ -203,16 +206,19 @@ impl ConsentReader {
         for (_, bytes) in self.view.scan_prefix(&prefix)? {
             out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
         }
-        out.sort_by_key(|e| (e.seq, e.purpose.clone()));
+        out.sort_by(|a, b| (a.seq, &a.purpose).cmp(&(b.seq, &b.purpose)));
         Ok(out)
     }
 
     /// The tenant's policy versions, in log order.
     pub fn policies(&self, tenant: &str) -> Result<Vec<PolicyVersion>, StoreError> {
-        let Some(bytes) = self.view.get(&policy_key(tenant))? else {
+        let Some(stored) = self
+            .view
+            .get_with(&policy_key(tenant), decode_all::<StoredPolicy>)?
+        else {
             return Ok(Vec::new());
         };
-        Ok(decode_all::<StoredPolicy>(&bytes)?
+        Ok(stored?
             .into_iter()
             .filter_map(|s| {
                 let p = s.policy?;
@@ -230,15 +236,15 @@ impl ConsentReader {
 
     /// When the subject reaches each child-age threshold, if a registration gave a birth date.
     pub fn child(&self, tenant: &str, subject: &str) -> Result<Option<AgeThresholds>, StoreError> {
-        match self.view.get(&child_key(tenant, subject))? {
-            Some(bytes) => Ok(Some(AgeThresholds::decode(bytes.as_slice()).map_err(
-                |e| StoreError::Corrupt {
-                    seq: 0,
-                    reason: format!("age thresholds do not decode: {e}"),
-                },
-            )?)),
-            None => Ok(None),
-        }
+        self.view
+            .get_with(&child_key(tenant, subject), |bytes| {
+                AgeThresholds::decode(bytes)
+            })?
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                seq: 0,
+                reason: format!("age thresholds do not decode: {e}"),
+            })
     }
 }
 
