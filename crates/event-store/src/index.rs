@@ -8,13 +8,13 @@
 //! filter over the keys' first 16 bytes, then the first key of every block of [`BLOCK`]
 //! entries, then a CRC-32 of every block, then a footer whose check covers the filter, keys and
 //! CRCs; only those are held in memory, and a lookup reads one block with `pread` and checks it
-//! (a damaged block is an error naming the file and the remedy, never a wrong answer). When the memory table reaches its size it is frozen and written
-//! as a new run by the store's indexer thread, which then merges the newest runs while the one
-//! before them is less than twice their size (so there are about log₂(events / table size)
-//! runs), and writes the manifest — tables first, each fsynced, then the manifest by rename —
-//! so a crash leaves either the old checkpoint or the new one. Everything here is derived from
-//! the log: with no manifest, or one that does not check, the store rebuilds it by reading
-//! the log.
+//! (a damaged block is an error naming the file and the remedy, never a wrong answer). When
+//! the memory table reaches its size it is frozen and written as a new run by the store's
+//! indexer thread, which then merges the newest runs while the one before them is less than
+//! twice their size (so there are about log₂(events / table size) runs), and writes the
+//! manifest — tables first, each fsynced, then the manifest by rename — so a crash leaves
+//! either the old checkpoint or the new one. Everything here is derived from the log: with no
+//! manifest, or one that does not check, the store rebuilds it by reading the log.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -82,7 +82,7 @@ pub(crate) struct Table {
     bloom: Vec<u8>,
     /// The first key of every block, concatenated.
     fences: Vec<u8>,
-    /// The CRC-32C of every block's bytes.
+    /// The CRC-32 of every block's bytes.
     checks: Vec<u32>,
 }
 
