@@ -21,6 +21,8 @@ pub fn main(spec: ServiceSpec) -> ExitCode {
                 "privacy-{name}: the {name} service of Privacy Ledger\n\n\
                  usage: privacy-{name} [serve|healthcheck]\n\n\
                  Configuration is PRIVACY_* environment variables (see README):\n  {keys}\n\
+                 Traces: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, PRIVACY_TRACE_CONTEXT; \
+                 logs: RUST_LOG.\n\
                  Default gRPC address 127.0.0.1:{port}.",
                 name = spec.name,
                 port = spec.default_port,
