@@ -26,8 +26,8 @@ use crate::record::RecordedEvent;
 use crate::store::{EventStore, storage};
 
 /// How many events a projection folds into one atomic view commit, at most; a commit also ends
-/// before its records pass [`APPLY_BATCH_BYTES`], so what it stages is bounded whatever the
-/// events' sizes.
+/// before the events' data passes [`APPLY_BATCH_BYTES`], so large events do not make large
+/// commits.
 const APPLY_BATCH: usize = 65_536;
 const APPLY_BATCH_BYTES: usize = 32 << 20;
 const META_KEY: &[u8] = b"m";
@@ -650,7 +650,7 @@ struct Fold<'a> {
     meta: Meta,
     applied: u64,
     writer: ViewWriter<'a>,
-    /// Events staged in `writer` and not committed yet, their records' bytes, the last one's seq.
+    /// Events staged in `writer` and not committed yet, their data's bytes, the last one's seq.
     staged: usize,
     staged_bytes: usize,
     staged_last: u64,
@@ -677,7 +677,7 @@ impl<'a> Fold<'a> {
 
     /// Stages the events after this view's checkpoint (and after what is staged already),
     /// committing first whenever the next event would take the staged changes past
-    /// [`APPLY_BATCH`] events or [`APPLY_BATCH_BYTES`] of records; `committed` is told the
+    /// [`APPLY_BATCH`] events or [`APPLY_BATCH_BYTES`] of event data; `committed` is told the
     /// checkpoint of each commit.
     fn stage(
         &mut self,

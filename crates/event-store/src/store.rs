@@ -308,22 +308,30 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// of the file after the handle. So a lock held elsewhere is waited for, up to
 /// [`SLED_LOCK_WAIT`], before the open fails naming the directory.
 pub(crate) fn open_sled(config: sled::Config, dir: &Path) -> Result<sled::Db, StoreError> {
+    open_sled_waiting(config, dir, SLED_LOCK_WAIT)
+}
+
+pub(crate) fn open_sled_waiting(
+    config: sled::Config,
+    dir: &Path,
+    wait: std::time::Duration,
+) -> Result<sled::Db, StoreError> {
+    // sled reports a lock held elsewhere as an `Other` I/O error with this message.
+    let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(1);
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && start.elapsed() < SLED_LOCK_WAIT =>
-            {
+            Err(e) if locked(&e) && start.elapsed() < wait => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(100));
             }
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(e) if locked(&e) => {
                 return Err(StoreError::Storage(format!(
-                    "{} is open in another process (its lock was not released in {} s): {e}",
+                    "{} is open in another process or handle (its lock was not released in \
+                     {} ms): {e}",
                     dir.display(),
-                    SLED_LOCK_WAIT.as_secs()
+                    wait.as_millis()
                 )));
             }
             other => return other.map_err(storage),

@@ -764,3 +764,25 @@ async fn chunked_appends_write_what_finding_the_last_chunk_writes() {
     let status = projector.status().unwrap();
     assert_eq!(status[0].digest, status[1].digest);
 }
+
+#[test]
+fn a_held_lock_is_waited_for_then_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || sled::Config::new().path(dir.path());
+    let held = config().open().unwrap();
+    let err =
+        crate::store::open_sled_waiting(config(), dir.path(), std::time::Duration::from_millis(30))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("is open in another process"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    // Released while the open waits: the open goes through.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        rx.recv().unwrap();
+        drop(held);
+    });
+    tx.send(()).unwrap();
+    crate::store::open_sled(config(), dir.path()).unwrap();
+    holder.join().unwrap();
+}

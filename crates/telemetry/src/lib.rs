@@ -72,8 +72,8 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
-    let tracing = exporting
-        || forward_without_export(std::env::var("PRIVACY_TRACE_CONTEXT").ok().as_deref())?;
+    let forward = forward_without_export(std::env::var("PRIVACY_TRACE_CONTEXT").ok().as_deref())?;
+    let tracing = exporting || forward;
     if exporting {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
