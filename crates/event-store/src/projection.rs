@@ -777,11 +777,16 @@ fn fold_all(
         }
         Ok(())
     };
+    // The piece of the log that starts at `next` (cut short by its bytes when need be).
+    let read_piece = |next: u64| {
+        let want = ((head + 1 - next) as usize).min(READ_PIECE);
+        store.read_bounded(next, want, APPLY_BATCH_BYTES)
+    };
     if head - from <= READ_PIECE as u64 {
         // Usually one piece (a live view following the log): read it here.
         let mut from = from;
         while from < head {
-            let events = store.read_bounded(from + 1, (head - from) as usize, APPLY_BATCH_BYTES)?;
+            let events = read_piece(from + 1)?;
             from = events.last().map_or(head, |e| e.seq);
             stage(events)?;
         }
@@ -792,8 +797,7 @@ fn fold_all(
             scope.spawn(move || {
                 let mut next = from + 1;
                 while next <= head {
-                    let want = ((head + 1 - next) as usize).min(READ_PIECE);
-                    let piece = store.read_bounded(next, want, APPLY_BATCH_BYTES);
+                    let piece = read_piece(next);
                     let last = match &piece {
                         Ok(events) => events.last().map(|e| e.seq),
                         Err(_) => None,

@@ -80,6 +80,11 @@ fn decode_all<M: Message + Default>(bytes: &[u8]) -> Result<Vec<M>, StoreError> 
     Ok(out)
 }
 
+/// Log order of history entries; one event's entries (a grant of several purposes) by purpose.
+fn log_order(a: &ConsentHistoryEntry, b: &ConsentHistoryEntry) -> std::cmp::Ordering {
+    (a.seq, &a.purpose).cmp(&(b.seq, &b.purpose))
+}
+
 /// Folds consent events, policy versions and age thresholds into the view.
 pub struct ConsentView;
 
@@ -190,7 +195,7 @@ impl ConsentReader {
                 out.extend(entries?);
             }
         }
-        out.sort_by(|a, b| (a.seq, &a.purpose).cmp(&(b.seq, &b.purpose)));
+        out.sort_by(log_order);
         Ok(out)
     }
 
@@ -206,7 +211,7 @@ impl ConsentReader {
         for (_, bytes) in self.view.scan_prefix(&prefix)? {
             out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
         }
-        out.sort_by(|a, b| (a.seq, &a.purpose).cmp(&(b.seq, &b.purpose)));
+        out.sort_by(log_order);
         Ok(out)
     }
 
