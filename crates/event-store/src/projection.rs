@@ -54,11 +54,18 @@ pub struct ViewWriter<'a> {
     /// up once.
     tree_last: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// For each chunked list appended to in this batch ([`ViewWriter::append_chunked`]): its
-    /// prefix → the data key of its last chunk. Cleared by any other change to the view, so
-    /// it never disagrees with the overlay.
-    chunk_tails: HashMap<Vec<u8>, Vec<u8>>,
+    /// prefix → its last chunk, key and staged value. A tail's value lives here, not in the
+    /// overlay, so an append is one hash lookup; the tails are settled into the overlay
+    /// before anything else reads or changes the view, and at the commit.
+    chunk_tails: HashMap<Vec<u8>, Tail>,
     /// A reused buffer for data keys that are only looked up.
     scratch: Vec<u8>,
+}
+
+/// The last chunk of a chunked list: its data key and staged value (`None` = absent).
+struct Tail {
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
@@ -79,15 +86,16 @@ impl<'a> ViewWriter<'a> {
         }
     }
 
-    /// A change that does not go through [`ViewWriter::append_chunked`] may move a list's
-    /// last chunk: forget the remembered ones.
-    fn forget_chunk_tails(&mut self) {
-        if !self.chunk_tails.is_empty() {
-            self.chunk_tails.clear();
+    /// Moves the remembered last chunks into the overlay, before any other read or change
+    /// (which may also move a list's last chunk) and before the commit.
+    fn settle_chunk_tails(&mut self) {
+        for (_, tail) in self.chunk_tails.drain() {
+            self.overlay.insert(tail.key, tail.value);
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.settle_chunk_tails();
         let k = data_key(key);
         if let Some(v) = self.overlay.get(&k) {
             return Ok(v.clone());
@@ -96,18 +104,25 @@ impl<'a> ViewWriter<'a> {
     }
 
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
-        self.forget_chunk_tails();
+        self.settle_chunk_tails();
         self.overlay.insert(data_key(key), Some(value));
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        self.forget_chunk_tails();
+        self.settle_chunk_tails();
         self.overlay.insert(data_key(key), None);
     }
 
     /// The greatest key starting with `prefix` (staged or stored, not removed), without the
     /// prefix's data mark.
     pub fn last_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.settle_chunk_tails();
+        self.last_key_with_prefix(prefix)
+    }
+
+    /// [`ViewWriter::last_with_prefix`] with the tails unsettled: each tail's key stands in the
+    /// overlay with a placeholder value, so the keys (all that this looks at) are right.
+    fn last_key_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let start = data_key(prefix);
         // Walk back from the end of the prefix's range: only the last staged key is cloned.
         let staged = match prefix_end(&start) {
@@ -116,15 +131,28 @@ impl<'a> ViewWriter<'a> {
         }
         .find(|(_, v)| v.is_some())
         .map(|(k, _)| k.clone());
+        // The tree's last key, unless the overlay removes it (then the last one it does not).
+        let removed = |k: &[u8]| matches!(self.overlay.get(k), Some(None));
         let stored = match self.tree_last.get(&start) {
-            Some(cached) => cached.clone(),
+            Some(cached) if !cached.as_deref().is_some_and(removed) => cached.clone(),
+            Some(_) => {
+                let mut found = None;
+                for kv in self.tree.scan_prefix(&start).rev() {
+                    let k = kv.map_err(storage)?.0;
+                    if !removed(&k) {
+                        found = Some(k.to_vec());
+                        break;
+                    }
+                }
+                found
+            }
             None => {
                 let found = match self.tree.scan_prefix(&start).next_back() {
                     Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
                     None => None,
                 };
                 self.tree_last.insert(start, found.clone());
-                found
+                return self.last_key_with_prefix(prefix);
             }
         };
         Ok(staged.max(stored).map(|k| k[1..].to_vec()))
@@ -137,7 +165,7 @@ impl<'a> ViewWriter<'a> {
         key: &[u8],
         change: impl FnOnce(&mut Option<Vec<u8>>),
     ) -> Result<(), StoreError> {
-        self.forget_chunk_tails();
+        self.settle_chunk_tails();
         self.scratch.clear();
         self.scratch.push(DATA);
         self.scratch.extend_from_slice(key);
@@ -150,37 +178,60 @@ impl<'a> ViewWriter<'a> {
     /// whether it took the entry; when it did not (the chunk is full), the next chunk is opened
     /// and offered to `add`, which must take it. The same as finding the last chunk with
     /// [`ViewWriter::last_with_prefix`] and changing it with [`ViewWriter::update`], but the
-    /// last chunk of each list is remembered for the rest of the batch.
+    /// last chunk of each list is remembered (key and value) for the rest of the batch. A
+    /// chunk that took an entry must hold a value.
     pub fn append_chunked(
         &mut self,
         prefix: &[u8],
         mut add: impl FnMut(&mut Option<Vec<u8>>) -> bool,
     ) -> Result<(), StoreError> {
-        if !self.chunk_tails.contains_key(prefix) {
-            let mut tail = vec![DATA];
-            match self.last_with_prefix(prefix)? {
-                Some(key) => tail.extend_from_slice(&key),
+        if let Some(tail) = self.chunk_tails.get_mut(prefix) {
+            if add(&mut tail.value) {
+                return Ok(());
+            }
+        } else {
+            let mut key = vec![DATA];
+            match self.last_key_with_prefix(prefix)? {
+                Some(last) => key.extend_from_slice(&last),
                 None => {
-                    tail.extend_from_slice(prefix);
-                    tail.extend_from_slice(&0u32.to_be_bytes());
+                    key.extend_from_slice(prefix);
+                    key.extend_from_slice(&0u32.to_be_bytes());
                 }
             }
+            let mut tail = self.take_staged(key)?;
+            let added = add(&mut tail.value);
             self.chunk_tails.insert(prefix.to_vec(), tail);
+            if added {
+                return Ok(());
+            }
         }
-        let tail = self.chunk_tails.get_mut(prefix).expect("inserted above");
-        if add(staged(self.tree, &mut self.overlay, tail)?) {
-            return Ok(());
-        }
-        // The last chunk is full: the tail moves to the next one.
-        let number = tail
+        // The last chunk is full: it goes to the overlay, and the tail moves to the next one.
+        let full = self.chunk_tails.remove(prefix).expect("remembered above");
+        let number = full
+            .key
             .get(1 + prefix.len()..)
             .and_then(|n| <[u8; 4]>::try_from(n).ok())
             .map_or(0, u32::from_be_bytes);
-        tail.truncate(1 + prefix.len());
-        tail.extend_from_slice(&(number + 1).to_be_bytes());
-        let added = add(staged(self.tree, &mut self.overlay, tail)?);
+        let mut next = full.key.clone();
+        self.overlay.insert(full.key, full.value);
+        next.truncate(1 + prefix.len());
+        next.extend_from_slice(&(number + 1).to_be_bytes());
+        let mut tail = self.take_staged(next)?;
+        let added = add(&mut tail.value);
         debug_assert!(added, "a fresh chunk takes an entry");
+        self.chunk_tails.insert(prefix.to_vec(), tail);
         Ok(())
+    }
+
+    /// The staged value of the data key `key` (loaded from the tree the first time), to be
+    /// held as a list's tail; the overlay keeps the key with an empty placeholder, since the
+    /// chunk holds a value once it has taken an entry.
+    fn take_staged(&mut self, key: Vec<u8>) -> Result<Tail, StoreError> {
+        let value = match self.overlay.insert(key.clone(), Some(Vec::new())) {
+            Some(staged) => staged,
+            None => self.tree.get(&key).map_err(storage)?.map(|v| v.to_vec()),
+        };
+        Ok(Tail { key, value })
     }
 }
 
@@ -706,7 +757,8 @@ impl<'a> Fold<'a> {
         if self.staged == 0 {
             return Ok(());
         }
-        let writer = std::mem::replace(&mut self.writer, ViewWriter::new(self.tree));
+        let mut writer = std::mem::replace(&mut self.writer, ViewWriter::new(self.tree));
+        writer.settle_chunk_tails();
         let mut meta = self.meta;
         meta.checkpoint = self.staged_last;
         meta.rebuilding = false;
@@ -861,4 +913,32 @@ fn status_of(slot: &Slot, tree: &sled::Tree) -> Result<ProjectionStatus, StoreEr
         digest: hasher.finalize().into(),
         entries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last key under a prefix is never one the batch removed, stored or staged.
+    #[test]
+    fn the_last_key_under_a_prefix_skips_removed_keys() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for k in [&b"p1"[..], b"p2", b"p3", b"q1"] {
+            tree.insert(data_key(k), &b"v"[..]).unwrap();
+        }
+        let mut w = ViewWriter::new(&tree);
+        assert_eq!(w.last_with_prefix(b"p").unwrap(), Some(b"p3".to_vec()));
+        w.put(b"p4", b"v".to_vec());
+        assert_eq!(w.last_with_prefix(b"p").unwrap(), Some(b"p4".to_vec()));
+        w.remove(b"p4");
+        w.remove(b"p3");
+        assert_eq!(w.last_with_prefix(b"p").unwrap(), Some(b"p2".to_vec()));
+        w.remove(b"p2");
+        w.remove(b"p1");
+        assert_eq!(w.last_with_prefix(b"p").unwrap(), None);
+        w.put(b"p2", b"v".to_vec());
+        assert_eq!(w.last_with_prefix(b"p").unwrap(), Some(b"p2".to_vec()));
+        assert_eq!(w.last_with_prefix(b"q").unwrap(), Some(b"q1".to_vec()));
+    }
 }

@@ -119,6 +119,180 @@ pub struct EnvelopeHead {
     pub source: String,
 }
 
+/// [`EnvelopeHead`] borrowed from the encoded bytes: the same fields and the same decoding
+/// rules (last occurrence wins, a nested timestamp merges, strings must be UTF-8, unknown fields
+/// are skipped), without allocating. For folds that read every event of the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnvelopeHeadRef<'a> {
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub tenant: &'a str,
+    pub subject_id: &'a str,
+    pub occurred_at: Option<prost_types::Timestamp>,
+    pub source: &'a str,
+}
+
+impl<'a> EnvelopeHeadRef<'a> {
+    /// Reads the head of an encoded `privacy.v1.Envelope`; an error where
+    /// `EnvelopeHead::decode` would fail.
+    pub fn parse(bytes: &'a [u8]) -> Result<EnvelopeHeadRef<'a>, DecodeError> {
+        let mut head = EnvelopeHeadRef::default();
+        let mut buf = bytes;
+        while !buf.is_empty() {
+            let (field, wire) = wire_key(&mut buf)?;
+            let text = match field {
+                1 => &mut head.event_id,
+                2 => &mut head.event_type,
+                4 => &mut head.tenant,
+                5 => &mut head.subject_id,
+                8 => &mut head.source,
+                6 => {
+                    let nested = length_delimited(&mut buf, wire)?;
+                    merge_timestamp(
+                        head.occurred_at.get_or_insert_with(Default::default),
+                        nested,
+                    )?;
+                    continue;
+                }
+                _ => {
+                    skip_wire(&mut buf, field, wire, 0)?;
+                    continue;
+                }
+            };
+            let raw = length_delimited(&mut buf, wire)?;
+            *text = std::str::from_utf8(raw).map_err(|_| {
+                DecodeError::Protobuf("invalid string value: data is not UTF-8 encoded".into())
+            })?;
+        }
+        Ok(head)
+    }
+}
+
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const START_GROUP: u32 = 3;
+const END_GROUP: u32 = 4;
+const FIXED32: u32 = 5;
+/// How deeply unknown groups may nest (prost's own recursion limit).
+const GROUP_DEPTH: u32 = 100;
+
+/// A base-128 varint, read as prost reads one: at most ten bytes, the tenth at most 1.
+fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for (i, &b) in buf.iter().take(10).enumerate() {
+        if i == 9 && b > 1 {
+            break;
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            *buf = &buf[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::Protobuf("invalid varint".into()))
+}
+
+/// A field's number and wire type.
+fn wire_key(buf: &mut &[u8]) -> Result<(u32, u32), DecodeError> {
+    let key = varint(buf)?;
+    if key > u64::from(u32::MAX) {
+        return Err(DecodeError::Protobuf(format!("invalid key value: {key}")));
+    }
+    let (field, wire) = ((key >> 3) as u32, (key & 7) as u32);
+    if wire > FIXED32 {
+        return Err(DecodeError::Protobuf(format!(
+            "invalid wire type value: {wire}"
+        )));
+    }
+    if field == 0 {
+        return Err(DecodeError::Protobuf("invalid tag value: 0".into()));
+    }
+    Ok((field, wire))
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], DecodeError> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > buf.len() {
+        return Err(DecodeError::Protobuf("buffer underflow".into()));
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+fn length_delimited<'a>(buf: &mut &'a [u8], wire: u32) -> Result<&'a [u8], DecodeError> {
+    if wire != LEN {
+        return Err(DecodeError::Protobuf(format!(
+            "invalid wire type: {wire} (expected {LEN})"
+        )));
+    }
+    let len = varint(buf)?;
+    take(buf, len)
+}
+
+/// Skips one field's value (a group up to its end).
+fn skip_wire(buf: &mut &[u8], field: u32, wire: u32, depth: u32) -> Result<(), DecodeError> {
+    match wire {
+        VARINT => {
+            varint(buf)?;
+        }
+        FIXED64 => {
+            take(buf, 8)?;
+        }
+        LEN => {
+            length_delimited(buf, wire)?;
+        }
+        FIXED32 => {
+            take(buf, 4)?;
+        }
+        START_GROUP => {
+            if depth >= GROUP_DEPTH {
+                return Err(DecodeError::Protobuf("recursion limit reached".into()));
+            }
+            loop {
+                if buf.is_empty() {
+                    return Err(DecodeError::Protobuf("buffer underflow".into()));
+                }
+                let (inner, inner_wire) = wire_key(buf)?;
+                if inner_wire == END_GROUP {
+                    if inner != field {
+                        return Err(DecodeError::Protobuf("unexpected end group tag".into()));
+                    }
+                    break;
+                }
+                skip_wire(buf, inner, inner_wire, depth + 1)?;
+            }
+        }
+        _ => return Err(DecodeError::Protobuf("unexpected end group tag".into())),
+    }
+    Ok(())
+}
+
+/// Merges an encoded `google.protobuf.Timestamp` into `ts`.
+fn merge_timestamp(ts: &mut prost_types::Timestamp, mut buf: &[u8]) -> Result<(), DecodeError> {
+    while !buf.is_empty() {
+        let (field, wire) = wire_key(&mut buf)?;
+        match field {
+            1 | 2 => {
+                if wire != VARINT {
+                    return Err(DecodeError::Protobuf(format!(
+                        "invalid wire type: {wire} (expected {VARINT})"
+                    )));
+                }
+                let v = varint(&mut buf)?;
+                if field == 1 {
+                    ts.seconds = v as i64;
+                } else {
+                    ts.nanos = v as i32;
+                }
+            }
+            _ => skip_wire(&mut buf, field, wire, 0)?,
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -164,6 +338,105 @@ mod tests {
     }
     use super::*;
     use crate::v1::{ConsentGranted, envelope::Payload};
+
+    /// The borrowed head and prost's agree on every input: whole envelopes, envelopes with
+    /// fields repeated, and every truncation and one-byte corruption of them.
+    #[test]
+    fn the_borrowed_head_reads_what_prost_reads() {
+        let full = Envelope {
+            event_id: "0190f5a4-8a3c-7cc0-9d3e-4c1d2e3f4a5b".into(),
+            event_type: "consent.granted".into(),
+            schema_version: 1,
+            tenant: "acme".into(),
+            subject_id: "u-1".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: -5,
+            }),
+            source: "crm".into(),
+            payload: Some(Payload::ConsentGranted(ConsentGranted {
+                purposes: vec!["marketing".into()],
+                policy_version: "v1".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut repeated = full.encode_to_vec();
+        repeated.extend(
+            Envelope {
+                tenant: "other".into(),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 7,
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        // An unknown group (field 99) and an unknown fixed64 and fixed32.
+        let mut unknown = vec![0x9b, 0x06, 0x08, 0x01, 0x9c, 0x06, 0x99, 0x06];
+        unknown.extend([0; 8]);
+        unknown.extend([0x9d, 0x06, 0, 0, 0, 0]);
+        unknown.extend(full.encode_to_vec());
+        // Varints of ten bytes (the tenth 1, then 2), eleven, and cut short.
+        let long = |last: u8, n: usize| {
+            let mut c = vec![0x18];
+            c.extend(std::iter::repeat_n(0xff, n - 1));
+            c.push(last);
+            c
+        };
+        let mut cases = vec![
+            long(0x01, 10),
+            long(0x02, 10),
+            long(0x01, 11),
+            vec![0x18, 0xff],
+            Vec::new(),
+            full.encode_to_vec(),
+            Envelope::default().encode_to_vec(),
+            repeated,
+            unknown,
+        ];
+        let bases = cases.clone();
+        for base in &bases {
+            for cut in 0..base.len() {
+                cases.push(base[..cut].to_vec());
+            }
+            for at in 0..base.len() {
+                for byte in [0x00, 0x04, 0x0c, 0x80, 0xff] {
+                    let mut c = base.clone();
+                    c[at] = byte;
+                    cases.push(c);
+                }
+            }
+        }
+        for case in &cases {
+            let theirs = EnvelopeHead::decode(case.as_slice());
+            let ours = EnvelopeHeadRef::parse(case);
+            match (theirs, ours) {
+                (Ok(h), Ok(r)) => assert_eq!(
+                    (
+                        h.event_id.as_str(),
+                        h.event_type.as_str(),
+                        h.tenant.as_str(),
+                        h.subject_id.as_str(),
+                        h.occurred_at,
+                        h.source.as_str()
+                    ),
+                    (
+                        r.event_id,
+                        r.event_type,
+                        r.tenant,
+                        r.subject_id,
+                        r.occurred_at,
+                        r.source
+                    ),
+                    "{case:02x?}"
+                ),
+                (Err(_), Err(_)) => {}
+                (theirs, ours) => panic!("{case:02x?}: prost {theirs:?}, borrowed {ours:?}"),
+            }
+        }
+    }
 
     #[test]
     fn json_and_protobuf_decode_to_the_same_envelope() {

@@ -30,6 +30,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub use catalogue::{DomainBody, EventType, UserEvent};
 pub use decode::{
-    DecodeError, Encoding, EnvelopeHead, decode_envelope, encoded_to_json, message_to_json,
+    DecodeError, Encoding, EnvelopeHead, EnvelopeHeadRef, decode_envelope, encoded_to_json,
+    message_to_json,
 };
 pub use validate::{Limits, Rejection, RejectionCode, validate_envelope};

@@ -8,11 +8,9 @@
 //! `tenant 0x00 subject 0x00 chunk(u32 BE)` → `count(u16 BE)` + length-prefixed `TimelineEntry`s.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
-use privacy_proto::EnvelopeHead;
+use privacy_proto::EnvelopeHeadRef;
 use privacy_proto::v1::TimelineEntry;
 use prost::Message;
-
-use crate::projection::decode_stored;
 
 /// Name of the timeline projection.
 pub const SUBJECT_TIMELINE: &str = "subject_timeline";
@@ -43,17 +41,14 @@ impl Projection for SubjectTimeline {
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
-        let env: EnvelopeHead = decode_stored(event)?;
+        let env = EnvelopeHeadRef::parse(&event.data).map_err(|e| StoreError::Corrupt {
+            seq: event.seq,
+            reason: format!("stored data is not an envelope: {e}"),
+        })?;
         if env.subject_id.is_empty() {
             return Ok(());
         }
-        let prefix = subject_prefix(&env.tenant, &env.subject_id);
-        let entry = TimelineEntry {
-            seq: event.seq,
-            event_type: env.event_type,
-            occurred_at: env.occurred_at,
-            source: env.source,
-        };
+        let prefix = subject_prefix(env.tenant, env.subject_id);
         // Append to the subject's last chunk, or open the next one when it is full.
         view.append_chunked(&prefix, |v| {
             let chunk = v.get_or_insert_with(|| vec![0, 0]);
@@ -62,12 +57,66 @@ impl Projection for SubjectTimeline {
                 return false;
             }
             chunk[..2].copy_from_slice(&(count + 1).to_be_bytes());
-            entry
-                .encode_length_delimited(chunk)
-                .expect("a Vec grows as needed");
+            encode_entry(event.seq, &env, chunk);
             true
         })
     }
+}
+
+/// Appends the length-delimited `TimelineEntry` of an event to `buf`: the bytes prost writes for
+/// `TimelineEntry { seq, event_type, occurred_at, source }` (a test holds them equal), without
+/// copying the strings first. Fields at their default are left out, as proto3 does.
+fn encode_entry(seq: u64, env: &EnvelopeHeadRef<'_>, buf: &mut Vec<u8>) {
+    // Field keys: (number << 3) | wire type (0 varint, 2 length-delimited); all one byte here.
+    const SEQ: u8 = 1 << 3;
+    const EVENT_TYPE: u8 = (2 << 3) | 2;
+    const OCCURRED_AT: u8 = (3 << 3) | 2;
+    const SOURCE: u8 = (4 << 3) | 2;
+    let delimited_len = |len: usize| 1 + varint_len(len as u64) + len;
+    let text_len = |s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            delimited_len(s.len())
+        }
+    };
+    let seq_len = if seq == 0 { 0 } else { 1 + varint_len(seq) };
+    let at_len = env
+        .occurred_at
+        .as_ref()
+        .map_or(0, |t| delimited_len(t.encoded_len()));
+    let len = seq_len + text_len(env.event_type) + at_len + text_len(env.source);
+    put_varint(len as u64, buf);
+    if seq != 0 {
+        buf.push(SEQ);
+        put_varint(seq, buf);
+    }
+    let text = |key: u8, s: &str, buf: &mut Vec<u8>| {
+        if !s.is_empty() {
+            buf.push(key);
+            put_varint(s.len() as u64, buf);
+            buf.extend_from_slice(s.as_bytes());
+        }
+    };
+    text(EVENT_TYPE, env.event_type, buf);
+    if let Some(at) = &env.occurred_at {
+        buf.push(OCCURRED_AT);
+        put_varint(at.encoded_len() as u64, buf);
+        at.encode(buf).expect("a Vec grows as needed");
+    }
+    text(SOURCE, env.source, buf);
+}
+
+fn put_varint(mut v: u64, buf: &mut Vec<u8>) {
+    while v >= 0x80 {
+        buf.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A subject's timeline, in log order.
@@ -101,6 +150,41 @@ mod tests {
     use privacy_proto::v1::Envelope;
 
     use super::*;
+
+    #[test]
+    fn entries_are_encoded_as_prost_encodes_them() {
+        let at = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
+        for (seq, event_type, occurred_at, source) in [
+            (1, "consent.granted", Some(at), "crm"),
+            (0, "", None, ""),
+            (u64::MAX, "x", Some(prost_types::Timestamp::default()), ""),
+            (300, "", Some(at), &*"s".repeat(200)),
+            (127, "t", None, &*"s".repeat(20_000)),
+            (128, "", None, "x"),
+        ] {
+            let head = EnvelopeHeadRef {
+                event_type,
+                occurred_at,
+                source,
+                ..Default::default()
+            };
+            let mut ours = vec![9];
+            encode_entry(seq, &head, &mut ours);
+            let mut theirs = vec![9];
+            TimelineEntry {
+                seq,
+                event_type: event_type.into(),
+                occurred_at,
+                source: source.into(),
+            }
+            .encode_length_delimited(&mut theirs)
+            .unwrap();
+            assert_eq!(ours, theirs, "{seq} {event_type:?} {occurred_at:?}");
+        }
+    }
 
     #[tokio::test]
     async fn timelines_span_chunks_in_log_order() {
