@@ -68,6 +68,15 @@ struct Tail {
     value: Option<Vec<u8>>,
 }
 
+/// The data key of chunk `n` of the list under `prefix`.
+fn chunk_key(prefix: &[u8], n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 5);
+    k.push(DATA);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
 fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(DATA);
@@ -117,12 +126,6 @@ impl<'a> ViewWriter<'a> {
     /// prefix's data mark.
     pub fn last_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.settle_chunk_tails();
-        self.last_key_with_prefix(prefix)
-    }
-
-    /// [`ViewWriter::last_with_prefix`] with the tails unsettled: each tail's key stands in the
-    /// overlay with a placeholder value, so the keys (all that this looks at) are right.
-    fn last_key_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let start = data_key(prefix);
         // Walk back from the end of the prefix's range: only the last staged key is cloned.
         let staged = match prefix_end(&start) {
@@ -152,7 +155,7 @@ impl<'a> ViewWriter<'a> {
                     None => None,
                 };
                 self.tree_last.insert(start, found.clone());
-                return self.last_key_with_prefix(prefix);
+                return self.last_with_prefix(prefix);
             }
         };
         Ok(staged.max(stored).map(|k| k[1..].to_vec()))
@@ -176,7 +179,8 @@ impl<'a> ViewWriter<'a> {
     /// Appends to a list kept in numbered chunks under `prefix`: keys `prefix` + chunk number
     /// (u32 BE, from 0). `add` is offered the list's last chunk (`None` = absent) and says
     /// whether it took the entry; when it did not (the chunk is full), the next chunk is opened
-    /// and offered to `add`, which must take it. The same as finding the last chunk with
+    /// and offered to `add`, which must take it. Chunks are numbered without gaps: a list kept
+    /// this way is only ever appended to. The same as finding the last chunk with
     /// [`ViewWriter::last_with_prefix`] and changing it with [`ViewWriter::update`], but the
     /// last chunk of each list is remembered (key and value) for the rest of the batch. A
     /// chunk that took an entry must hold a value.
@@ -190,14 +194,8 @@ impl<'a> ViewWriter<'a> {
                 return Ok(());
             }
         } else {
-            let mut key = vec![DATA];
-            match self.last_key_with_prefix(prefix)? {
-                Some(last) => key.extend_from_slice(&last),
-                None => {
-                    key.extend_from_slice(prefix);
-                    key.extend_from_slice(&0u32.to_be_bytes());
-                }
-            }
+            let last = self.last_chunk(prefix)?.unwrap_or(0);
+            let key = chunk_key(prefix, last);
             let mut tail = self.take_staged(key)?;
             let added = add(&mut tail.value);
             self.chunk_tails.insert(prefix.to_vec(), tail);
@@ -221,6 +219,44 @@ impl<'a> ViewWriter<'a> {
         debug_assert!(added, "a fresh chunk takes an entry");
         self.chunk_tails.insert(prefix.to_vec(), tail);
         Ok(())
+    }
+
+    /// The number of a list's last chunk (`None`: the list is empty). Chunks are numbered from
+    /// 0 without gaps, so it is found by probing numbers (doubling, then halving): a few point
+    /// lookups instead of a scan back from the end of the prefix's range.
+    fn last_chunk(&self, prefix: &[u8]) -> Result<Option<u32>, StoreError> {
+        let exists = |n: u32| -> Result<bool, StoreError> {
+            let key = chunk_key(prefix, n);
+            match self.overlay.get(&key) {
+                Some(staged) => Ok(staged.is_some()),
+                None => self.tree.contains_key(&key).map_err(storage),
+            }
+        };
+        if !exists(0)? {
+            return Ok(None);
+        }
+        // `low` exists; find a `high` that does not, then close in.
+        let (mut low, mut high) = (0u32, 1u32);
+        while exists(high)? {
+            low = high;
+            match high.checked_mul(2) {
+                Some(next) => high = next,
+                None if exists(u32::MAX)? => return Ok(Some(u32::MAX)),
+                None => {
+                    high = u32::MAX;
+                    break;
+                }
+            }
+        }
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if exists(mid)? {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(Some(low))
     }
 
     /// The staged value of the data key `key` (loaded from the tree the first time), to be

@@ -2,11 +2,9 @@
 //! tenant the published policy versions, per subject the instants it reaches the child-age
 //! thresholds (never the birth date, which rests only sealed).
 //!
-//! Keys: `h tenant 0 subject 0 purpose 0 chunk(u32 BE)` → length-delimited
-//! `ConsentHistoryEntry`s (granted, withdrawn, refused; purpose `*` is a withdrawal of every
-//! purpose), in chunks of about [`HISTORY_CHUNK_BYTES`] so that a change rewrites one small
-//! value however long the history · `p tenant` → length-delimited `StoredPolicy`s ·
-//! `c tenant 0 subject` → `AgeThresholds`.
+//! Keys: `h tenant 0 subject 0 purpose` → length-delimited `ConsentHistoryEntry`s (granted,
+//! withdrawn, refused; purpose `*` is a withdrawal of every purpose) · `p tenant` →
+//! length-delimited `StoredPolicy`s · `c tenant 0 subject` → `AgeThresholds`.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
@@ -35,21 +33,13 @@ pub struct StoredPolicy {
     pub seq: u64,
 }
 
-/// A history chunk takes entries while it stays under this many bytes (about eight).
-pub const HISTORY_CHUNK_BYTES: usize = 1024;
-
-/// `h tenant 0 subject 0 purpose 0`: the chunks of one purpose's history. With an empty
-/// purpose, cut before it (`h tenant 0 subject 0`): every purpose's.
-fn history_prefix(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tenant.len() + subject.len() + purpose.len() + 4);
-    k.push(b'h');
-    k.extend_from_slice(tenant.as_bytes());
-    k.push(0);
-    k.extend_from_slice(subject.as_bytes());
-    k.push(0);
-    if !purpose.is_empty() {
-        k.extend_from_slice(purpose.as_bytes());
-        k.push(0);
+fn history_key(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
+    let mut k = vec![b'h'];
+    for (i, part) in [tenant, subject, purpose].iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(part.as_bytes());
     }
     k
 }
@@ -73,23 +63,6 @@ fn append(view: &mut ViewWriter<'_>, key: &[u8], message: &impl Message) -> Resu
         message
             .encode_length_delimited(v.get_or_insert_with(Vec::new))
             .expect("a Vec grows as needed");
-    })
-}
-
-/// Appends a history entry to the purpose's last chunk, or opens the next chunk when it is full.
-fn append_history(
-    view: &mut ViewWriter<'_>,
-    prefix: &[u8],
-    entry: &ConsentHistoryEntry,
-) -> Result<(), StoreError> {
-    let bytes = entry.encode_length_delimited_to_vec();
-    view.append_chunked(prefix, |v| {
-        let chunk = v.get_or_insert_with(Vec::new);
-        if !chunk.is_empty() && chunk.len() + bytes.len() > HISTORY_CHUNK_BYTES {
-            return false;
-        }
-        chunk.extend_from_slice(&bytes);
-        true
     })
 }
 
@@ -121,8 +94,8 @@ impl Projection for ConsentView {
     }
 
     fn version(&self) -> u32 {
-        // 2: age thresholds instead of birth dates; 3: histories in chunks.
-        3
+        // 2: age thresholds instead of birth dates.
+        2
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -143,7 +116,7 @@ impl Projection for ConsentView {
                         method: g.method,
                         ..Default::default()
                     };
-                    append_history(view, &history_prefix(tenant, subject, purpose), &entry)?;
+                    append(view, &history_key(tenant, subject, purpose), &entry)?;
                 }
             }
             Some(Payload::ConsentRefused(r)) => {
@@ -159,7 +132,7 @@ impl Projection for ConsentView {
                         method: r.method,
                         ..Default::default()
                     };
-                    append_history(view, &history_prefix(tenant, subject, purpose), &entry)?;
+                    append(view, &history_key(tenant, subject, purpose), &entry)?;
                 }
             }
             Some(Payload::ConsentWithdrawn(w)) => {
@@ -177,7 +150,7 @@ impl Projection for ConsentView {
                         at: env.occurred_at,
                         ..Default::default()
                     };
-                    append_history(view, &history_prefix(tenant, subject, purpose), &entry)?;
+                    append(view, &history_key(tenant, subject, purpose), &entry)?;
                 }
             }
             Some(Payload::DomainEvent(d)) if env.event_type == AGE_THRESHOLDS => {
@@ -215,8 +188,11 @@ impl ConsentReader {
     ) -> Result<Vec<ConsentHistoryEntry>, StoreError> {
         let mut out = Vec::new();
         for p in [purpose, "*"] {
-            for (_, chunk) in self.view.scan_prefix(&history_prefix(tenant, subject, p))? {
-                out.extend(decode_all::<ConsentHistoryEntry>(&chunk)?);
+            if let Some(entries) = self.view.get_with(
+                &history_key(tenant, subject, p),
+                decode_all::<ConsentHistoryEntry>,
+            )? {
+                out.extend(entries?);
             }
         }
         out.sort_by(log_order);
@@ -229,7 +205,8 @@ impl ConsentReader {
         tenant: &str,
         subject: &str,
     ) -> Result<Vec<ConsentHistoryEntry>, StoreError> {
-        let prefix = history_prefix(tenant, subject, "");
+        // `h tenant 0 subject 0`: every purpose of the subject.
+        let prefix = history_key(tenant, subject, "");
         let mut out = Vec::new();
         for (_, bytes) in self.view.scan_prefix(&prefix)? {
             out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
@@ -293,84 +270,5 @@ pub fn to_change(e: &ConsentHistoryEntry) -> ConsentChange {
         } else {
             ChangeKind::Withdrawn
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use privacy_event_store::{EventStore, ExpectedVersion, NewEvent, Projector, StoreConfig};
-    use privacy_proto::v1::{ConsentGranted, ConsentWithdrawn};
-
-    use super::*;
-
-    fn event(i: usize, purpose: &str, payload: Payload) -> NewEvent {
-        let env = Envelope {
-            event_id: format!("e{i}"),
-            event_type: "consent.granted".into(),
-            tenant: "acme".into(),
-            subject_id: "u-1".into(),
-            payload: Some(payload),
-            ..Default::default()
-        };
-        NewEvent::new(
-            "acme",
-            format!("e{i}-{purpose}"),
-            "acme/u-1",
-            "t",
-            env.encode_to_vec(),
-        )
-    }
-
-    /// A long history is kept in small chunks, read back whole and in log order, and a purpose
-    /// whose name starts with another's does not show in the other's history.
-    #[tokio::test(flavor = "current_thread")]
-    async fn long_histories_are_chunked_and_read_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EventStore::open(dir.path(), StoreConfig::default()).unwrap();
-        let projector = Projector::open(&store, vec![Arc::new(ConsentView)]).unwrap();
-        let grant = |purpose: &str| {
-            Payload::ConsentGranted(ConsentGranted {
-                purposes: vec![purpose.into()],
-                policy_version: "v1".into(),
-                ..Default::default()
-            })
-        };
-        for i in 0..100 {
-            let mut batch = vec![event(i, "ads", grant("ads")), event(i, "ad", grant("ad"))];
-            if i == 50 {
-                batch.push(event(
-                    i,
-                    "*",
-                    Payload::ConsentWithdrawn(ConsentWithdrawn::default()),
-                ));
-            }
-            store.append(batch, ExpectedVersion::Any).await.unwrap();
-            if i % 7 == 0 {
-                projector.catch_up().await.unwrap();
-            }
-        }
-        projector.catch_up().await.unwrap();
-        let view = projector.view(CONSENT_VIEW).unwrap();
-        let reader = ConsentReader { view: view.clone() };
-        let ads = reader.history("acme", "u-1", "ads").unwrap();
-        assert_eq!(ads.len(), 101);
-        assert!(ads.windows(2).all(|w| w[0].seq < w[1].seq));
-        assert_eq!(ads.iter().filter(|e| e.purpose == "*").count(), 1);
-        assert!(ads.iter().all(|e| e.purpose == "ads" || e.purpose == "*"));
-        assert_eq!(reader.history("acme", "u-1", "ad").unwrap().len(), 101);
-        assert_eq!(reader.all_history("acme", "u-1").unwrap().len(), 201);
-        let chunks = view
-            .scan_prefix(&history_prefix("acme", "u-1", "ads"))
-            .unwrap();
-        assert!(chunks.len() > 2, "{} chunks", chunks.len());
-        for (_, chunk) in &chunks {
-            assert!(
-                chunk.len() <= HISTORY_CHUNK_BYTES,
-                "a chunk of {} bytes",
-                chunk.len()
-            );
-        }
     }
 }
