@@ -815,3 +815,87 @@ async fn every_iso_27560_state_shows_in_history_and_receipts() {
     );
     svc.stop().await;
 }
+
+/// A long history (its older entries moved out to chunks as it grows) is read back whole and in
+/// log order, and a check as of an instant deep in it answers from the older entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_read_whole_and_checked_as_of_its_oldest_entries() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let svc = InProcess::start(privacy_consent::SPEC, &nats.url(), data.path()).await;
+    let url = svc.url();
+    publish_policy_v1(&url).await;
+    let mut backend = consent_client(&url, BACKEND_TOKEN).await;
+    let auditor = consent_client(&url, AUDITOR_TOKEN).await;
+    let minute = Duration::from_secs(60);
+    let start = SystemTime::now() - minute * 24 * 60;
+    // 150 changes of marketing (every tenth a withdrawal of it), a grant of analytics every
+    // third: far more than one value's worth of entries.
+    let changes = 150u32;
+    for i in 0..changes {
+        let at = start + minute * i;
+        if i % 10 == 9 {
+            backend
+                .withdraw_consent(WithdrawConsentRequest {
+                    tenant: TENANT.into(),
+                    subject_id: "long-1".into(),
+                    purposes: vec!["marketing".into()],
+                    occurred_at: ts(at),
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        } else {
+            backend
+                .grant_consent(grant("long-1", "marketing", "v1", at))
+                .await
+                .unwrap();
+        }
+        if i % 3 == 0 {
+            backend
+                .grant_consent(grant("long-1", "analytics", "v1", at))
+                .await
+                .unwrap();
+        }
+    }
+    let history = |purpose: &str| {
+        let mut auditor = auditor.clone();
+        let purpose = purpose.to_owned();
+        async move {
+            auditor
+                .get_consent_history(GetConsentHistoryRequest {
+                    tenant: TENANT.into(),
+                    subject_id: "long-1".into(),
+                    purpose,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+        }
+    };
+    let marketing = history("marketing").await;
+    assert_eq!(marketing.len(), changes as usize);
+    assert!(marketing.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        marketing.iter().filter(|e| e.change == "withdrawn").count(),
+        (changes / 10) as usize
+    );
+    let all = history("").await;
+    assert_eq!(all.len(), (changes + changes.div_ceil(3)) as usize);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    // As of instants in the first minutes: granted at 5, withdrawn at 9, granted again at 10.
+    let half = Duration::from_secs(30);
+    for (i, allowed) in [(5, true), (9, false), (10, true), (changes - 1, false)] {
+        let c = check(
+            &mut backend,
+            "long-1",
+            "marketing",
+            start + minute * i + half,
+        )
+        .await;
+        assert_eq!(c.allowed, allowed, "as of change {i}: {c:?}");
+    }
+    svc.stop().await;
+}

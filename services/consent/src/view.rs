@@ -2,9 +2,15 @@
 //! tenant the published policy versions, per subject the instants it reaches the child-age
 //! thresholds (never the birth date, which rests only sealed).
 //!
-//! Keys: `h tenant 0 subject 0 purpose` → length-delimited `ConsentHistoryEntry`s (granted,
-//! withdrawn, refused; purpose `*` is a withdrawal of every purpose) · `p tenant` →
-//! length-delimited `StoredPolicy`s · `c tenant 0 subject` → `AgeThresholds`.
+//! Keys: `h tenant 0 subject 0 purpose` → the history's newest entries, length-delimited
+//! `ConsentHistoryEntry`s (granted, withdrawn, refused; purpose `*` is a withdrawal of every
+//! purpose), after a mark `0x00 count(varint)` when `count` older chunks exist ·
+//! `h tenant 0 subject 0 purpose 0 n(u32 BE)` → older entries, chunk n (from 0) · `p tenant` →
+//! length-delimited `StoredPolicy`s · `c tenant 0 subject` → `AgeThresholds`. When the newest
+//! entries would pass [`HISTORY_HEAD_BYTES`] they move to the next older chunk, so a change
+//! rewrites a value of bounded size however long the history. A history without older chunks
+//! is stored as before chunks existed (no entry encodes to zero bytes: every one has a seq, so
+//! a leading zero is the mark), and a check reads one value for it.
 
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
@@ -42,6 +48,71 @@ fn history_key(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
         k.extend_from_slice(part.as_bytes());
     }
     k
+}
+
+/// The newest entries of a history take at most about this many bytes.
+pub const HISTORY_HEAD_BYTES: usize = 4096;
+
+/// The key of a history's older chunk `n`.
+fn archive_key(tenant: &str, subject: &str, purpose: &str, n: u32) -> Vec<u8> {
+    let mut k = history_key(tenant, subject, purpose);
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// A history's newest value: how many older chunks there are, and the newest entries' bytes.
+fn split_head(bytes: &[u8]) -> Result<(u32, &[u8]), StoreError> {
+    let Some((0, mut rest)) = bytes.split_first() else {
+        return Ok((0, bytes));
+    };
+    let count = prost::decode_length_delimiter(&mut rest)
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            seq: 0,
+            reason: "consent history value has a bad count of older chunks".into(),
+        })?;
+    Ok((count, rest))
+}
+
+/// Appends an entry to a history's newest value, first moving the entries there to a new older
+/// chunk when the entry would take the value past [`HISTORY_HEAD_BYTES`].
+fn append_history(
+    view: &mut ViewWriter<'_>,
+    (tenant, subject, purpose): (&str, &str, &str),
+    entry: &ConsentHistoryEntry,
+) -> Result<(), StoreError> {
+    let bytes = entry.encode_length_delimited_to_vec();
+    let mut archived = None;
+    let mut failed = None;
+    view.update(&history_key(tenant, subject, purpose), |v| {
+        let head = v.get_or_insert_with(Vec::new);
+        if head.len() + bytes.len() > HISTORY_HEAD_BYTES {
+            match split_head(head) {
+                Ok((count, entries)) if !entries.is_empty() => {
+                    archived = Some((count, entries.to_vec()));
+                    head.clear();
+                    head.push(0);
+                    prost::encode_length_delimiter(count as usize + 1, head)
+                        .expect("a Vec grows as needed");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    return;
+                }
+            }
+        }
+        head.extend_from_slice(&bytes);
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some((n, entries)) = archived {
+        view.put(&archive_key(tenant, subject, purpose, n), entries);
+    }
+    Ok(())
 }
 
 fn child_key(tenant: &str, subject: &str) -> Vec<u8> {
@@ -94,8 +165,9 @@ impl Projection for ConsentView {
     }
 
     fn version(&self) -> u32 {
-        // 2: age thresholds instead of birth dates.
-        2
+        // 2: age thresholds instead of birth dates; 3: long histories move older entries to
+        // chunks (short ones are stored as before, but a view folded by 2 can differ).
+        3
     }
 
     fn apply(&self, event: &RecordedEvent, view: &mut ViewWriter<'_>) -> Result<(), StoreError> {
@@ -116,7 +188,7 @@ impl Projection for ConsentView {
                         method: g.method,
                         ..Default::default()
                     };
-                    append(view, &history_key(tenant, subject, purpose), &entry)?;
+                    append_history(view, (tenant, subject, purpose), &entry)?;
                 }
             }
             Some(Payload::ConsentRefused(r)) => {
@@ -132,7 +204,7 @@ impl Projection for ConsentView {
                         method: r.method,
                         ..Default::default()
                     };
-                    append(view, &history_key(tenant, subject, purpose), &entry)?;
+                    append_history(view, (tenant, subject, purpose), &entry)?;
                 }
             }
             Some(Payload::ConsentWithdrawn(w)) => {
@@ -150,7 +222,7 @@ impl Projection for ConsentView {
                         at: env.occurred_at,
                         ..Default::default()
                     };
-                    append(view, &history_key(tenant, subject, purpose), &entry)?;
+                    append_history(view, (tenant, subject, purpose), &entry)?;
                 }
             }
             Some(Payload::DomainEvent(d)) if env.event_type == AGE_THRESHOLDS => {
@@ -188,12 +260,28 @@ impl ConsentReader {
     ) -> Result<Vec<ConsentHistoryEntry>, StoreError> {
         let mut out = Vec::new();
         for p in [purpose, "*"] {
-            if let Some(entries) = self.view.get_with(
-                &history_key(tenant, subject, p),
-                decode_all::<ConsentHistoryEntry>,
-            )? {
-                out.extend(entries?);
+            let Some(head) = self.view.get_with(&history_key(tenant, subject, p), |b| {
+                let (older, entries) = split_head(b)?;
+                Ok::<_, StoreError>((older, decode_all::<ConsentHistoryEntry>(entries)?))
+            })?
+            else {
+                continue;
+            };
+            let (older, newest) = head?;
+            for n in 0..older {
+                let chunk = self
+                    .view
+                    .get_with(
+                        &archive_key(tenant, subject, p, n),
+                        decode_all::<ConsentHistoryEntry>,
+                    )?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        seq: 0,
+                        reason: format!("consent history chunk {n} of {older} is missing"),
+                    })?;
+                out.extend(chunk?);
             }
+            out.extend(newest);
         }
         out.sort_by(log_order);
         Ok(out)
@@ -208,8 +296,17 @@ impl ConsentReader {
         // `h tenant 0 subject 0`: every purpose of the subject.
         let prefix = history_key(tenant, subject, "");
         let mut out = Vec::new();
-        for (_, bytes) in self.view.scan_prefix(&prefix)? {
-            out.extend(decode_all::<ConsentHistoryEntry>(&bytes)?);
+        for (key, bytes) in self.view.scan_prefix(&prefix)? {
+            // Purposes hold no 0 byte: a key with one after the prefix is an older chunk.
+            let older = key
+                .get(prefix.len()..)
+                .is_some_and(|rest| rest.contains(&0));
+            let entries = if older {
+                &bytes[..]
+            } else {
+                split_head(&bytes)?.1
+            };
+            out.extend(decode_all::<ConsentHistoryEntry>(entries)?);
         }
         out.sort_by(log_order);
         Ok(out)
