@@ -134,11 +134,17 @@ impl<'a> ViewWriter<'a> {
         }
         .find(|(_, v)| v.is_some())
         .map(|(k, _)| k.clone());
+        if !self.tree_last.contains_key(&start) {
+            let found = match self.tree.scan_prefix(&start).next_back() {
+                Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
+                None => None,
+            };
+            self.tree_last.insert(start.clone(), found);
+        }
         // The tree's last key, unless the overlay removes it (then the last one it does not).
         let removed = |k: &[u8]| matches!(self.overlay.get(k), Some(None));
-        let stored = match self.tree_last.get(&start) {
-            Some(cached) if !cached.as_deref().is_some_and(removed) => cached.clone(),
-            Some(_) => {
+        let stored = match &self.tree_last[&start] {
+            Some(last) if removed(last) => {
                 let mut found = None;
                 for kv in self.tree.scan_prefix(&start).rev() {
                     let k = kv.map_err(storage)?.0;
@@ -149,14 +155,7 @@ impl<'a> ViewWriter<'a> {
                 }
                 found
             }
-            None => {
-                let found = match self.tree.scan_prefix(&start).next_back() {
-                    Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
-                    None => None,
-                };
-                self.tree_last.insert(start, found.clone());
-                return self.last_with_prefix(prefix);
-            }
+            cached => cached.clone(),
         };
         Ok(staged.max(stored).map(|k| k[1..].to_vec()))
     }
