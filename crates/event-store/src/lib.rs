@@ -19,6 +19,7 @@ mod record;
 mod store;
 mod subscription;
 mod vault;
+mod viewdb;
 
 pub use projection::{Projection, ProjectionStatus, Projector, View, ViewEntry, ViewWriter};
 pub use record::{FLAG_PUBLISH, GENESIS_HASH, HASH_LEN, RecordedEvent};

@@ -1,21 +1,26 @@
-//! Projections: named, versioned views folded from the log. Each lives in its own sled tree
-//! whose checkpoint is written in the same atomic batch as the view's changes, so a view never
-//! runs ahead of or behind its checkpoint. Views are disposable and never read half-built
+//! Projections: named, versioned views folded from the log. Each lives in its own
+//! [`ViewDb`](crate::viewdb) (a directory of sorted runs under `views/`), whose checkpoint
+//! changes in the same atomic commit as the view's data, so a view never runs ahead of or
+//! behind its checkpoint. Views are disposable and never read half-built
 //! (DESIGN §5.5): a rebuild folds the whole log into a *shadow* tree while the live view keeps
 //! answering and folding, then catches the shadow up under the fold lock and swaps it in
 //! atomically. A changed version (or a rebuild a crash interrupted) marks the view stale at
 //! open; [`Projector::catch_up`] rebuilds a stale view the same way before folding into it.
 //!
-//! Folding is blocking sled work: the async entry points run it on tokio's blocking pool so a
+//! Folding is blocking work: the async entry points run it on tokio's blocking pool so a
 //! long rebuild never starves the async workers that serve gRPC and ack NATS messages.
 //!
-//! Layout. The `views` tree maps a projection's name to its live *generation*; generation 0 is
-//! the tree `view:<name>`, generation g > 0 is `view:<name>@<g>`. Any other generation's tree
-//! is a leftover (an interrupted rebuild, or the old view after a swap) and is dropped at open.
-//! In a view tree, data keys start with `d` and the checkpoint lives at `m`:
-//! `version u32 | checkpoint u64 | rebuilding u8`.
+//! Layout. sled's `views` tree maps a projection's name to its live *generation* g, whose
+//! files are the directory `views/<name>@<g>`. Any other generation's directory is a leftover
+//! (an interrupted rebuild, or the old view after a swap) and is removed at open, as are the
+//! sled trees (`view:<name>`) views lived in before: such a view is rebuilt from the log. Data
+//! keys start with `d`; the checkpoint (`version | checkpoint | rebuilding`) is in the view's
+//! manifest. A view's changes reach its files when its memory table is full, when a rebuild
+//! swaps it in, and at [`Projector::flush`] (shutdown); after a crash it folds again from the
+//! checkpoint its files hold.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -24,13 +29,13 @@ use tokio::sync::watch;
 use crate::StoreError;
 use crate::record::RecordedEvent;
 use crate::store::{EventStore, storage};
+use crate::viewdb::{Meta, ViewDb};
 
 /// How many events a projection folds into one atomic view commit, at most; a commit also ends
 /// before the events' data passes [`APPLY_BATCH_BYTES`], so large events do not make large
 /// commits.
 const APPLY_BATCH: usize = 65_536;
 const APPLY_BATCH_BYTES: usize = 32 << 20;
-const META_KEY: &[u8] = b"m";
 const DATA: u8 = b'd';
 /// The tree that records each projection's live generation.
 const DIRECTORY: &str = "views";
@@ -48,7 +53,7 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Staged changes to a view, read-your-writes, committed atomically with the checkpoint.
 pub struct ViewWriter<'a> {
-    tree: &'a sled::Tree,
+    tree: &'a ViewDb,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The tree does not change while a batch is staged, so its last key per prefix is looked
     /// up once.
@@ -85,7 +90,7 @@ fn data_key(key: &[u8]) -> Vec<u8> {
 }
 
 impl<'a> ViewWriter<'a> {
-    fn new(tree: &'a sled::Tree) -> ViewWriter<'a> {
+    fn new(tree: &'a ViewDb) -> ViewWriter<'a> {
         ViewWriter {
             tree,
             overlay: BTreeMap::new(),
@@ -109,7 +114,7 @@ impl<'a> ViewWriter<'a> {
         if let Some(v) = self.overlay.get(&k) {
             return Ok(v.clone());
         }
-        Ok(self.tree.get(k).map_err(storage)?.map(|v| v.to_vec()))
+        self.tree.get(&k)
     }
 
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
@@ -134,11 +139,13 @@ impl<'a> ViewWriter<'a> {
         }
         .find(|(_, v)| v.is_some())
         .map(|(k, _)| k.clone());
+        let end = prefix_end(&start);
         if !self.tree_last.contains_key(&start) {
-            let found = match self.tree.scan_prefix(&start).next_back() {
-                Some(kv) => Some(kv.map_err(storage)?.0.to_vec()),
-                None => None,
-            };
+            let mut found = None;
+            self.tree.scan(&start, end.as_deref(), true, &mut |k, _| {
+                found = Some(k.to_vec());
+                false
+            })?;
             self.tree_last.insert(start.clone(), found);
         }
         // The tree's last key, unless the overlay removes it (then the last one it does not).
@@ -146,13 +153,13 @@ impl<'a> ViewWriter<'a> {
         let stored = match &self.tree_last[&start] {
             Some(last) if removed(last) => {
                 let mut found = None;
-                for kv in self.tree.scan_prefix(&start).rev() {
-                    let k = kv.map_err(storage)?.0;
-                    if !removed(&k) {
-                        found = Some(k.to_vec());
-                        break;
+                self.tree.scan(&start, end.as_deref(), true, &mut |k, _| {
+                    if removed(k) {
+                        return true;
                     }
-                }
+                    found = Some(k.to_vec());
+                    false
+                })?;
                 found
             }
             cached => cached.clone(),
@@ -228,7 +235,7 @@ impl<'a> ViewWriter<'a> {
             let key = chunk_key(prefix, n);
             match self.overlay.get(&key) {
                 Some(staged) => Ok(staged.is_some()),
-                None => self.tree.contains_key(&key).map_err(storage),
+                None => self.tree.contains_key(&key),
             }
         };
         if !exists(0)? {
@@ -264,7 +271,7 @@ impl<'a> ViewWriter<'a> {
     fn take_staged(&mut self, key: Vec<u8>) -> Result<Tail, StoreError> {
         let value = match self.overlay.insert(key.clone(), Some(Vec::new())) {
             Some(staged) => staged,
-            None => self.tree.get(&key).map_err(storage)?.map(|v| v.to_vec()),
+            None => self.tree.get(&key)?,
         };
         Ok(Tail { key, value })
     }
@@ -272,12 +279,12 @@ impl<'a> ViewWriter<'a> {
 
 /// The staged value of the data key `key`, loaded from `tree` the first time it is touched.
 fn staged<'o>(
-    tree: &sled::Tree,
+    tree: &ViewDb,
     overlay: &'o mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     key: &[u8],
 ) -> Result<&'o mut Option<Vec<u8>>, StoreError> {
     if !overlay.contains_key(key) {
-        let current = tree.get(key).map_err(storage)?.map(|v| v.to_vec());
+        let current = tree.get(key)?;
         overlay.insert(key.to_vec(), current);
     }
     Ok(overlay.get_mut(key).expect("inserted above"))
@@ -303,13 +310,13 @@ pub type ViewEntry = (Vec<u8>, Vec<u8>);
 /// is seen by every handle at once, and no handle ever sees a shadow being filled.
 #[derive(Clone)]
 pub struct View {
-    live: Arc<RwLock<sled::Tree>>,
+    live: Arc<RwLock<Arc<ViewDb>>>,
 }
 
 impl View {
     /// The live tree, read-locked for the duration of one read so a finishing rebuild cannot
     /// drop it underneath.
-    fn tree(&self) -> std::sync::RwLockReadGuard<'_, sled::Tree> {
+    fn tree(&self) -> std::sync::RwLockReadGuard<'_, Arc<ViewDb>> {
         self.live.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -324,22 +331,14 @@ impl View {
         key: &[u8],
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>, StoreError> {
-        Ok(self
-            .tree()
-            .get(data_key(key))
-            .map_err(storage)?
-            .map(|v| read(&v)))
+        self.tree().get_with(&data_key(key), read)
     }
 
     /// Every entry whose key starts with `prefix`, in key order (keys without the `d` mark).
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<ViewEntry>, StoreError> {
-        let tree = self.tree();
-        tree.scan_prefix(data_key(prefix))
-            .map(|kv| {
-                let (k, v) = kv.map_err(storage)?;
-                Ok((k[1..].to_vec(), v.to_vec()))
-            })
-            .collect()
+        let from = data_key(prefix);
+        let to = prefix_end(&from);
+        collect(&self.tree(), &from, to.as_deref(), false, usize::MAX)
     }
 }
 
@@ -352,14 +351,13 @@ impl View {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<ViewEntry>, StoreError> {
-        let tree = self.tree();
-        tree.range(data_key(from)..data_key(to))
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(storage)?;
-                Ok((k[1..].to_vec(), v.to_vec()))
-            })
-            .collect()
+        collect(
+            &self.tree(),
+            &data_key(from),
+            Some(&data_key(to)),
+            false,
+            limit,
+        )
     }
 }
 
@@ -372,16 +370,33 @@ impl View {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<ViewEntry>, StoreError> {
-        let tree = self.tree();
-        tree.range(data_key(from)..data_key(to))
-            .rev()
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(storage)?;
-                Ok((k[1..].to_vec(), v.to_vec()))
-            })
-            .collect()
+        collect(
+            &self.tree(),
+            &data_key(from),
+            Some(&data_key(to)),
+            true,
+            limit,
+        )
     }
+}
+
+/// At most `limit` entries of `from <= key < to` (data keys), without their data mark.
+fn collect(
+    tree: &ViewDb,
+    from: &[u8],
+    to: Option<&[u8]>,
+    rev: bool,
+    limit: usize,
+) -> Result<Vec<ViewEntry>, StoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    tree.scan(from, to, rev, &mut |k, v| {
+        out.push((k[1..].to_vec(), v.to_vec()));
+        out.len() < limit
+    })?;
+    Ok(out)
 }
 
 /// A projection's state, for `ProjectionStatus`.
@@ -396,35 +411,11 @@ pub struct ProjectionStatus {
     pub entries: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Meta {
-    version: u32,
-    checkpoint: u64,
-    rebuilding: bool,
-}
-
-impl Meta {
-    fn encode(self) -> Vec<u8> {
-        let mut v = self.version.to_be_bytes().to_vec();
-        v.extend_from_slice(&self.checkpoint.to_be_bytes());
-        v.push(u8::from(self.rebuilding));
-        v
-    }
-
-    fn decode(v: &[u8]) -> Option<Meta> {
-        (v.len() == 13).then(|| Meta {
-            version: u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
-            checkpoint: u64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
-            rebuilding: v[12] != 0,
-        })
-    }
-}
-
 /// One registered projection and its live generation.
 struct Slot {
     projection: Arc<dyn Projection>,
-    /// The live tree; replaced (under the write lock) only by a finished rebuild.
-    live: Arc<RwLock<sled::Tree>>,
+    /// The live view; replaced (under the write lock) only by a finished rebuild.
+    live: Arc<RwLock<Arc<ViewDb>>>,
     generation: Mutex<u64>,
     /// Held while folding into the live tree, and for a rebuild's last catch-up and swap.
     fold: Mutex<()>,
@@ -437,21 +428,14 @@ struct Slot {
 }
 
 impl Slot {
-    fn live_tree(&self) -> sled::Tree {
+    fn live_tree(&self) -> Arc<ViewDb> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn tree_name(&self, generation: u64) -> String {
-        tree_name(self.projection.name(), generation)
     }
 }
 
-fn tree_name(projection: &str, generation: u64) -> String {
-    if generation == 0 {
-        format!("view:{projection}")
-    } else {
-        format!("view:{projection}@{generation}")
-    }
+/// The directory of one generation of a projection's view.
+fn generation_dir(views: &Path, projection: &str, generation: u64) -> PathBuf {
+    views.join(format!("{projection}@{generation}"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -463,6 +447,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Projector {
     store: EventStore,
     directory: sled::Tree,
+    /// Where the views' directories are.
+    views: PathBuf,
     entries: Arc<Vec<Slot>>,
 }
 
@@ -476,10 +462,19 @@ impl Projector {
     ) -> Result<Projector, StoreError> {
         let db = &store.shared.db;
         let directory = db.open_tree(DIRECTORY).map_err(storage)?;
-        let existing: Vec<String> = db
-            .tree_names()
-            .into_iter()
-            .map(|n| String::from_utf8_lossy(&n).into_owned())
+        let views = store.views_dir();
+        std::fs::create_dir_all(&views).map_err(storage)?;
+        // Views kept in sled trees before they had files of their own: dropped, and folded
+        // again from the log (a service does so before it reports SERVING).
+        for name in db.tree_names() {
+            if name.starts_with(b"view:") {
+                db.drop_tree(&name).map_err(storage)?;
+            }
+        }
+        let existing: Vec<String> = std::fs::read_dir(&views)
+            .map_err(storage)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         let mut entries = Vec::with_capacity(projections.len());
         for projection in projections {
@@ -488,15 +483,18 @@ impl Projector {
                 .get(name.as_bytes())
                 .map_err(storage)?
                 .map_or(0, |v| crate::store::be_u64(&v));
-            let live_name = tree_name(name, generation);
-            let ours = |n: &str| n == tree_name(name, 0) || n.starts_with(&format!("view:{name}@"));
-            for leftover in existing.iter().filter(|n| ours(n) && **n != live_name) {
-                tracing::info!(projection = name, tree = %leftover, "dropping a leftover view generation");
-                db.drop_tree(leftover.as_bytes()).map_err(storage)?;
+            let live_dir = generation_dir(&views, name, generation);
+            let ours = |n: &str| n.rsplit_once('@').is_some_and(|(p, _)| p == name);
+            for leftover in existing.iter().filter(|n| ours(n)) {
+                let dir = views.join(leftover);
+                if dir != live_dir {
+                    tracing::info!(projection = name, dir = %dir.display(), "removing a leftover view generation");
+                    ViewDb::destroy(&dir)?;
+                }
             }
-            let tree = db.open_tree(&live_name).map_err(storage)?;
+            let tree = ViewDb::open(&live_dir)?;
             let current = projection.version();
-            let (stale, checkpoint) = match read_meta(&tree)? {
+            let (stale, checkpoint) = match tree.meta() {
                 Some(m) if m.version == current && !m.rebuilding => (false, m.checkpoint),
                 Some(m) => {
                     tracing::info!(
@@ -509,20 +507,17 @@ impl Projector {
                     (true, 0)
                 }
                 None => {
-                    write_meta(
-                        &tree,
-                        Meta {
-                            version: current,
-                            checkpoint: 0,
-                            rebuilding: false,
-                        },
-                    )?;
+                    tree.set_meta(Meta {
+                        version: current,
+                        checkpoint: 0,
+                        rebuilding: false,
+                    })?;
                     (false, 0)
                 }
             };
             entries.push(Slot {
                 projection,
-                live: Arc::new(RwLock::new(tree)),
+                live: Arc::new(RwLock::new(Arc::new(tree))),
                 generation: Mutex::new(generation),
                 fold: Mutex::new(()),
                 rebuild: Mutex::new(()),
@@ -533,6 +528,7 @@ impl Projector {
         Ok(Projector {
             store: store.clone(),
             directory,
+            views,
             entries: Arc::new(entries),
         })
     }
@@ -590,7 +586,7 @@ impl Projector {
             .filter(|slot| !slot.stale.load(Ordering::Acquire))
             .collect();
         let _folding: Vec<_> = live.iter().map(|slot| lock(&slot.fold)).collect();
-        let trees: Vec<sled::Tree> = live.iter().map(|slot| slot.live_tree()).collect();
+        let trees: Vec<Arc<ViewDb>> = live.iter().map(|slot| slot.live_tree()).collect();
         let mut folds = live
             .iter()
             .zip(&trees)
@@ -665,8 +661,18 @@ impl Projector {
     pub fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
         self.entries
             .iter()
-            .map(|slot| status_of(slot, &slot.live.read().unwrap_or_else(|p| p.into_inner())))
+            .map(|slot| status_of(slot, &slot.live_tree()))
             .collect()
+    }
+
+    /// Writes every view's folded changes to its files, so the next open folds from here
+    /// (views are derived from the log: this is for a quick restart, not for durability).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for slot in self.entries.iter() {
+            let _folding = lock(&slot.fold);
+            slot.live_tree().flush()?;
+        }
+        Ok(())
     }
 
     /// Folds the log into a new generation, then swaps it in under the fold lock.
@@ -676,19 +682,16 @@ impl Projector {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ProjectionStatus, StoreError> {
         let _one = lock(&slot.rebuild);
-        let db = &self.store.shared.db;
+        let name = slot.projection.name();
         let generation = *lock(&slot.generation) + 1;
-        let shadow_name = slot.tree_name(generation);
-        db.drop_tree(shadow_name.as_bytes()).map_err(storage)?;
-        let shadow = db.open_tree(&shadow_name).map_err(storage)?;
-        write_meta(
-            &shadow,
-            Meta {
-                version: slot.projection.version(),
-                checkpoint: 0,
-                rebuilding: false,
-            },
-        )?;
+        let shadow_dir = generation_dir(&self.views, name, generation);
+        ViewDb::destroy(&shadow_dir)?;
+        let shadow = ViewDb::open(&shadow_dir)?;
+        shadow.set_meta(Meta {
+            version: slot.projection.version(),
+            checkpoint: 0,
+            rebuilding: false,
+        })?;
         // Most of the work happens while the live view still folds and answers.
         loop {
             let (_, checkpoint) = fold_to_head(&self.store, slot, &shadow, progress)?;
@@ -698,9 +701,14 @@ impl Projector {
         }
         let _fold = lock(&slot.fold);
         let (_, checkpoint) = fold_to_head(&self.store, slot, &shadow, progress)?;
+        // The new generation's files, then the directory's record of it, are on disk before
+        // the old generation is removed.
+        shadow.flush()?;
         self.directory
-            .insert(slot.projection.name().as_bytes(), &generation.to_be_bytes())
+            .insert(name.as_bytes(), &generation.to_be_bytes())
             .map_err(storage)?;
+        self.store.shared.db.flush().map_err(storage)?;
+        let shadow = Arc::new(shadow);
         let old = {
             let mut live = slot.live.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *live, shadow.clone())
@@ -709,8 +717,7 @@ impl Projector {
         slot.stale.store(false, Ordering::Release);
         slot.checkpoint.send_replace(checkpoint);
         drop(old);
-        db.drop_tree(slot.tree_name(old_generation).as_bytes())
-            .map_err(storage)?;
+        ViewDb::destroy(&generation_dir(&self.views, name, old_generation))?;
         status_of(slot, &shadow)
     }
 }
@@ -720,7 +727,7 @@ impl Projector {
 fn fold_to_head(
     store: &EventStore,
     slot: &Slot,
-    tree: &sled::Tree,
+    tree: &ViewDb,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, u64), StoreError> {
     let mut folds = [Fold::open(slot, tree)?];
@@ -732,7 +739,7 @@ fn fold_to_head(
 /// last commit.
 struct Fold<'a> {
     slot: &'a Slot,
-    tree: &'a sled::Tree,
+    tree: &'a ViewDb,
     meta: Meta,
     applied: u64,
     writer: ViewWriter<'a>,
@@ -743,8 +750,8 @@ struct Fold<'a> {
 }
 
 impl<'a> Fold<'a> {
-    fn open(slot: &'a Slot, tree: &'a sled::Tree) -> Result<Fold<'a>, StoreError> {
-        let meta = read_meta(tree)?.unwrap_or(Meta {
+    fn open(slot: &'a Slot, tree: &'a ViewDb) -> Result<Fold<'a>, StoreError> {
+        let meta = tree.meta().unwrap_or(Meta {
             version: slot.projection.version(),
             checkpoint: 0,
             rebuilding: false,
@@ -797,33 +804,9 @@ impl<'a> Fold<'a> {
         let mut meta = self.meta;
         meta.checkpoint = self.staged_last;
         meta.rebuilding = false;
-        let mut batch = sled::Batch::default();
-        let mut oversized = None;
-        for (k, v) in writer.overlay {
-            match v {
-                Some(v) if v.len() > crate::MAX_RECORD_BYTES => {
-                    oversized.get_or_insert((k.clone(), v.len()));
-                    batch.insert(k, v)
-                }
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        if let Some((key, len)) = oversized {
-            // Not fatal (views are rebuilt from the log), but such a value may land in sled's
-            // unsynced blobs/ files: the projection should cut it into smaller values.
-            tracing::warn!(
-                projection = self.slot.projection.name(),
-                key = %String::from_utf8_lossy(&key[1..]),
-                bytes = len,
-                max = crate::MAX_RECORD_BYTES,
-                "a view value is larger than sled keeps in its synced log"
-            );
-        }
-        batch.insert(META_KEY, meta.encode());
         let staged = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
-        self.tree.apply_batch(batch).map_err(storage)?;
+        self.tree.commit(writer.overlay, meta)?;
         self.meta = meta;
         self.applied += staged as u64;
         Ok(())
@@ -912,31 +895,19 @@ fn fold_all(
     Ok(())
 }
 
-fn read_meta(tree: &sled::Tree) -> Result<Option<Meta>, StoreError> {
-    Ok(tree
-        .get(META_KEY)
-        .map_err(storage)?
-        .and_then(|v| Meta::decode(&v)))
-}
-
-fn write_meta(tree: &sled::Tree, meta: Meta) -> Result<(), StoreError> {
-    tree.insert(META_KEY, meta.encode()).map_err(storage)?;
-    Ok(())
-}
-
-fn status_of(slot: &Slot, tree: &sled::Tree) -> Result<ProjectionStatus, StoreError> {
+fn status_of(slot: &Slot, tree: &ViewDb) -> Result<ProjectionStatus, StoreError> {
     let stale = slot.stale.load(Ordering::Acquire);
-    let meta = read_meta(tree)?;
+    let meta = tree.meta();
     let mut hasher = blake3::Hasher::new();
     let mut entries = 0;
-    for kv in tree.range(vec![DATA]..vec![DATA + 1]) {
-        let (k, v) = kv.map_err(storage)?;
+    tree.scan(&[DATA], Some(&[DATA + 1]), false, &mut |k, v| {
         hasher.update(&(k.len() as u32).to_be_bytes());
-        hasher.update(&k);
+        hasher.update(k);
         hasher.update(&(v.len() as u32).to_be_bytes());
-        hasher.update(&v);
+        hasher.update(v);
         entries += 1;
-    }
+        true
+    })?;
     Ok(ProjectionStatus {
         name: slot.projection.name().to_owned(),
         version: slot.projection.version(),
@@ -957,11 +928,18 @@ mod tests {
     /// The last key under a prefix is never one the batch removed, stored or staged.
     #[test]
     fn the_last_key_under_a_prefix_skips_removed_keys() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        for k in [&b"p1"[..], b"p2", b"p3", b"q1"] {
-            tree.insert(data_key(k), &b"v"[..]).unwrap();
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = ViewDb::open(dir.path()).unwrap();
+        let stored = [&b"p1"[..], b"p2", b"p3", b"q1"]
+            .into_iter()
+            .map(|k| (data_key(k), Some(b"v".to_vec())))
+            .collect();
+        let meta = Meta {
+            version: 1,
+            checkpoint: 1,
+            rebuilding: false,
+        };
+        tree.commit(stored, meta).unwrap();
         let mut w = ViewWriter::new(&tree);
         assert_eq!(w.last_with_prefix(b"p").unwrap(), Some(b"p3".to_vec()));
         w.put(b"p4", b"v".to_vec());

@@ -1105,8 +1105,17 @@ impl EventStore {
         .map_err(storage)?
     }
 
+    /// Where the projections' views keep their files (beside the log).
+    pub(crate) fn views_dir(&self) -> PathBuf {
+        self.shared
+            .log_dir
+            .parent()
+            .unwrap_or(&self.shared.log_dir)
+            .join("views")
+    }
+
     /// Waits until every earlier write is durable (used at shutdown): the log's commits are
-    /// already; this flushes sled's views and metadata. Refused after a failure.
+    /// already; this flushes sled's metadata. Refused after a failure.
     pub async fn flush(&self) -> Result<(), StoreError> {
         if let Some(e) = self.failure() {
             return Err(e);

@@ -162,6 +162,14 @@ impl RunningService {
                 tracing::error!(error = %e, "a supervisor task failed");
             }
         }
+        // The views' folded changes, so the next start folds from here (they are derived
+        // from the log: a failure costs only a longer start).
+        let projector = self.projector.clone();
+        match tokio::task::spawn_blocking(move || projector.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "writing the views at shutdown failed"),
+            Err(e) => tracing::warn!(error = %e, "writing the views at shutdown failed"),
+        }
         let path = "flush".to_owned();
         let flushed = self
             .store

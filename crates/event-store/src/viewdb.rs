@@ -1,0 +1,1059 @@
+//! A view's storage, outside sled: a sorted map of byte keys to byte values kept as an
+//! in-memory table of the newest changes over immutable sorted *runs* on disk (an LSM tree, as
+//! the log's index), with a `MANIFEST` that says which runs are current and how far into the
+//! log they reach (the view's checkpoint).
+//!
+//! A view is derived from the log, so nothing here is synced per commit: a commit changes the
+//! memory table and the checkpoint readers see, atomically under one lock. When the table
+//! passes [`MEM_TABLE_BYTES`] it is written as a new run (fsynced), the newest runs are merged
+//! while the one before them is under twice their size (so there are about
+//! log₂(view / table) runs), and the manifest is replaced by rename: a crash leaves the last
+//! manifest's runs and checkpoint, and the projector folds the log again from there.
+//!
+//! A run file is its entries sorted by key in blocks of about [`BLOCK_BYTES`] (each entry
+//! `varint key length | varint value length + 1, or 0 for a removal | key | value`), then for
+//! each block its first key, offset, length and CRC-32, then a Bloom filter over the keys,
+//! then a footer whose check covers the block list and the filter. Only the block list and
+//! the filter are held in memory; a lookup reads one block with `pread` (the OS page cache,
+//! not this process, keeps the hot blocks) and checks its CRC before using it. A damaged run
+//! or manifest makes the view rebuild from the log, never a wrong answer.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use crate::StoreError;
+use crate::log::sync_dir;
+use crate::store::storage;
+
+/// A block's size, about (an entry larger than a block gets a block of its own).
+const BLOCK_BYTES: usize = 4096;
+/// Bloom filter bits per key (about 1% false positives with [`BLOOM_HASHES`]).
+const BLOOM_BITS: u64 = 10;
+const BLOOM_HASHES: u64 = 7;
+const RUN_MAGIC: u64 = 0x504c_5652_554e_0001;
+const MANIFEST_MAGIC: u64 = 0x504c_564d_414e_0001;
+/// magic, blocks, entries, index offset, index length, bloom offset, bloom bits, check.
+const FOOTER_LEN: u64 = 8 * 8;
+const MANIFEST: &str = "MANIFEST";
+/// The memory table is written as a run once its keys and values pass this.
+pub(crate) const MEM_TABLE_BYTES: usize = 16 << 20;
+/// What one entry of the memory table costs beyond its key and value (tree node, vectors).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// A view's version, how far into the log it has folded, and whether a rebuild into it was
+/// interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub version: u32,
+    pub checkpoint: u64,
+    pub rebuilding: bool,
+}
+
+/// Staged changes: key → new value (`None` = removed).
+pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// One view generation's storage (a directory).
+pub(crate) struct ViewDb {
+    dir: PathBuf,
+    state: RwLock<State>,
+    /// Serialises commits and flushes (one folding thread at a time, plus a flush at shutdown).
+    writer: Mutex<()>,
+    mem_limit: usize,
+}
+
+struct State {
+    mem: Changes,
+    mem_bytes: usize,
+    /// Newest first.
+    runs: Vec<Arc<Run>>,
+    /// What readers see (`None`: never written).
+    meta: Option<Meta>,
+    /// What the manifest on disk says.
+    durable: Option<Meta>,
+    next_run: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ViewDb {
+    /// Opens (or creates) the view in `dir`. A manifest or run that does not check is reported
+    /// and the directory emptied: the view then has no meta and is rebuilt from the log.
+    pub(crate) fn open(dir: &Path) -> Result<ViewDb, StoreError> {
+        ViewDb::open_with(dir, MEM_TABLE_BYTES)
+    }
+
+    pub(crate) fn open_with(dir: &Path, mem_limit: usize) -> Result<ViewDb, StoreError> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let (meta, runs, next_run) = match load(dir) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => (None, Vec::new(), 1),
+            Err(e) => {
+                tracing::warn!(view = %dir.display(), error = %e, "a view's files do not check; it will be rebuilt from the log");
+                (None, Vec::new(), 1)
+            }
+        };
+        let keep: Vec<u64> = runs.iter().map(|r| r.number).collect();
+        remove_files_except(dir, &keep, meta.is_some());
+        Ok(ViewDb {
+            dir: dir.to_owned(),
+            state: RwLock::new(State {
+                mem: Changes::new(),
+                mem_bytes: 0,
+                runs,
+                meta,
+                durable: meta,
+                next_run,
+            }),
+            writer: Mutex::new(()),
+            mem_limit,
+        })
+    }
+
+    /// Removes a view's directory (a leftover generation).
+    pub(crate) fn destroy(dir: &Path) -> Result<(), StoreError> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(storage(format!("removing {}: {e}", dir.display()))),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn meta(&self) -> Option<Meta> {
+        self.read().meta
+    }
+
+    /// Sets the meta and writes it (with everything in memory) to disk now.
+    pub(crate) fn set_meta(&self, meta: Meta) -> Result<(), StoreError> {
+        let _w = lock(&self.writer);
+        self.state.write().unwrap_or_else(|p| p.into_inner()).meta = Some(meta);
+        self.flush_locked()
+    }
+
+    /// Applies `changes` and the new meta atomically (readers see all of it or none of it);
+    /// writes the memory table as a run when it has grown past its limit.
+    pub(crate) fn commit(&self, changes: Changes, meta: Meta) -> Result<(), StoreError> {
+        let _w = lock(&self.writer);
+        let full = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let state = &mut *state;
+            if state.mem.is_empty() {
+                state.mem_bytes = changes.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+                state.mem = changes;
+            } else {
+                for (k, v) in changes {
+                    let added = entry_bytes(&k, &v);
+                    let value = v.as_ref().map_or(0, Vec::len);
+                    match state.mem.insert(k, v) {
+                        Some(old) => {
+                            state.mem_bytes =
+                                (state.mem_bytes + value).saturating_sub(old.map_or(0, |o| o.len()))
+                        }
+                        None => state.mem_bytes += added,
+                    }
+                }
+            }
+            state.meta = Some(meta);
+            state.mem_bytes >= self.mem_limit
+        };
+        if full { self.flush_locked() } else { Ok(()) }
+    }
+
+    /// Writes what is in memory, and the meta, to disk (a no-op when nothing changed).
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let _w = lock(&self.writer);
+        self.flush_locked()
+    }
+
+    /// [`ViewDb::flush`] with the writer lock held: only this thread changes the state.
+    fn flush_locked(&self) -> Result<(), StoreError> {
+        let (mut runs, meta, mut next_run, written) = {
+            let state = self.read();
+            if state.mem.is_empty() && state.meta == state.durable {
+                return Ok(());
+            }
+            let mut runs = state.runs.clone();
+            let mut next_run = state.next_run;
+            let written = !state.mem.is_empty();
+            if written {
+                let mut w = RunWriter::create(&self.dir, next_run, state.mem.len() as u64)?;
+                for (k, v) in &state.mem {
+                    w.push(k, v.as_deref())?;
+                }
+                runs.insert(0, Arc::new(w.finish()?));
+                next_run += 1;
+            }
+            (runs, state.meta, next_run, written)
+        };
+        let mut obsolete = Vec::new();
+        // Merge the newest runs while the one before them is under twice their size.
+        while let Some(newest) = runs.first() {
+            let mut total = newest.bytes;
+            let mut j = 1;
+            while j < runs.len() && runs[j].bytes < 2 * total {
+                total += runs[j].bytes;
+                j += 1;
+            }
+            if j < 2 {
+                break;
+            }
+            let keep_removals = j < runs.len();
+            let expected = runs[..j].iter().map(|r| r.entries).sum();
+            let mut w = RunWriter::create(&self.dir, next_run, expected)?;
+            {
+                let mut sources: Vec<Source<'_>> = runs[..j]
+                    .iter()
+                    .map(|r| Source::Run(RunCursor::new(r, b"", None, false)))
+                    .collect();
+                merge(&mut sources, b"", None, false, &mut |k, v| {
+                    if v.is_some() || keep_removals {
+                        w.push(k, v)?;
+                    }
+                    Ok(true)
+                })?;
+            }
+            let merged = Arc::new(w.finish()?);
+            next_run += 1;
+            obsolete.extend(runs.splice(..j, [merged]));
+        }
+        write_manifest(&self.dir, meta, &runs, next_run)?;
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.runs = runs;
+            if written {
+                state.mem = Changes::new();
+                state.mem_bytes = 0;
+            }
+            state.durable = meta;
+            state.next_run = next_run;
+        }
+        for run in obsolete {
+            let _ = std::fs::remove_file(&run.path);
+        }
+        Ok(())
+    }
+
+    /// The value at `key`, given to `read` where it lies.
+    pub(crate) fn get_with<R>(
+        &self,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let state = self.read();
+        if let Some(v) = state.mem.get(key) {
+            return Ok(v.as_deref().map(read));
+        }
+        for run in &state.runs {
+            match run.find(key)? {
+                Found::Absent => continue,
+                Found::Removed => return Ok(None),
+                Found::Value(block, range) => return Ok(Some(read(&block[range]))),
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    pub(crate) fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get_with(key, |_| ())?.is_some())
+    }
+
+    /// Visits the entries with `from <= key < to` (`to = None`: to the end) in key order, or
+    /// in reverse, until `visit` returns false.
+    pub(crate) fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        rev: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        if to.is_some_and(|to| from >= to) {
+            return Ok(());
+        }
+        let state = self.read();
+        let mem: MemIter<'_> = {
+            use std::ops::Bound::{Excluded, Included, Unbounded};
+            let upper = to.map_or(Unbounded, Excluded);
+            let range = state.mem.range::<[u8], _>((Included(from), upper));
+            if rev {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            }
+        };
+        let mut sources = Vec::with_capacity(state.runs.len() + 1);
+        sources.push(Source::mem(mem));
+        for run in &state.runs {
+            sources.push(Source::Run(RunCursor::new(run, from, to, rev)));
+        }
+        merge(&mut sources, from, to, rev, &mut |k, v| {
+            Ok(match v {
+                Some(v) => visit(k, v),
+                None => true,
+            })
+        })
+    }
+
+    /// How many runs the view has (for tests and status).
+    #[cfg(test)]
+    fn runs(&self) -> usize {
+        self.read().runs.len()
+    }
+}
+
+/// A view closed with changes in memory writes them, so the next open need not fold them
+/// again (best effort: the log has them anyway). A removed generation is left removed.
+impl Drop for ViewDb {
+    fn drop(&mut self) {
+        if !self.dir.exists() {
+            return;
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!(view = %self.dir.display(), error = %e, "a view's last changes were not written; they will be folded again");
+        }
+    }
+}
+
+fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
+    k.len() + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+}
+
+fn corrupt(path: &Path, reason: &str) -> StoreError {
+    StoreError::Storage(format!(
+        "view file {} is damaged ({reason}); delete the view's directory to rebuild it from the log",
+        path.display()
+    ))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Two independent 64-bit hashes of a key (FNV-1a, then two mixes), stable across builds:
+/// the Bloom filters on disk depend on them.
+fn key_hashes(key: &[u8]) -> (u64, u64) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (mix(h), mix(h ^ 0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+fn bloom_positions(key: &[u8], bits: u64) -> impl Iterator<Item = u64> {
+    let (a, b) = key_hashes(key);
+    (0..BLOOM_HASHES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % bits)
+}
+
+/// Where a key's entry is in a block: key and value ranges (`None` value: removed).
+type Entry = (Range<usize>, Option<Range<usize>>);
+
+/// The entry at `pos` in a block, moving `pos` past it; `None` when the bytes do not parse.
+fn next_entry(bytes: &[u8], pos: &mut usize) -> Option<Entry> {
+    let klen = usize::try_from(get_varint(bytes, pos)?).ok()?;
+    let tag = usize::try_from(get_varint(bytes, pos)?).ok()?;
+    let key = *pos..pos.checked_add(klen)?;
+    *pos = key.end;
+    let value = match tag {
+        0 => None,
+        n => {
+            let v = *pos..pos.checked_add(n - 1)?;
+            *pos = v.end;
+            Some(v)
+        }
+    };
+    (*pos <= bytes.len()).then_some((key, value))
+}
+
+/// The entries of a block, in order; `None` when the bytes do not parse.
+fn parse_block(bytes: &[u8]) -> Option<Vec<Entry>> {
+    let mut entries = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        entries.push(next_entry(bytes, &mut pos)?);
+    }
+    Some(entries)
+}
+
+enum Found {
+    Absent,
+    Removed,
+    Value(Vec<u8>, Range<usize>),
+}
+
+/// A run on disk: its file, and its block list and Bloom filter in memory.
+struct Run {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    /// The first key of every block, concatenated; block i's is `fences[fence_ends[i-1]..fence_ends[i]]`.
+    fences: Vec<u8>,
+    fence_ends: Vec<usize>,
+    /// Offset, length and CRC-32 of every block.
+    blocks: Vec<(u64, u32, u32)>,
+    bloom: Vec<u64>,
+    bloom_bits: u64,
+    entries: u64,
+    bytes: u64,
+}
+
+fn run_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("run-{number}.view"))
+}
+
+impl Run {
+    fn fence(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.fence_ends[i - 1] };
+        &self.fences[start..self.fence_ends[i]]
+    }
+
+    /// How many blocks start at or before `key` (inclusive) / before `key` (exclusive).
+    fn blocks_starting_before(&self, key: &[u8], inclusive: bool) -> usize {
+        let (mut lo, mut hi) = (0, self.blocks.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let f = self.fence(mid);
+            if f < key || (inclusive && f == key) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn may_contain(&self, key: &[u8]) -> bool {
+        bloom_positions(key, self.bloom_bits)
+            .all(|b| self.bloom[(b / 64) as usize] & (1 << (b % 64)) != 0)
+    }
+
+    /// Block `i`'s bytes, checked against its CRC.
+    fn block_bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        let (offset, len, crc) = self.blocks[i];
+        let mut bytes = vec![0; len as usize];
+        self.file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(storage)?;
+        if crc32fast::hash(&bytes) != crc {
+            return Err(corrupt(&self.path, &format!("block {i} fails its CRC")));
+        }
+        Ok(bytes)
+    }
+
+    fn read_block(&self, i: usize) -> Result<(Vec<u8>, Vec<Entry>), StoreError> {
+        let bytes = self.block_bytes(i)?;
+        let entries = parse_block(&bytes)
+            .ok_or_else(|| corrupt(&self.path, &format!("block {i} does not parse")))?;
+        Ok((bytes, entries))
+    }
+
+    fn find(&self, key: &[u8]) -> Result<Found, StoreError> {
+        if !self.may_contain(key) {
+            return Ok(Found::Absent);
+        }
+        let Some(block) = self.blocks_starting_before(key, true).checked_sub(1) else {
+            return Ok(Found::Absent);
+        };
+        let bytes = self.block_bytes(block)?;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let (k, v) = next_entry(&bytes, &mut pos)
+                .ok_or_else(|| corrupt(&self.path, &format!("block {block} does not parse")))?;
+            match bytes[k].cmp(key) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Equal => {
+                    return Ok(match v {
+                        Some(v) => Found::Value(bytes, v),
+                        None => Found::Removed,
+                    });
+                }
+            }
+        }
+        Ok(Found::Absent)
+    }
+
+    fn open(dir: &Path, number: u64) -> Result<Run, StoreError> {
+        let path = run_path(dir, number);
+        let file = File::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        let bytes = file.metadata().map_err(storage)?.len();
+        if bytes < FOOTER_LEN {
+            return Err(corrupt(&path, "shorter than its footer"));
+        }
+        let mut footer = [0u8; FOOTER_LEN as usize];
+        file.read_exact_at(&mut footer, bytes - FOOTER_LEN)
+            .map_err(storage)?;
+        let word =
+            |i: usize| u64::from_le_bytes(footer[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let (magic, blocks, entries, index_at, index_len, bloom_at, bloom_bits, check) = (
+            word(0),
+            word(1),
+            word(2),
+            word(3),
+            word(4),
+            word(5),
+            word(6),
+            word(7),
+        );
+        if magic != RUN_MAGIC {
+            return Err(corrupt(&path, "not a view run"));
+        }
+        if index_at.checked_add(index_len) != Some(bloom_at)
+            || bloom_bits == 0
+            || bloom_bits % 64 != 0
+            || bloom_at.checked_add(bloom_bits / 8) != Some(bytes - FOOTER_LEN)
+        {
+            return Err(corrupt(&path, "its footer does not fit the file"));
+        }
+        let mut meta = vec![0u8; (bytes - FOOTER_LEN - index_at) as usize];
+        file.read_exact_at(&mut meta, index_at).map_err(storage)?;
+        if run_check(&meta, &footer[..56]) != check {
+            return Err(corrupt(&path, "its block list or filter fails the check"));
+        }
+        let (index, bloom_bytes) = meta.split_at(index_len as usize);
+        let mut run = Run {
+            number,
+            path: path.clone(),
+            file,
+            fences: Vec::new(),
+            fence_ends: Vec::with_capacity(blocks as usize),
+            blocks: Vec::with_capacity(blocks as usize),
+            bloom: bloom_bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            bloom_bits,
+            entries,
+            bytes,
+        };
+        let mut pos = 0;
+        let bad = || corrupt(&path, "its block list does not parse");
+        for _ in 0..blocks {
+            let len =
+                usize::try_from(get_varint(index, &mut pos).ok_or_else(bad)?).map_err(|_| bad())?;
+            let end = pos.checked_add(len).ok_or_else(bad)?;
+            let fence = index.get(pos..end).ok_or_else(bad)?;
+            pos = end;
+            let rest = index.get(pos..pos + 16).ok_or_else(bad)?;
+            pos += 16;
+            run.fences.extend_from_slice(fence);
+            run.fence_ends.push(run.fences.len());
+            run.blocks.push((
+                u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
+                u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")),
+                u32::from_le_bytes(rest[12..].try_into().expect("4 bytes")),
+            ));
+        }
+        if pos != index.len() {
+            return Err(bad());
+        }
+        Ok(run)
+    }
+}
+
+fn run_check(meta: &[u8], footer_head: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(meta);
+    h.update(footer_head);
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Writes a run: entries in key order.
+struct RunWriter {
+    number: u64,
+    path: PathBuf,
+    out: BufWriter<File>,
+    offset: u64,
+    block: Vec<u8>,
+    block_first: Vec<u8>,
+    index: Vec<u8>,
+    fences: Vec<u8>,
+    fence_ends: Vec<usize>,
+    blocks: Vec<(u64, u32, u32)>,
+    bloom: Vec<u64>,
+    bloom_bits: u64,
+    entries: u64,
+}
+
+impl RunWriter {
+    /// `expected`: at most how many entries will be pushed (sizes the Bloom filter).
+    fn create(dir: &Path, number: u64, expected: u64) -> Result<RunWriter, StoreError> {
+        let path = run_path(dir, number);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        let bloom_bits = (expected.max(1) * BLOOM_BITS).div_ceil(64) * 64;
+        Ok(RunWriter {
+            number,
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            offset: 0,
+            block: Vec::with_capacity(2 * BLOCK_BYTES),
+            block_first: Vec::new(),
+            index: Vec::new(),
+            fences: Vec::new(),
+            fence_ends: Vec::new(),
+            blocks: Vec::new(),
+            bloom: vec![0; (bloom_bits / 64) as usize],
+            bloom_bits,
+            entries: 0,
+        })
+    }
+
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        let len = key.len() + value.map_or(0, <[u8]>::len) + 10;
+        if !self.block.is_empty() && self.block.len() + len > BLOCK_BYTES {
+            self.close_block()?;
+        }
+        if self.block.is_empty() {
+            self.block_first.clear();
+            self.block_first.extend_from_slice(key);
+        }
+        put_varint(&mut self.block, key.len() as u64);
+        put_varint(&mut self.block, value.map_or(0, |v| v.len() as u64 + 1));
+        self.block.extend_from_slice(key);
+        if let Some(v) = value {
+            self.block.extend_from_slice(v);
+        }
+        for b in bloom_positions(key, self.bloom_bits) {
+            self.bloom[(b / 64) as usize] |= 1 << (b % 64);
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn close_block(&mut self) -> Result<(), StoreError> {
+        let crc = crc32fast::hash(&self.block);
+        let len =
+            u32::try_from(self.block.len()).map_err(|_| storage("a view block passed 4 GiB"))?;
+        self.out.write_all(&self.block).map_err(storage)?;
+        put_varint(&mut self.index, self.block_first.len() as u64);
+        self.index.extend_from_slice(&self.block_first);
+        self.index.extend_from_slice(&self.offset.to_le_bytes());
+        self.index.extend_from_slice(&len.to_le_bytes());
+        self.index.extend_from_slice(&crc.to_le_bytes());
+        self.fences.extend_from_slice(&self.block_first);
+        self.fence_ends.push(self.fences.len());
+        self.blocks.push((self.offset, len, crc));
+        self.offset += u64::from(len);
+        self.block.clear();
+        Ok(())
+    }
+
+    /// Writes the block list, filter and footer, and fsyncs the file.
+    fn finish(mut self) -> Result<Run, StoreError> {
+        if !self.block.is_empty() {
+            self.close_block()?;
+        }
+        let index_at = self.offset;
+        let mut meta = std::mem::take(&mut self.index);
+        let index_len = meta.len() as u64;
+        for w in &self.bloom {
+            meta.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+        for w in [
+            RUN_MAGIC,
+            self.blocks.len() as u64,
+            self.entries,
+            index_at,
+            index_len,
+            index_at + index_len,
+            self.bloom_bits,
+        ] {
+            footer.extend_from_slice(&w.to_le_bytes());
+        }
+        let check = run_check(&meta, &footer);
+        footer.extend_from_slice(&check.to_le_bytes());
+        self.out.write_all(&meta).map_err(storage)?;
+        self.out.write_all(&footer).map_err(storage)?;
+        let file = self.out.into_inner().map_err(|e| storage(e.error()))?;
+        file.sync_data().map_err(storage)?;
+        let bytes = index_at + meta.len() as u64 + FOOTER_LEN;
+        Ok(Run {
+            number: self.number,
+            path: self.path,
+            file,
+            fences: self.fences,
+            fence_ends: self.fence_ends,
+            blocks: self.blocks,
+            bloom: self.bloom,
+            bloom_bits: self.bloom_bits,
+            entries: self.entries,
+            bytes,
+        })
+    }
+}
+
+/// Walks one run's entries from a bound, block by block, forwards or backwards.
+struct RunCursor<'r> {
+    run: &'r Run,
+    rev: bool,
+    /// The block loaded (its index), its bytes and entries, and the position in it: the next
+    /// entry forwards is `entries[pos]`, backwards `entries[pos - 1]`.
+    block: usize,
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    pos: usize,
+    /// Not loaded yet: the first load happens at the first peek (errors surface there).
+    start: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    done: bool,
+}
+
+impl<'r> RunCursor<'r> {
+    fn new(run: &'r Run, from: &[u8], to: Option<&[u8]>, rev: bool) -> RunCursor<'r> {
+        RunCursor {
+            run,
+            rev,
+            block: 0,
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            pos: 0,
+            start: Some((from.to_vec(), to.map(<[u8]>::to_vec))),
+            done: run.blocks.is_empty(),
+        }
+    }
+
+    fn load(&mut self, block: usize) -> Result<(), StoreError> {
+        let (bytes, entries) = self.run.read_block(block)?;
+        self.block = block;
+        self.bytes = bytes;
+        self.entries = entries;
+        Ok(())
+    }
+
+    /// Positions the cursor at its bound, once.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        let Some((from, to)) = self.start.take() else {
+            return Ok(());
+        };
+        if self.done {
+            return Ok(());
+        }
+        if self.rev {
+            let before = match &to {
+                Some(to) => self.run.blocks_starting_before(to, false),
+                None => self.run.blocks.len(),
+            };
+            let Some(block) = before.checked_sub(1) else {
+                self.done = true;
+                return Ok(());
+            };
+            self.load(block)?;
+            self.pos = match &to {
+                Some(to) => self
+                    .entries
+                    .partition_point(|(k, _)| self.bytes[k.clone()] < to[..]),
+                None => self.entries.len(),
+            };
+        } else {
+            let block = self
+                .run
+                .blocks_starting_before(&from, true)
+                .saturating_sub(1);
+            self.load(block)?;
+            self.pos = self
+                .entries
+                .partition_point(|(k, _)| self.bytes[k.clone()] < from[..]);
+        }
+        Ok(())
+    }
+
+    /// Makes the next entry available (loading blocks as needed); false at the end.
+    fn ready(&mut self) -> Result<bool, StoreError> {
+        self.begin()?;
+        while !self.done {
+            if self.rev {
+                if self.pos > 0 {
+                    return Ok(true);
+                }
+                if self.block == 0 {
+                    self.done = true;
+                } else {
+                    self.load(self.block - 1)?;
+                    self.pos = self.entries.len();
+                }
+            } else {
+                if self.pos < self.entries.len() {
+                    return Ok(true);
+                }
+                if self.block + 1 >= self.run.blocks.len() {
+                    self.done = true;
+                } else {
+                    self.load(self.block + 1)?;
+                    self.pos = 0;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next entry; call only after `ready` returned true.
+    fn current(&self) -> (&[u8], Option<&[u8]>) {
+        let (k, v) = &self.entries[if self.rev { self.pos - 1 } else { self.pos }];
+        (&self.bytes[k.clone()], v.clone().map(|v| &self.bytes[v]))
+    }
+
+    fn advance(&mut self) {
+        if self.rev {
+            self.pos -= 1;
+        } else {
+            self.pos += 1;
+        }
+    }
+}
+
+type MemEntry<'a> = (&'a Vec<u8>, &'a Option<Vec<u8>>);
+type MemIter<'a> = Box<dyn Iterator<Item = MemEntry<'a>> + 'a>;
+/// Takes each merged key and its newest value (`None` = removed); false stops the merge.
+type Emit<'e> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<bool, StoreError> + 'e;
+
+/// One sorted source of a merge: the memory table's range, or a run.
+enum Source<'a> {
+    Mem {
+        iter: MemIter<'a>,
+        head: Option<MemEntry<'a>>,
+    },
+    Run(RunCursor<'a>),
+}
+
+impl<'a> Source<'a> {
+    fn mem(mut iter: MemIter<'a>) -> Source<'a> {
+        let head = iter.next();
+        Source::Mem { iter, head }
+    }
+
+    fn ready(&mut self) -> Result<bool, StoreError> {
+        match self {
+            Source::Mem { head, .. } => Ok(head.is_some()),
+            Source::Run(c) => c.ready(),
+        }
+    }
+
+    /// The next entry; only after `ready` returned true.
+    fn current(&self) -> (&[u8], Option<&[u8]>) {
+        match self {
+            Source::Mem { head, .. } => {
+                let (k, v) = head.expect("ready");
+                (k, v.as_deref())
+            }
+            Source::Run(c) => c.current(),
+        }
+    }
+
+    fn advance(&mut self) {
+        match self {
+            Source::Mem { iter, head } => *head = iter.next(),
+            Source::Run(c) => c.advance(),
+        }
+    }
+}
+
+/// Merges sources (newest first: an equal key's newest entry wins) within `from <= key < to`,
+/// in key order or in reverse, giving `emit` each key once with its newest value (`None` =
+/// removed) until it returns false.
+fn merge(
+    sources: &mut [Source<'_>],
+    from: &[u8],
+    to: Option<&[u8]>,
+    rev: bool,
+    emit: &mut Emit<'_>,
+) -> Result<(), StoreError> {
+    let mut key = Vec::new();
+    let mut live = vec![true; sources.len()];
+    loop {
+        let mut winner: Option<usize> = None;
+        for i in 0..sources.len() {
+            if !live[i] {
+                continue;
+            }
+            if !sources[i].ready()? {
+                live[i] = false;
+                continue;
+            }
+            let k = sources[i].current().0;
+            let in_range = if rev {
+                k >= from
+            } else {
+                to.is_none_or(|to| k < to)
+            };
+            if !in_range {
+                live[i] = false;
+                continue;
+            }
+            winner = match winner {
+                None => Some(i),
+                Some(w) => {
+                    let wk = sources[w].current().0;
+                    // Newest first: on a tie the earlier source stays the winner.
+                    if (rev && k > wk) || (!rev && k < wk) {
+                        Some(i)
+                    } else {
+                        Some(w)
+                    }
+                }
+            };
+        }
+        let Some(w) = winner else {
+            return Ok(());
+        };
+        let (k, v) = sources[w].current();
+        key.clear();
+        key.extend_from_slice(k);
+        if !emit(k, v)? {
+            return Ok(());
+        }
+        for i in 0..sources.len() {
+            if live[i] && sources[i].current().0 == key.as_slice() {
+                sources[i].advance();
+            }
+        }
+    }
+}
+
+/// Loads the manifest and its runs: `None` when there is no manifest.
+#[allow(clippy::type_complexity)]
+fn load(dir: &Path) -> Result<Option<(Option<Meta>, Vec<Arc<Run>>, u64)>, StoreError> {
+    let path = dir.join(MANIFEST);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(storage(format!("{}: {e}", path.display()))),
+    };
+    let bad = || corrupt(&path, "it does not parse");
+    if bytes.len() < 8 + 8 {
+        return Err(bad());
+    }
+    let (body, check) = bytes.split_at(bytes.len() - 8);
+    if blake3::hash(body).as_bytes()[..8] != *check {
+        return Err(corrupt(&path, "it fails its check"));
+    }
+    let word = |i: usize| -> Result<u64, StoreError> {
+        Ok(u64::from_le_bytes(
+            body.get(i..i + 8)
+                .ok_or_else(bad)?
+                .try_into()
+                .expect("8 bytes"),
+        ))
+    };
+    if word(0)? != MANIFEST_MAGIC {
+        return Err(bad());
+    }
+    let version = u32::try_from(word(8)?).map_err(|_| bad())?;
+    let checkpoint = word(16)?;
+    let rebuilding = word(24)? != 0;
+    let next_run = word(32)?;
+    let count = word(40)?;
+    if count.checked_mul(8).and_then(|c| c.checked_add(48)) != Some(body.len() as u64) {
+        return Err(bad());
+    }
+    let mut runs = Vec::with_capacity(count as usize);
+    for i in 0..count as usize {
+        runs.push(Arc::new(Run::open(dir, word(48 + 8 * i)?)?));
+    }
+    let meta = Meta {
+        version,
+        checkpoint,
+        rebuilding,
+    };
+    Ok(Some((Some(meta), runs, next_run)))
+}
+
+fn write_manifest(
+    dir: &Path,
+    meta: Option<Meta>,
+    runs: &[Arc<Run>],
+    next_run: u64,
+) -> Result<(), StoreError> {
+    let Some(meta) = meta else {
+        return Err(StoreError::Invalid(
+            "a view is flushed before its meta is set".into(),
+        ));
+    };
+    let mut body = Vec::new();
+    for w in [
+        MANIFEST_MAGIC,
+        u64::from(meta.version),
+        meta.checkpoint,
+        u64::from(meta.rebuilding),
+        next_run,
+        runs.len() as u64,
+    ] {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    for r in runs {
+        body.extend_from_slice(&r.number.to_le_bytes());
+    }
+    let check = blake3::hash(&body);
+    body.extend_from_slice(&check.as_bytes()[..8]);
+    let tmp = dir.join("MANIFEST.tmp");
+    let mut f = File::create(&tmp).map_err(storage)?;
+    f.write_all(&body).map_err(storage)?;
+    f.sync_data().map_err(storage)?;
+    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(storage)?;
+    sync_dir(dir)
+}
+
+/// Removes run files the manifest does not list (a flush or merge a crash interrupted), and
+/// everything when there is no valid manifest.
+fn remove_files_except(dir: &Path, keep: &[u64], has_manifest: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let listed = name
+            .strip_prefix("run-")
+            .and_then(|n| n.strip_suffix(".view"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| keep.contains(&n));
+        if listed || (has_manifest && name == MANIFEST) {
+            continue;
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+}
+
+#[cfg(test)]
+#[path = "viewdb_tests.rs"]
+mod tests;

@@ -1,0 +1,262 @@
+//! Tests of the view storage: every read agrees with a plain sorted map, through flushes,
+//! merges and reopens; damaged files make the view rebuild instead of answering wrongly.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn meta(checkpoint: u64) -> Meta {
+    Meta {
+        version: 1,
+        checkpoint,
+        rebuilding: false,
+    }
+}
+
+/// Every entry of `db` within the bounds, through `scan`, forwards or backwards.
+fn scanned(db: &ViewDb, from: &[u8], to: Option<&[u8]>, rev: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    db.scan(from, to, rev, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    out
+}
+
+fn expected(
+    model: &BTreeMap<Vec<u8>, Vec<u8>>,
+    from: &[u8],
+    to: Option<&[u8]>,
+    rev: bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out: Vec<_> = model
+        .iter()
+        .filter(|(k, _)| k.as_slice() >= from && to.is_none_or(|to| k.as_slice() < to))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if rev {
+        out.reverse();
+    }
+    out
+}
+
+fn check_all(db: &ViewDb, model: &BTreeMap<Vec<u8>, Vec<u8>>, probes: &[Vec<u8>]) {
+    for k in probes {
+        assert_eq!(db.get(k).unwrap(), model.get(k).cloned(), "get {k:?}");
+    }
+    for rev in [false, true] {
+        assert_eq!(scanned(db, b"", None, rev), expected(model, b"", None, rev));
+        for w in probes.windows(2) {
+            let (from, to) = (&w[0][..], &w[1][..]);
+            assert_eq!(
+                scanned(db, from, Some(to), rev),
+                expected(model, from, Some(to), rev),
+                "scan {from:?}..{to:?} rev {rev}"
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+    Commit,
+    Flush,
+    /// Closed cleanly: what is in memory is written.
+    Reopen,
+    /// Gone without a word (as after `kill -9`): only what was flushed is there.
+    Crash,
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    // Few distinct short keys (overwrites and removals of stored keys are common), sometimes a
+    // long one.
+    prop_oneof![
+        4 => prop::collection::vec(0u8..4, 1..4),
+        1 => prop::collection::vec(any::<u8>(), 0..40),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (key(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(k, v)| Op::Put(k, v)),
+        3 => key().prop_map(Op::Remove),
+        3 => Just(Op::Commit),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Reads agree with a sorted map after any sequence of commits, flushes (tiny memory
+    /// table: many runs, merges, removals kept and dropped) and reopens (which keep what the
+    /// last flush wrote).
+    #[test]
+    fn reads_agree_with_a_sorted_map(ops in prop::collection::vec(op(), 1..120)) {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 600;
+        let mut db = ViewDb::open_with(dir.path(), limit).unwrap();
+        let mut model = BTreeMap::new();
+        let mut staged = Changes::new();
+        let mut durable = BTreeMap::new();
+        let mut durable_checkpoint = None;
+        let mut checkpoint = 0;
+        let mut probes: Vec<Vec<u8>> = vec![vec![], vec![1], vec![2, 0], vec![3, 3, 3], vec![255; 3]];
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    probes.push(k.clone());
+                    staged.insert(k, Some(v));
+                }
+                Op::Remove(k) => {
+                    staged.insert(k, None);
+                }
+                Op::Commit => {
+                    checkpoint += 1;
+                    for (k, v) in &staged {
+                        match v {
+                            Some(v) => model.insert(k.clone(), v.clone()),
+                            None => model.remove(k),
+                        };
+                    }
+                    db.commit(std::mem::take(&mut staged), meta(checkpoint)).unwrap();
+                    if db.read().durable == Some(meta(checkpoint)) {
+                        durable = model.clone();
+                        durable_checkpoint = Some(checkpoint);
+                    }
+                }
+                Op::Flush => {
+                    if checkpoint > 0 {
+                        db.flush().unwrap();
+                        durable = model.clone();
+                        durable_checkpoint = Some(checkpoint);
+                    }
+                }
+                Op::Reopen => {
+                    staged.clear();
+                    drop(db);
+                    db = ViewDb::open_with(dir.path(), limit).unwrap();
+                    if checkpoint > 0 {
+                        durable = model.clone();
+                        durable_checkpoint = Some(checkpoint);
+                    }
+                    prop_assert_eq!(db.meta().map(|m| m.checkpoint), durable_checkpoint);
+                }
+                Op::Crash => {
+                    staged.clear();
+                    std::mem::forget(db);
+                    db = ViewDb::open_with(dir.path(), limit).unwrap();
+                    model = durable.clone();
+                    checkpoint = durable_checkpoint.unwrap_or(0);
+                    prop_assert_eq!(db.meta().map(|m| m.checkpoint), durable_checkpoint);
+                }
+            }
+        }
+        probes.sort();
+        probes.dedup();
+        check_all(&db, &model, &probes);
+        prop_assert!(db.runs() <= 12, "runs are merged: {}", db.runs());
+    }
+}
+
+#[test]
+fn a_fresh_view_has_no_meta_and_a_flushed_one_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), None);
+    assert_eq!(db.get(b"a").unwrap(), None);
+    db.set_meta(meta(0)).unwrap();
+    let mut c = Changes::new();
+    c.insert(b"a".to_vec(), Some(b"1".to_vec()));
+    db.commit(c, meta(7)).unwrap();
+    assert_eq!(db.meta(), Some(meta(7)));
+    std::mem::forget(db);
+    // Not flushed (a crash): the reopened view is back at the meta last written.
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), Some(meta(0)));
+    assert_eq!(db.get(b"a").unwrap(), None);
+    let mut c = Changes::new();
+    c.insert(b"a".to_vec(), Some(b"1".to_vec()));
+    db.commit(c, meta(8)).unwrap();
+    db.flush().unwrap();
+    std::mem::forget(db);
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), Some(meta(8)));
+    assert_eq!(db.get(b"a").unwrap(), Some(b"1".to_vec()));
+    let mut c = Changes::new();
+    c.insert(b"b".to_vec(), Some(b"2".to_vec()));
+    db.commit(c, meta(9)).unwrap();
+    drop(db);
+    // Closed cleanly: written at the close.
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), Some(meta(9)));
+    assert_eq!(db.get(b"b").unwrap(), Some(b"2".to_vec()));
+}
+
+/// Many keys over many blocks and runs: point reads and bounded scans, then a flipped byte in
+/// a block is an error naming the file, and a damaged manifest empties the view at open.
+#[test]
+fn many_blocks_read_back_and_damage_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ViewDb::open_with(dir.path(), 64 << 10).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..20u32 {
+        let mut c = Changes::new();
+        for i in 0..500u32 {
+            let k = format!("k{:06}", (i * 7919 + round * 13) % 5000).into_bytes();
+            let v = format!("{round}-{i}-{}", "x".repeat((i % 50) as usize)).into_bytes();
+            model.insert(k.clone(), v.clone());
+            c.insert(k, Some(v));
+        }
+        db.commit(c, meta(u64::from(round) + 1)).unwrap();
+    }
+    db.flush().unwrap();
+    assert!(db.runs() >= 1);
+    let probes: Vec<Vec<u8>> = (0..5000)
+        .step_by(97)
+        .map(|i| format!("k{i:06}").into_bytes())
+        .collect();
+    check_all(&db, &model, &probes);
+    drop(db);
+
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "view"))
+        .unwrap();
+    let mut bytes = std::fs::read(&run).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&run, &bytes).unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    let err = scanned_result(&db).unwrap_err().to_string();
+    assert!(
+        err.contains("fails its CRC") && err.contains(".view"),
+        "{err}"
+    );
+    drop(db);
+
+    let manifest = dir.path().join(MANIFEST);
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes[9] ^= 1;
+    std::fs::write(&manifest, &bytes).unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), None, "a damaged manifest means a rebuild");
+    assert!(scanned(&db, b"", None, false).is_empty());
+}
+
+fn scanned_result(db: &ViewDb) -> Result<usize, StoreError> {
+    let mut n = 0;
+    db.scan(b"", None, false, &mut |_, _| {
+        n += 1;
+        true
+    })?;
+    Ok(n)
+}
