@@ -12,9 +12,9 @@
 //!
 //! A run file is its entries sorted by key in blocks of about [`BLOCK_BYTES`] (each entry
 //! `varint key length | varint value length + 1, or 0 for a removal | key | value`), then for
-//! each block its first key, offset, length and CRC-32, then a Bloom filter over the keys,
-//! then a footer whose check covers the block list and the filter. Only the block list and
-//! the filter are held in memory; a lookup reads one block with `pread` (the OS page cache,
+//! each block its first key, offset, length and CRC-32, then the greatest key, then a Bloom
+//! filter over the keys, then a footer whose check covers all of that. Only the block list
+//! and the filter are held in memory; a lookup reads one block with `pread` (the OS page cache,
 //! not this process, keeps the hot blocks) and checks its CRC before using it. A damaged run
 //! or manifest makes the view rebuild from the log, never a wrong answer.
 
@@ -253,8 +253,9 @@ impl ViewDb {
         if let Some(v) = state.mem.get(key) {
             return Ok(v.as_deref().map(read));
         }
+        let hashes = key_hashes(key);
         for run in &state.runs {
-            match run.find(key)? {
+            match run.find(key, hashes)? {
                 Found::Absent => continue,
                 Found::Removed => return Ok(None),
                 Found::Value(block, range) => return Ok(Some(read(&block[range]))),
@@ -375,8 +376,7 @@ fn key_hashes(key: &[u8]) -> (u64, u64) {
     (mix(h), mix(h ^ 0x9e37_79b9_7f4a_7c15) | 1)
 }
 
-fn bloom_positions(key: &[u8], bits: u64) -> impl Iterator<Item = u64> {
-    let (a, b) = key_hashes(key);
+fn bloom_positions((a, b): (u64, u64), bits: u64) -> impl Iterator<Item = u64> {
     (0..BLOOM_HASHES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % bits)
 }
 
@@ -430,6 +430,8 @@ struct Run {
     bloom_bits: u64,
     entries: u64,
     bytes: u64,
+    /// The greatest key (empty when the run has none).
+    last: Vec<u8>,
 }
 
 fn run_path(dir: &Path, number: u64) -> PathBuf {
@@ -457,8 +459,8 @@ impl Run {
         lo
     }
 
-    fn may_contain(&self, key: &[u8]) -> bool {
-        bloom_positions(key, self.bloom_bits)
+    fn may_contain(&self, hashes: (u64, u64)) -> bool {
+        bloom_positions(hashes, self.bloom_bits)
             .all(|b| self.bloom[(b / 64) as usize] & (1 << (b % 64)) != 0)
     }
 
@@ -482,8 +484,9 @@ impl Run {
         Ok((bytes, entries))
     }
 
-    fn find(&self, key: &[u8]) -> Result<Found, StoreError> {
-        if !self.may_contain(key) {
+    /// The entry of `key` (whose [`key_hashes`] are `hashes`) in this run.
+    fn find(&self, key: &[u8], hashes: (u64, u64)) -> Result<Found, StoreError> {
+        if key > &self.last[..] || !self.may_contain(hashes) {
             return Ok(Found::Absent);
         }
         let Some(block) = self.blocks_starting_before(key, true).checked_sub(1) else {
@@ -560,6 +563,7 @@ impl Run {
             bloom_bits,
             entries,
             bytes,
+            last: Vec::new(),
         };
         let mut pos = 0;
         let bad = || corrupt(&path, "its block list does not parse");
@@ -578,6 +582,13 @@ impl Run {
                 u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")),
                 u32::from_le_bytes(rest[12..].try_into().expect("4 bytes")),
             ));
+        }
+        if blocks > 0 {
+            let len =
+                usize::try_from(get_varint(index, &mut pos).ok_or_else(bad)?).map_err(|_| bad())?;
+            let end = pos.checked_add(len).ok_or_else(bad)?;
+            run.last = index.get(pos..end).ok_or_else(bad)?.to_vec();
+            pos = end;
         }
         if pos != index.len() {
             return Err(bad());
@@ -608,6 +619,8 @@ struct RunWriter {
     bloom: Vec<u64>,
     bloom_bits: u64,
     entries: u64,
+    /// The last key pushed.
+    last: Vec<u8>,
 }
 
 impl RunWriter {
@@ -636,6 +649,7 @@ impl RunWriter {
             bloom: vec![0; (bloom_bits / 64) as usize],
             bloom_bits,
             entries: 0,
+            last: Vec::new(),
         })
     }
 
@@ -654,7 +668,9 @@ impl RunWriter {
         if let Some(v) = value {
             self.block.extend_from_slice(v);
         }
-        for b in bloom_positions(key, self.bloom_bits) {
+        self.last.clear();
+        self.last.extend_from_slice(key);
+        for b in bloom_positions(key_hashes(key), self.bloom_bits) {
             self.bloom[(b / 64) as usize] |= 1 << (b % 64);
         }
         self.entries += 1;
@@ -685,6 +701,11 @@ impl RunWriter {
             self.close_block()?;
         }
         let index_at = self.offset;
+        if !self.blocks.is_empty() {
+            // After the block list: the greatest key, so a lookup past it reads nothing.
+            put_varint(&mut self.index, self.last.len() as u64);
+            self.index.extend_from_slice(&self.last);
+        }
         let mut meta = std::mem::take(&mut self.index);
         let index_len = meta.len() as u64;
         for w in &self.bloom {
@@ -720,6 +741,7 @@ impl RunWriter {
             bloom_bits: self.bloom_bits,
             entries: self.entries,
             bytes,
+            last: self.last,
         })
     }
 }
@@ -785,6 +807,8 @@ impl<'r> RunCursor<'r> {
                     .partition_point(|(k, _)| self.bytes[k.clone()] < to[..]),
                 None => self.entries.len(),
             };
+        } else if from[..] > self.run.last[..] {
+            self.done = true;
         } else {
             let block = self
                 .run
