@@ -716,6 +716,7 @@ impl Projector {
         let old_generation = std::mem::replace(&mut *lock(&slot.generation), generation);
         slot.stale.store(false, Ordering::Release);
         slot.checkpoint.send_replace(checkpoint);
+        old.discard();
         drop(old);
         ViewDb::destroy(&generation_dir(&self.views, name, old_generation))?;
         status_of(slot, &shadow)

@@ -10,8 +10,9 @@
 //! does not grow with the log, and memory holds the runs' filters and block keys rather than
 //! every key. The index is derived from the log: without a checkpoint it is rebuilt from it.
 //!
-//! sled holds the rest, in the same directory: the store's metadata (e.g. the outbox cursor,
-//! written with flush + `fdatasync`), the projections' views and checkpoints. A store created
+//! sled holds the store's metadata in the same directory (e.g. the outbox cursor, written
+//! with flush + `fdatasync`, and each view's live generation); the views keep their own files
+//! under `views/` (see `viewdb`). A store created
 //! before the log had its own files kept its records in sled; opening it moves them into log
 //! files once (into `log.migrating/`, renamed to `log/` when complete).
 //!
@@ -44,8 +45,8 @@ pub const MAX_RECORD_BYTES: usize = 96 * 1024;
 /// The most bytes one append may store (a commit's length must fit its header's u32 with the
 /// rest of its group: at most 4096 events of [`MAX_RECORD_BYTES`] besides).
 pub const MAX_APPEND_BYTES: usize = 256 * 1024 * 1024;
-/// sled's segment size for a new store (its blob threshold is a quarter of it): the views'
-/// values stay below it, so sled's unsynced `blobs/` files stay empty.
+/// sled's segment size for a new store (its blob threshold is a quarter of it): the
+/// metadata's values stay below it, so sled's unsynced `blobs/` files stay empty.
 pub const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 /// A log file is closed, and the next commit starts a new one, past this size.
 pub const DEFAULT_LOG_FILE_BYTES: u64 = 256 * 1024 * 1024;
@@ -155,7 +156,8 @@ pub struct StoreConfig {
     pub fsync: bool,
     /// The commit clock, microseconds since the Unix epoch.
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
-    /// sled's page cache for the views and metadata, in bytes (sled's own default is 1 GiB).
+    /// sled's page cache for the store's metadata, in bytes (sled's own default is 1 GiB);
+    /// views keep their own files and memory tables.
     pub cache_bytes: u64,
     /// A log file's size before the next one is started.
     pub log_file_bytes: u64,

@@ -172,8 +172,8 @@ async fn full_batches_of_the_largest_events_leave_no_unsynced_blob_files() {
     let store = open(&dir);
     let overhead = ev("x", "s").data.len();
     let mut n = 0;
-    // Three commits of the largest records, then commits of small ones whose chunks fill
-    // sled leaves: every value and every consolidated leaf stays below sled's blob threshold.
+    // Three commits of the largest records, then commits of small ones: whatever the events'
+    // size, nothing the store keeps in sled passes sled's blob threshold.
     for round in 0..5 {
         let size = if round < 3 {
             MAX_RECORD_BYTES - 200

@@ -5,10 +5,11 @@
 //!
 //! A view is derived from the log, so nothing here is synced per commit: a commit changes the
 //! memory table and the checkpoint readers see, atomically under one lock. When the table
-//! passes [`MEM_TABLE_BYTES`] it is written as a new run (fsynced), the newest runs are merged
-//! while the one before them is under twice their size (so there are about
-//! log₂(view / table) runs), and the manifest is replaced by rename: a crash leaves the last
-//! manifest's runs and checkpoint, and the projector folds the log again from there.
+//! passes [`MEM_TABLE_BYTES`] it is written as a new run (fsynced) and the manifest is replaced
+//! by rename; a thread of the view's own then merges the newest runs while the one before them
+//! is under twice their size (so there are about log₂(view / table) runs), replacing the
+//! manifest again, so a large merge never holds up folding. A crash leaves the last manifest's
+//! runs and checkpoint, and the projector folds the log again from there.
 //!
 //! A run file is its entries sorted by key in blocks of about [`BLOCK_BYTES`] (each entry
 //! `varint key length | varint value length + 1, or 0 for a removal | key | value`), then for
@@ -24,7 +25,9 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
 
 use crate::StoreError;
 use crate::log::sync_dir;
@@ -57,13 +60,33 @@ pub(crate) struct Meta {
 /// Staged changes: key → new value (`None` = removed).
 pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// One view generation's storage (a directory).
+/// One view generation's storage (a directory). Reads go through [`Inner`].
 pub(crate) struct ViewDb {
+    inner: Arc<Inner>,
+    /// The thread merging runs, when there is one.
+    merger: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What a view's readers, its writer and its merging thread share.
+pub(crate) struct Inner {
     dir: PathBuf,
     state: RwLock<State>,
-    /// Serialises commits and flushes (one folding thread at a time, plus a flush at shutdown).
+    /// Serialises the changes to the state and the manifest: commits and flushes (one folding
+    /// thread at a time, plus a flush at shutdown) and a merge's install.
     writer: Mutex<()>,
     mem_limit: usize,
+    /// Set when the view closes: no merge starts, and one under way stops.
+    closing: AtomicBool,
+    /// Set when the view's directory is about to be removed: nothing is written at the close.
+    discarded: AtomicBool,
+}
+
+impl std::ops::Deref for ViewDb {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
 }
 
 struct State {
@@ -101,19 +124,101 @@ impl ViewDb {
         };
         let keep: Vec<u64> = runs.iter().map(|r| r.number).collect();
         remove_files_except(dir, &keep, meta.is_some());
-        Ok(ViewDb {
-            dir: dir.to_owned(),
-            state: RwLock::new(State {
-                mem: Changes::new(),
-                mem_bytes: 0,
-                runs,
-                meta,
-                durable: meta,
-                next_run,
+        let db = ViewDb {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                state: RwLock::new(State {
+                    mem: Changes::new(),
+                    mem_bytes: 0,
+                    runs,
+                    meta,
+                    durable: meta,
+                    next_run,
+                }),
+                writer: Mutex::new(()),
+                mem_limit,
+                closing: AtomicBool::new(false),
+                discarded: AtomicBool::new(false),
             }),
-            writer: Mutex::new(()),
-            mem_limit,
-        })
+            merger: Mutex::new(None),
+        };
+        // A merge a crash or a close interrupted is taken up again.
+        db.start_merge();
+        Ok(db)
+    }
+
+    /// The view's directory is going to be removed: its close writes nothing.
+    pub(crate) fn discard(&self) {
+        self.discarded.store(true, Ordering::Release);
+        self.stop_merging();
+    }
+
+    /// Stops the merging thread (after the merge it is in, which it abandons) and waits for it.
+    fn stop_merging(&self) {
+        self.closing.store(true, Ordering::Release);
+        let merger = lock(&self.merger).take();
+        if let Some(merger) = merger {
+            let _ = merger.join();
+        }
+    }
+
+    /// Starts the merging thread unless one is running or there is nothing to merge.
+    fn start_merge(&self) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut merger = lock(&self.merger);
+        if merger.as_ref().is_some_and(|m| !m.is_finished()) {
+            return;
+        }
+        if let Some(done) = merger.take() {
+            let _ = done.join();
+        }
+        if self.merge_plan().is_none() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("view-merge".into())
+            .spawn(move || {
+                while !inner.closing.load(Ordering::Acquire) {
+                    match inner.merge_once() {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::error!(view = %inner.dir.display(), error = %e, "merging a view's runs failed; they are read as they are");
+                            break;
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => *merger = Some(thread),
+            Err(e) => {
+                tracing::error!(view = %self.dir.display(), error = %e, "cannot start a thread to merge a view's runs")
+            }
+        }
+    }
+
+    /// Waits until the runs are merged as far as they go (tests).
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
+        loop {
+            let merger = lock(&self.merger).take();
+            if let Some(merger) = merger {
+                merger.join().expect("the merging thread panicked");
+            }
+            if self.merge_plan().is_none() {
+                return;
+            }
+            self.start_merge();
+        }
+    }
+
+    /// Gone without writing anything, as after `kill -9` (tests).
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        self.discard();
     }
 
     /// Removes a view's directory (a leftover generation).
@@ -125,19 +230,15 @@ impl ViewDb {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn meta(&self) -> Option<Meta> {
-        self.read().meta
-    }
-
     /// Sets the meta and writes it (with everything in memory) to disk now.
     pub(crate) fn set_meta(&self, meta: Meta) -> Result<(), StoreError> {
-        let _w = lock(&self.writer);
-        self.state.write().unwrap_or_else(|p| p.into_inner()).meta = Some(meta);
-        self.flush_locked()
+        {
+            let _w = lock(&self.writer);
+            self.state.write().unwrap_or_else(|p| p.into_inner()).meta = Some(meta);
+            self.flush_locked()?;
+        }
+        self.start_merge();
+        Ok(())
     }
 
     /// Applies `changes` and the new meta atomically (readers see all of it or none of it);
@@ -166,18 +267,118 @@ impl ViewDb {
             state.meta = Some(meta);
             state.mem_bytes >= self.mem_limit
         };
-        if full { self.flush_locked() } else { Ok(()) }
+        if full {
+            self.flush_locked()?;
+            drop(_w);
+            self.start_merge();
+        }
+        Ok(())
     }
 
     /// Writes what is in memory, and the meta, to disk (a no-op when nothing changed).
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        {
+            let _w = lock(&self.writer);
+            self.flush_locked()?;
+        }
+        self.start_merge();
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn meta(&self) -> Option<Meta> {
+        self.read().meta
+    }
+
+    /// The newest runs to merge now (newest first), and whether removals must be kept (the
+    /// oldest run is not among them); `None` when the runs are as merged as they should be.
+    fn merge_plan(&self) -> Option<(Vec<Arc<Run>>, bool)> {
+        let state = self.read();
+        let runs = &state.runs;
+        let mut total = runs.first()?.bytes;
+        let mut j = 1;
+        while j < runs.len() && runs[j].bytes < 2 * total {
+            total += runs[j].bytes;
+            j += 1;
+        }
+        (j >= 2).then(|| (runs[..j].to_vec(), j < runs.len()))
+    }
+
+    /// Merges the runs the plan names into one and installs it; false when there was nothing
+    /// to merge or the view is closing.
+    fn merge_once(&self) -> Result<bool, StoreError> {
+        let Some((inputs, keep_removals)) = self.merge_plan() else {
+            return Ok(false);
+        };
+        let number = {
+            let _w = lock(&self.writer);
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.next_run += 1;
+            state.next_run - 1
+        };
+        let expected = inputs.iter().map(|r| r.entries).sum();
+        let mut w = RunWriter::create(&self.dir, number, expected)?;
+        let mut pushed = 0u64;
+        let mut stopped = false;
+        {
+            let mut sources: Vec<Source<'_>> = inputs
+                .iter()
+                .map(|r| Source::Run(RunCursor::new(r, b"", None, false)))
+                .collect();
+            merge(&mut sources, b"", None, false, &mut |k, v| {
+                if v.is_some() || keep_removals {
+                    w.push(k, v)?;
+                }
+                pushed += 1;
+                if pushed.is_multiple_of(4096) && self.closing.load(Ordering::Acquire) {
+                    stopped = true;
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+        }
+        if stopped {
+            let _ = std::fs::remove_file(&w.path);
+            return Ok(false);
+        }
+        let merged = Arc::new(w.finish()?);
         let _w = lock(&self.writer);
-        self.flush_locked()
+        let (runs, durable, next_run) = {
+            let state = self.read();
+            let at = state.runs.iter().position(|r| r.number == inputs[0].number);
+            let intact = at.is_some_and(|at| {
+                state.runs.len() >= at + inputs.len()
+                    && state.runs[at..at + inputs.len()]
+                        .iter()
+                        .zip(&inputs)
+                        .all(|(a, b)| a.number == b.number)
+            });
+            let Some(at) = at.filter(|_| intact) else {
+                let _ = std::fs::remove_file(&merged.path);
+                return Err(StoreError::Invalid(
+                    "a view's runs changed while they were merged".into(),
+                ));
+            };
+            let mut runs = state.runs.clone();
+            runs.splice(at..at + inputs.len(), [merged]);
+            (runs, state.durable, state.next_run)
+        };
+        write_manifest(&self.dir, durable, &runs, next_run)?;
+        self.state.write().unwrap_or_else(|p| p.into_inner()).runs = runs;
+        for run in inputs {
+            let _ = std::fs::remove_file(&run.path);
+        }
+        Ok(true)
     }
 
     /// [`ViewDb::flush`] with the writer lock held: only this thread changes the state.
     fn flush_locked(&self) -> Result<(), StoreError> {
-        let (mut runs, meta, mut next_run, written) = {
+        let (runs, meta, next_run, written) = {
             let state = self.read();
             if state.mem.is_empty() && state.meta == state.durable {
                 return Ok(());
@@ -195,37 +396,6 @@ impl ViewDb {
             }
             (runs, state.meta, next_run, written)
         };
-        let mut obsolete = Vec::new();
-        // Merge the newest runs while the one before them is under twice their size.
-        while let Some(newest) = runs.first() {
-            let mut total = newest.bytes;
-            let mut j = 1;
-            while j < runs.len() && runs[j].bytes < 2 * total {
-                total += runs[j].bytes;
-                j += 1;
-            }
-            if j < 2 {
-                break;
-            }
-            let keep_removals = j < runs.len();
-            let expected = runs[..j].iter().map(|r| r.entries).sum();
-            let mut w = RunWriter::create(&self.dir, next_run, expected)?;
-            {
-                let mut sources: Vec<Source<'_>> = runs[..j]
-                    .iter()
-                    .map(|r| Source::Run(RunCursor::new(r, b"", None, false)))
-                    .collect();
-                merge(&mut sources, b"", None, false, &mut |k, v| {
-                    if v.is_some() || keep_removals {
-                        w.push(k, v)?;
-                    }
-                    Ok(true)
-                })?;
-            }
-            let merged = Arc::new(w.finish()?);
-            next_run += 1;
-            obsolete.extend(runs.splice(..j, [merged]));
-        }
         write_manifest(&self.dir, meta, &runs, next_run)?;
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -236,9 +406,6 @@ impl ViewDb {
             }
             state.durable = meta;
             state.next_run = next_run;
-        }
-        for run in obsolete {
-            let _ = std::fs::remove_file(&run.path);
         }
         Ok(())
     }
@@ -319,7 +486,8 @@ impl ViewDb {
 /// again (best effort: the log has them anyway). A removed generation is left removed.
 impl Drop for ViewDb {
     fn drop(&mut self) {
-        if !self.dir.exists() {
+        self.stop_merging();
+        if self.discarded.load(Ordering::Acquire) || !self.dir.exists() {
             return;
         }
         if let Err(e) = self.flush() {

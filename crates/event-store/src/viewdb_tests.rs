@@ -151,7 +151,7 @@ proptest! {
                 }
                 Op::Crash => {
                     staged.clear();
-                    std::mem::forget(db);
+                    db.crash();
                     db = ViewDb::open_with(dir.path(), limit).unwrap();
                     model = durable.clone();
                     checkpoint = durable_checkpoint.unwrap_or(0);
@@ -161,6 +161,8 @@ proptest! {
         }
         probes.sort();
         probes.dedup();
+        check_all(&db, &model, &probes);
+        db.settle();
         check_all(&db, &model, &probes);
         prop_assert!(db.runs() <= 12, "runs are merged: {}", db.runs());
     }
@@ -177,7 +179,7 @@ fn a_fresh_view_has_no_meta_and_a_flushed_one_keeps_it() {
     c.insert(b"a".to_vec(), Some(b"1".to_vec()));
     db.commit(c, meta(7)).unwrap();
     assert_eq!(db.meta(), Some(meta(7)));
-    std::mem::forget(db);
+    db.crash();
     // Not flushed (a crash): the reopened view is back at the meta last written.
     let db = ViewDb::open(dir.path()).unwrap();
     assert_eq!(db.meta(), Some(meta(0)));
@@ -186,7 +188,7 @@ fn a_fresh_view_has_no_meta_and_a_flushed_one_keeps_it() {
     c.insert(b"a".to_vec(), Some(b"1".to_vec()));
     db.commit(c, meta(8)).unwrap();
     db.flush().unwrap();
-    std::mem::forget(db);
+    db.crash();
     let db = ViewDb::open(dir.path()).unwrap();
     assert_eq!(db.meta(), Some(meta(8)));
     assert_eq!(db.get(b"a").unwrap(), Some(b"1".to_vec()));
