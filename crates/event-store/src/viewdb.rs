@@ -90,7 +90,9 @@ impl std::ops::Deref for ViewDb {
 }
 
 struct State {
-    mem: Changes,
+    /// Shared with scans under way (a scan reads a snapshot, not under the lock), so a commit
+    /// copies it only when a scan still holds it.
+    mem: Arc<Changes>,
     mem_bytes: usize,
     /// Newest first.
     runs: Vec<Arc<Run>>,
@@ -128,7 +130,7 @@ impl ViewDb {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 state: RwLock::new(State {
-                    mem: Changes::new(),
+                    mem: Arc::default(),
                     mem_bytes: 0,
                     runs,
                     meta,
@@ -250,12 +252,13 @@ impl ViewDb {
             let state = &mut *state;
             if state.mem.is_empty() {
                 state.mem_bytes = changes.iter().map(|(k, v)| entry_bytes(k, v)).sum();
-                state.mem = changes;
+                state.mem = Arc::new(changes);
             } else {
+                let mem = Arc::make_mut(&mut state.mem);
                 for (k, v) in changes {
                     let added = entry_bytes(&k, &v);
                     let value = v.as_ref().map_or(0, Vec::len);
-                    match state.mem.insert(k, v) {
+                    match mem.insert(k, v) {
                         Some(old) => {
                             state.mem_bytes =
                                 (state.mem_bytes + value).saturating_sub(old.map_or(0, |o| o.len()))
@@ -388,7 +391,7 @@ impl Inner {
             let written = !state.mem.is_empty();
             if written {
                 let mut w = RunWriter::create(&self.dir, next_run, state.mem.len() as u64)?;
-                for (k, v) in &state.mem {
+                for (k, v) in state.mem.iter() {
                     w.push(k, v.as_deref())?;
                 }
                 runs.insert(0, Arc::new(w.finish()?));
@@ -401,7 +404,7 @@ impl Inner {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             state.runs = runs;
             if written {
-                state.mem = Changes::new();
+                state.mem = Arc::default();
                 state.mem_bytes = 0;
             }
             state.durable = meta;
@@ -451,20 +454,24 @@ impl Inner {
         if to.is_some_and(|to| from >= to) {
             return Ok(());
         }
-        let state = self.read();
+        // A snapshot: a long scan (a view's digest) holds no lock that commits wait for.
+        let (table, runs) = {
+            let state = self.read();
+            (state.mem.clone(), state.runs.clone())
+        };
         let mem: MemIter<'_> = {
             use std::ops::Bound::{Excluded, Included, Unbounded};
             let upper = to.map_or(Unbounded, Excluded);
-            let range = state.mem.range::<[u8], _>((Included(from), upper));
+            let range = table.range::<[u8], _>((Included(from), upper));
             if rev {
                 Box::new(range.rev())
             } else {
                 Box::new(range)
             }
         };
-        let mut sources = Vec::with_capacity(state.runs.len() + 1);
+        let mut sources = Vec::with_capacity(runs.len() + 1);
         sources.push(Source::mem(mem));
-        for run in &state.runs {
+        for run in &runs {
             sources.push(Source::Run(RunCursor::new(run, from, to, rev)));
         }
         merge(&mut sources, from, to, rev, &mut |k, v| {
