@@ -5,6 +5,9 @@
 # The .proto files compile in pure Rust, so no protoc is needed.
 
 FROM rust:1.95-slim-bookworm AS build
+# make: the services' allocator (jemalloc) is built from its C sources; the slim image has gcc.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
