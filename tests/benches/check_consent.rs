@@ -8,6 +8,10 @@
 //! Run: `cargo bench -p privacy-e2e --bench check_consent` (BENCH_SUBJECTS, BENCH_CALLS;
 //! PRIVACY_CACHE_MB sizes the service's page cache).
 
+/// The services' allocator, for the floor and the service alike.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::{Duration, Instant};
 
 use privacy_e2e::bench_kit::{compare, echo_call, echo_floor, env_count, measure, runtime};

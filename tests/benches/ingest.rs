@@ -9,6 +9,10 @@
 //! Run: `cargo bench -p privacy-e2e --bench ingest` (BENCH_EVENTS sets the count, default 50000;
 //! BENCH_SUBJECTS how many subjects they name, default 2000).
 
+/// The services' allocator, for the floor and the service alike.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
