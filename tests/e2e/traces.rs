@@ -152,7 +152,15 @@ async fn one_user_event_is_one_trace_from_the_publisher_to_another_service() {
         .expect("the client SDK opens a publish span");
     let trace_id = publish.span_context.trace_id().to_bytes().to_vec();
 
-    // The services export in batches; wait until the last hop of the trace arrived.
+    // The services export in batches, each on its own schedule: wait until every span the
+    // checks below need arrived (retention's reaction can be exported before the consent
+    // outbox's publish span that led to it).
+    let needed = [
+        ("privacy-consent", "ingest"),
+        ("privacy-consent", "store"),
+        ("privacy-consent", "outbox.publish"),
+        ("privacy-retention", "react"),
+    ];
     let trace = eventually("the trace to reach retention's reaction", || {
         let received = received.clone();
         let trace_id = trace_id.clone();
@@ -164,7 +172,12 @@ async fn one_user_event_is_one_trace_from_the_publisher_to_another_service() {
                 .filter(|(_, s)| s.trace_id == trace_id)
                 .cloned()
                 .collect();
-            if trace.iter().any(|(_, s)| s.name == "react") {
+            let arrived = |(service, name): &(&str, &str)| {
+                trace
+                    .iter()
+                    .any(|(svc, s)| svc == service && s.name == *name)
+            };
+            if needed.iter().all(arrived) {
                 Ok(trace)
             } else {
                 Err(format!(
