@@ -5,7 +5,8 @@
 //!
 //! A view is derived from the log, so nothing here is synced per commit: a commit changes the
 //! memory table and the checkpoint readers see, atomically under one lock. When the table
-//! passes [`MEM_TABLE_BYTES`] it is written as a new run (fsynced) and the manifest is replaced
+//! passes [`MEM_TABLE_BYTES`] (or the view is [`FLUSH_EVERY_EVENTS`] past its manifest's
+//! checkpoint) it is written as a new run (fsynced) and the manifest is replaced
 //! by rename; a thread of the view's own then merges the newest runs while the one before them
 //! is under twice their size (so there are about log₂(view / table) runs), replacing the
 //! manifest again, so a large merge never holds up folding. A crash leaves the last manifest's
@@ -45,6 +46,10 @@ const FOOTER_LEN: u64 = 8 * 8;
 const MANIFEST: &str = "MANIFEST";
 /// The memory table is written as a run once its keys and values pass this.
 pub(crate) const MEM_TABLE_BYTES: usize = 16 << 20;
+/// ... and once the view has folded this many events past its manifest's checkpoint, so a view
+/// whose changes stay small (the same keys rewritten) still bounds what a crash makes the
+/// projector fold again.
+const FLUSH_EVERY_EVENTS: u64 = 262_144;
 /// What one entry of the memory table costs beyond its key and value (tree node, vectors).
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -268,7 +273,9 @@ impl ViewDb {
                 }
             }
             state.meta = Some(meta);
+            let folded = state.durable.map_or(0, |d| d.checkpoint);
             state.mem_bytes >= self.mem_limit
+                || meta.checkpoint.saturating_sub(folded) >= FLUSH_EVERY_EVENTS
         };
         if full {
             self.flush_locked()?;

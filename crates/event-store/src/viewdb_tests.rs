@@ -262,3 +262,24 @@ fn scanned_result(db: &ViewDb) -> Result<usize, StoreError> {
     })?;
     Ok(n)
 }
+
+/// A view whose changes stay small is still written once it has folded enough events, so a
+/// crash never makes the projector fold the whole log again.
+#[test]
+fn a_view_far_past_its_manifest_is_written_however_small_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    db.set_meta(meta(0)).unwrap();
+    for checkpoint in [1, FLUSH_EVERY_EVENTS - 1, FLUSH_EVERY_EVENTS + 5] {
+        let mut c = Changes::new();
+        c.insert(b"same".to_vec(), Some(checkpoint.to_be_bytes().to_vec()));
+        db.commit(c, meta(checkpoint)).unwrap();
+    }
+    db.crash();
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), Some(meta(FLUSH_EVERY_EVENTS + 5)));
+    assert_eq!(
+        db.get(b"same").unwrap(),
+        Some((FLUSH_EVERY_EVENTS + 5).to_be_bytes().to_vec())
+    );
+}
