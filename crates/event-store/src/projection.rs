@@ -494,14 +494,21 @@ impl Projector {
             }
             let tree = ViewDb::open(&live_dir)?;
             let current = projection.version();
+            let head = store.head().seq;
             let (stale, checkpoint) = match tree.meta() {
-                Some(m) if m.version == current && !m.rebuilding => (false, m.checkpoint),
+                Some(m) if m.version == current && !m.rebuilding && m.checkpoint <= head => {
+                    (false, m.checkpoint)
+                }
+                // A view ahead of the log (a store without fsync that lost its tail) would skip
+                // the events that reuse those numbers: rebuilt, like a changed version.
                 Some(m) => {
                     tracing::info!(
                         projection = name,
                         stored_version = m.version,
                         version = current,
                         interrupted = m.rebuilding,
+                        checkpoint = m.checkpoint,
+                        head,
                         "projection will be rebuilt before it is read"
                     );
                     (true, 0)

@@ -17,8 +17,10 @@
 //! each block its first key, offset, length and CRC-32, then the greatest key, then a Bloom
 //! filter over the keys, then a footer whose check covers all of that. Only the block list
 //! and the filter are held in memory; a lookup reads one block with `pread` (the OS page cache,
-//! not this process, keeps the hot blocks) and checks its CRC before using it. A damaged run
-//! or manifest makes the view rebuild from the log, never a wrong answer.
+//! not this process, keeps the hot blocks) and checks its CRC before using it. A manifest or
+//! run list that does not check at open makes the view rebuild from the log; a damaged block
+//! met later is an error naming the file (remove the view's directory to rebuild it). Never a
+//! wrong answer.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -84,6 +86,9 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// Set when the view's directory is about to be removed: nothing is written at the close.
     discarded: AtomicBool,
+    /// Set when a merge failed: no other starts until the view is opened again (reads stay
+    /// right over unmerged runs; the error was logged).
+    merging_failed: AtomicBool,
 }
 
 impl std::ops::Deref for ViewDb {
@@ -121,13 +126,18 @@ impl ViewDb {
 
     pub(crate) fn open_with(dir: &Path, mem_limit: usize) -> Result<ViewDb, StoreError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
+        if let Some(parent) = dir.parent() {
+            // A new generation's directory entry is durable before anything names it.
+            sync_dir(parent)?;
+        }
         let (meta, runs, next_run) = match load(dir) {
             Ok(Some(loaded)) => loaded,
             Ok(None) => (None, Vec::new(), 1),
-            Err(e) => {
+            Err(Fault::Damaged(e)) => {
                 tracing::warn!(view = %dir.display(), error = %e, "a view's files do not check; it will be rebuilt from the log");
                 (None, Vec::new(), 1)
             }
+            Err(Fault::Io(e)) => return Err(e),
         };
         let keep: Vec<u64> = runs.iter().map(|r| r.number).collect();
         remove_files_except(dir, &keep, meta.is_some());
@@ -146,6 +156,7 @@ impl ViewDb {
                 mem_limit,
                 closing: AtomicBool::new(false),
                 discarded: AtomicBool::new(false),
+                merging_failed: AtomicBool::new(false),
             }),
             merger: Mutex::new(None),
         };
@@ -171,7 +182,7 @@ impl ViewDb {
 
     /// Starts the merging thread unless one is running or there is nothing to merge.
     fn start_merge(&self) {
-        if self.closing.load(Ordering::Acquire) {
+        if self.closing.load(Ordering::Acquire) || self.merging_failed.load(Ordering::Acquire) {
             return;
         }
         let mut merger = lock(&self.merger);
@@ -193,7 +204,8 @@ impl ViewDb {
                         Ok(true) => {}
                         Ok(false) => break,
                         Err(e) => {
-                            tracing::error!(view = %inner.dir.display(), error = %e, "merging a view's runs failed; they are read as they are");
+                            inner.merging_failed.store(true, Ordering::Release);
+                            tracing::error!(view = %inner.dir.display(), error = %e, "merging a view's runs failed; they are read unmerged, and no merge is tried again until the service restarts");
                             break;
                         }
                     }
@@ -331,6 +343,21 @@ impl Inner {
             state.next_run += 1;
             state.next_run - 1
         };
+        let merged = self.merge_into(number, &inputs, keep_removals);
+        if !matches!(merged, Ok(true)) {
+            // Not installed (stopped, or failed): its file goes.
+            let _ = std::fs::remove_file(run_path(&self.dir, number));
+        }
+        merged
+    }
+
+    /// [`Inner::merge_once`]'s work: `inputs` merged into run `number` and installed.
+    fn merge_into(
+        &self,
+        number: u64,
+        inputs: &[Arc<Run>],
+        keep_removals: bool,
+    ) -> Result<bool, StoreError> {
         let expected = inputs.iter().map(|r| r.entries).sum();
         let mut w = RunWriter::create(&self.dir, number, expected)?;
         let mut pushed = 0u64;
@@ -353,7 +380,6 @@ impl Inner {
             })?;
         }
         if stopped {
-            let _ = std::fs::remove_file(&w.path);
             return Ok(false);
         }
         let merged = Arc::new(w.finish()?);
@@ -365,11 +391,10 @@ impl Inner {
                 state.runs.len() >= at + inputs.len()
                     && state.runs[at..at + inputs.len()]
                         .iter()
-                        .zip(&inputs)
+                        .zip(inputs)
                         .all(|(a, b)| a.number == b.number)
             });
             let Some(at) = at.filter(|_| intact) else {
-                let _ = std::fs::remove_file(&merged.path);
                 return Err(StoreError::Invalid(
                     "a view's runs changed while they were merged".into(),
                 ));
@@ -378,6 +403,9 @@ impl Inner {
             runs.splice(at..at + inputs.len(), [merged]);
             (runs, state.durable, state.next_run)
         };
+        // On failure the state keeps the inputs and the merged file goes; a manifest that was
+        // renamed into place before the failure is replaced by the next flush, or (after a
+        // crash first) names a missing run, which rebuilds the view from the log.
         write_manifest(&self.dir, durable, &runs, next_run)?;
         self.state.write().unwrap_or_else(|p| p.into_inner()).runs = runs;
         for run in inputs {
@@ -388,35 +416,43 @@ impl Inner {
 
     /// [`ViewDb::flush`] with the writer lock held: only this thread changes the state.
     fn flush_locked(&self) -> Result<(), StoreError> {
-        let (runs, meta, next_run, written) = {
+        let (dirty, written) = {
             let state = self.read();
-            if state.mem.is_empty() && state.meta == state.durable {
-                return Ok(());
-            }
+            (
+                !state.mem.is_empty() || state.meta != state.durable,
+                !state.mem.is_empty(),
+            )
+        };
+        if !dirty {
+            return Ok(());
+        }
+        // The new run's number is taken before its file is made, so no later run (a merge's,
+        // or this one after a failure further on) can reuse a number a manifest may name.
+        let number = written.then(|| {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.next_run += 1;
+            state.next_run - 1
+        });
+        let (runs, meta, next_run) = {
+            let state = self.read();
             let mut runs = state.runs.clone();
-            let mut next_run = state.next_run;
-            let written = !state.mem.is_empty();
-            if written {
-                let mut w = RunWriter::create(&self.dir, next_run, state.mem.len() as u64)?;
+            if let Some(number) = number {
+                let mut w = RunWriter::create(&self.dir, number, state.mem.len() as u64)?;
                 for (k, v) in state.mem.iter() {
                     w.push(k, v.as_deref())?;
                 }
                 runs.insert(0, Arc::new(w.finish()?));
-                next_run += 1;
             }
-            (runs, state.meta, next_run, written)
+            (runs, state.meta, state.next_run)
         };
         write_manifest(&self.dir, meta, &runs, next_run)?;
-        {
-            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            state.runs = runs;
-            if written {
-                state.mem = Arc::default();
-                state.mem_bytes = 0;
-            }
-            state.durable = meta;
-            state.next_run = next_run;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.runs = runs;
+        if written {
+            state.mem = Arc::default();
+            state.mem_bytes = 0;
         }
+        state.durable = meta;
         Ok(())
     }
 
@@ -512,6 +548,35 @@ impl Drop for ViewDb {
 
 fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
     k.len() + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+}
+
+/// Why a view's files could not be loaded: damaged (the view is rebuilt from the log), or the
+/// disk could not be read (an error: the files may be fine).
+enum Fault {
+    Damaged(StoreError),
+    Io(StoreError),
+}
+
+impl From<Fault> for StoreError {
+    fn from(f: Fault) -> StoreError {
+        match f {
+            Fault::Damaged(e) | Fault::Io(e) => e,
+        }
+    }
+}
+
+fn damaged(path: &Path, reason: &str) -> Fault {
+    Fault::Damaged(corrupt(path, reason))
+}
+
+/// A missing file or one shorter than its own layout says is damage; anything else is the disk.
+fn io_fault(path: &Path, e: std::io::Error) -> Fault {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+            damaged(path, &e.to_string())
+        }
+        _ => Fault::Io(storage(format!("{}: {e}", path.display()))),
+    }
 }
 
 fn corrupt(path: &Path, reason: &str) -> StoreError {
@@ -693,16 +758,16 @@ impl Run {
         Ok(Found::Absent)
     }
 
-    fn open(dir: &Path, number: u64) -> Result<Run, StoreError> {
+    fn open(dir: &Path, number: u64) -> Result<Run, Fault> {
         let path = run_path(dir, number);
-        let file = File::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
-        let bytes = file.metadata().map_err(storage)?.len();
+        let file = File::open(&path).map_err(|e| io_fault(&path, e))?;
+        let bytes = file.metadata().map_err(|e| io_fault(&path, e))?.len();
         if bytes < FOOTER_LEN {
-            return Err(corrupt(&path, "shorter than its footer"));
+            return Err(damaged(&path, "shorter than its footer"));
         }
         let mut footer = [0u8; FOOTER_LEN as usize];
         file.read_exact_at(&mut footer, bytes - FOOTER_LEN)
-            .map_err(storage)?;
+            .map_err(|e| io_fault(&path, e))?;
         let word =
             |i: usize| u64::from_le_bytes(footer[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         let (magic, blocks, entries, index_at, index_len, bloom_at, bloom_bits, check) = (
@@ -716,19 +781,20 @@ impl Run {
             word(7),
         );
         if magic != RUN_MAGIC {
-            return Err(corrupt(&path, "not a view run"));
+            return Err(damaged(&path, "not a view run"));
         }
         if index_at.checked_add(index_len) != Some(bloom_at)
             || bloom_bits == 0
             || bloom_bits % 64 != 0
             || bloom_at.checked_add(bloom_bits / 8) != Some(bytes - FOOTER_LEN)
         {
-            return Err(corrupt(&path, "its footer does not fit the file"));
+            return Err(damaged(&path, "its footer does not fit the file"));
         }
         let mut meta = vec![0u8; (bytes - FOOTER_LEN - index_at) as usize];
-        file.read_exact_at(&mut meta, index_at).map_err(storage)?;
+        file.read_exact_at(&mut meta, index_at)
+            .map_err(|e| io_fault(&path, e))?;
         if run_check(&meta, &footer[..56]) != check {
-            return Err(corrupt(&path, "its block list or filter fails the check"));
+            return Err(damaged(&path, "its block list or filter fails the check"));
         }
         let (index, bloom_bytes) = meta.split_at(index_len as usize);
         let mut run = Run {
@@ -748,7 +814,7 @@ impl Run {
             last: Vec::new(),
         };
         let mut pos = 0;
-        let bad = || corrupt(&path, "its block list does not parse");
+        let bad = || damaged(&path, "its block list does not parse");
         for _ in 0..blocks {
             let len =
                 usize::try_from(get_varint(index, &mut pos).ok_or_else(bad)?).map_err(|_| bad())?;
@@ -1158,22 +1224,22 @@ fn merge(
 
 /// Loads the manifest and its runs: `None` when there is no manifest.
 #[allow(clippy::type_complexity)]
-fn load(dir: &Path) -> Result<Option<(Option<Meta>, Vec<Arc<Run>>, u64)>, StoreError> {
+fn load(dir: &Path) -> Result<Option<(Option<Meta>, Vec<Arc<Run>>, u64)>, Fault> {
     let path = dir.join(MANIFEST);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(storage(format!("{}: {e}", path.display()))),
+        Err(e) => return Err(io_fault(&path, e)),
     };
-    let bad = || corrupt(&path, "it does not parse");
+    let bad = || damaged(&path, "it does not parse");
     if bytes.len() < 8 + 8 {
         return Err(bad());
     }
     let (body, check) = bytes.split_at(bytes.len() - 8);
     if blake3::hash(body).as_bytes()[..8] != *check {
-        return Err(corrupt(&path, "it fails its check"));
+        return Err(damaged(&path, "it fails its check"));
     }
-    let word = |i: usize| -> Result<u64, StoreError> {
+    let word = |i: usize| -> Result<u64, Fault> {
         Ok(u64::from_le_bytes(
             body.get(i..i + 8)
                 .ok_or_else(bad)?

@@ -283,3 +283,24 @@ fn a_view_far_past_its_manifest_is_written_however_small_its_changes() {
         Some((FLUSH_EVERY_EVENTS + 5).to_be_bytes().to_vec())
     );
 }
+
+/// A manifest that names a run whose file is gone is damage: the view starts empty, to be
+/// rebuilt from the log, rather than refusing to open.
+#[test]
+fn a_missing_run_means_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    let mut c = Changes::new();
+    c.insert(b"k".to_vec(), Some(b"v".to_vec()));
+    db.commit(c, meta(3)).unwrap();
+    db.flush().unwrap();
+    db.crash();
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "view") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), None);
+    assert_eq!(db.get(b"k").unwrap(), None);
+}
