@@ -15,9 +15,9 @@
 //! (an interrupted rebuild, or the old view after a swap) and is removed at open, as are the
 //! sled trees (`view:<name>`) views lived in before: such a view is rebuilt from the log. Data
 //! keys start with `d`; the checkpoint (`version | checkpoint | rebuilding`) is in the view's
-//! manifest. A view's changes reach its files when its memory table is full, when a rebuild
-//! swaps it in, and at [`Projector::flush`] (shutdown); after a crash it folds again from the
-//! checkpoint its files hold.
+//! manifest. A view's changes reach its files when its memory table is full or it has folded
+//! 262,144 events since, when a rebuild swaps it in, and at [`Projector::flush`] (shutdown);
+//! after a crash it folds again from the checkpoint its files hold.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
