@@ -24,13 +24,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::StoreError;
-use crate::log::{DirEntry, sync_dir};
+use crate::log::{DirEntry, replace_file};
 use crate::store::storage;
 
 /// Entries per block (one `pread` per lookup in a run).
 const BLOCK: usize = 128;
 /// Bloom filter bits per entry (about 1% false positives with [`BLOOM_HASHES`]).
-const BLOOM_BITS: u64 = 10;
+pub(crate) const BLOOM_BITS: u64 = 10;
 const BLOOM_HASHES: u64 = 7;
 /// Version 2: a CRC per block (version 1 tables are not read; the index is rebuilt from the log).
 const TABLE_MAGIC: u64 = 0x504c_4944_5831_0002;
@@ -89,6 +89,12 @@ pub(crate) struct Table {
 fn bloom_bits(key: &[u8], bits: u64) -> impl Iterator<Item = u64> {
     let h1 = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
     let h2 = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes")) | 1;
+    bloom_positions((h1, h2), bits)
+}
+
+/// The filter bits of a key whose two independent hashes are `(h1, h2)` (h2 odd), out of `bits`
+/// (double hashing).
+pub(crate) fn bloom_positions((h1, h2): (u64, u64), bits: u64) -> impl Iterator<Item = u64> {
     (0..BLOOM_HASHES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
 }
 
@@ -279,7 +285,9 @@ fn block_crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
-fn table_check(meta: &[u8], footer_head: &[u8]) -> u64 {
+/// The check of a table's in-memory parts (and of a view run's): the first 8 bytes of their
+/// BLAKE3 with the footer's head.
+pub(crate) fn table_check(meta: &[u8], footer_head: &[u8]) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(meta);
     h.update(footer_head);
@@ -792,17 +800,5 @@ fn write_manifest(
     }
     let check = blake3::hash(&body).as_bytes()[..8].to_vec();
     body.extend_from_slice(&check);
-    let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    {
-        let mut f = File::create(&tmp).map_err(storage)?;
-        f.write_all(&body).map_err(storage)?;
-        if sync {
-            f.sync_all().map_err(storage)?;
-        }
-    }
-    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(storage)?;
-    if sync {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    replace_file(dir, MANIFEST, &body, sync)
 }

@@ -17,6 +17,7 @@
 //! own chain hash is left to [`crate::EventStore::verify`].
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,6 +149,30 @@ pub(crate) fn create(dir: &Path, first_seq: u64, sync: bool) -> Result<Arc<LogFi
 /// Makes a directory's entries (new, renamed or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(storage)
+}
+
+/// Replaces `dir/name` with `bytes` all at once (written to `name.tmp`, renamed over it): a
+/// crash leaves the old file or the new one. With `sync`, the new file and the rename are
+/// durable before it returns.
+pub(crate) fn replace_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp).map_err(storage)?;
+        f.write_all(bytes).map_err(storage)?;
+        if sync {
+            f.sync_all().map_err(storage)?;
+        }
+    }
+    std::fs::rename(&tmp, dir.join(name)).map_err(storage)?;
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn h16(bytes: &[u8]) -> [u8; 16] {

@@ -33,14 +33,12 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use crate::StoreError;
-use crate::log::sync_dir;
+use crate::index::{BLOOM_BITS, bloom_positions, table_check};
+use crate::log::{replace_file, sync_dir};
 use crate::store::storage;
 
 /// A block's size, about (an entry larger than a block gets a block of its own).
 const BLOCK_BYTES: usize = 4096;
-/// Bloom filter bits per key (about 1% false positives with [`BLOOM_HASHES`]).
-const BLOOM_BITS: u64 = 10;
-const BLOOM_HASHES: u64 = 7;
 const RUN_MAGIC: u64 = 0x504c_5652_554e_0001;
 const MANIFEST_MAGIC: u64 = 0x504c_564d_414e_0001;
 /// magic, blocks, entries, index offset, index length, bloom offset, bloom bits, check.
@@ -125,10 +123,12 @@ impl ViewDb {
     }
 
     pub(crate) fn open_with(dir: &Path, mem_limit: usize) -> Result<ViewDb, StoreError> {
-        std::fs::create_dir_all(dir).map_err(storage)?;
-        if let Some(parent) = dir.parent() {
-            // A new generation's directory entry is durable before anything names it.
-            sync_dir(parent)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+            if let Some(parent) = dir.parent() {
+                // A new generation's directory entry is durable before anything names it.
+                sync_dir(parent)?;
+            }
         }
         let (meta, runs, next_run) = match load(dir) {
             Ok(Some(loaded)) => loaded,
@@ -358,7 +358,7 @@ impl Inner {
         inputs: &[Arc<Run>],
         keep_removals: bool,
     ) -> Result<bool, StoreError> {
-        let expected = inputs.iter().map(|r| r.entries).sum();
+        let expected = inputs.iter().map(|r| r.layout.entries).sum();
         let mut w = RunWriter::create(&self.dir, number, expected)?;
         let mut pushed = 0u64;
         let mut stopped = false;
@@ -623,10 +623,6 @@ fn key_hashes(key: &[u8]) -> (u64, u64) {
     (mix(h), mix(h ^ 0x9e37_79b9_7f4a_7c15) | 1)
 }
 
-fn bloom_positions((a, b): (u64, u64), bits: u64) -> impl Iterator<Item = u64> {
-    (0..BLOOM_HASHES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % bits)
-}
-
 /// Where a key's entry is in a block: key and value ranges (`None` value: removed).
 type Entry = (Range<usize>, Option<Range<usize>>);
 
@@ -663,11 +659,18 @@ enum Found {
     Value(Vec<u8>, Range<usize>),
 }
 
-/// A run on disk: its file, and its block list and Bloom filter in memory.
+/// A run on disk: its file, and its [`Layout`] in memory.
 struct Run {
     number: u64,
     path: PathBuf,
     file: File,
+    bytes: u64,
+    layout: Layout,
+}
+
+/// What a run keeps in memory (built by its writer, or read back at open).
+#[derive(Default)]
+struct Layout {
     /// The first key of every block, concatenated; block i's is `fences[fence_ends[i-1]..fence_ends[i]]`.
     fences: Vec<u8>,
     fence_ends: Vec<usize>,
@@ -676,7 +679,6 @@ struct Run {
     bloom: Vec<u64>,
     bloom_bits: u64,
     entries: u64,
-    bytes: u64,
     /// The greatest key (empty when the run has none).
     last: Vec<u8>,
 }
@@ -685,7 +687,7 @@ fn run_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("run-{number}.view"))
 }
 
-impl Run {
+impl Layout {
     fn fence(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.fence_ends[i - 1] };
         &self.fences[start..self.fence_ends[i]]
@@ -710,10 +712,12 @@ impl Run {
         bloom_positions(hashes, self.bloom_bits)
             .all(|b| self.bloom[(b / 64) as usize] & (1 << (b % 64)) != 0)
     }
+}
 
+impl Run {
     /// Block `i`'s bytes, checked against its CRC.
     fn block_bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        let (offset, len, crc) = self.blocks[i];
+        let (offset, len, crc) = self.layout.blocks[i];
         let mut bytes = vec![0; len as usize];
         self.file
             .read_exact_at(&mut bytes, offset)
@@ -733,10 +737,11 @@ impl Run {
 
     /// The entry of `key` (whose [`key_hashes`] are `hashes`) in this run.
     fn find(&self, key: &[u8], hashes: (u64, u64)) -> Result<Found, StoreError> {
-        if key > &self.last[..] || !self.may_contain(hashes) {
+        let layout = &self.layout;
+        if key > &layout.last[..] || !layout.may_contain(hashes) {
             return Ok(Found::Absent);
         }
-        let Some(block) = self.blocks_starting_before(key, true).checked_sub(1) else {
+        let Some(block) = layout.blocks_starting_before(key, true).checked_sub(1) else {
             return Ok(Found::Absent);
         };
         let bytes = self.block_bytes(block)?;
@@ -793,14 +798,11 @@ impl Run {
         let mut meta = vec![0u8; (bytes - FOOTER_LEN - index_at) as usize];
         file.read_exact_at(&mut meta, index_at)
             .map_err(|e| io_fault(&path, e))?;
-        if run_check(&meta, &footer[..56]) != check {
+        if table_check(&meta, &footer[..56]) != check {
             return Err(damaged(&path, "its block list or filter fails the check"));
         }
         let (index, bloom_bytes) = meta.split_at(index_len as usize);
-        let mut run = Run {
-            number,
-            path: path.clone(),
-            file,
+        let mut run = Layout {
             fences: Vec::new(),
             fence_ends: Vec::with_capacity(blocks as usize),
             blocks: Vec::with_capacity(blocks as usize),
@@ -810,7 +812,6 @@ impl Run {
                 .collect(),
             bloom_bits,
             entries,
-            bytes,
             last: Vec::new(),
         };
         let mut pos = 0;
@@ -841,15 +842,14 @@ impl Run {
         if pos != index.len() {
             return Err(bad());
         }
-        Ok(run)
+        Ok(Run {
+            number,
+            path,
+            file,
+            bytes,
+            layout: run,
+        })
     }
-}
-
-fn run_check(meta: &[u8], footer_head: &[u8]) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(meta);
-    h.update(footer_head);
-    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// Writes a run: entries in key order.
@@ -860,15 +860,10 @@ struct RunWriter {
     offset: u64,
     block: Vec<u8>,
     block_first: Vec<u8>,
+    /// The block list as written after the blocks.
     index: Vec<u8>,
-    fences: Vec<u8>,
-    fence_ends: Vec<usize>,
-    blocks: Vec<(u64, u32, u32)>,
-    bloom: Vec<u64>,
-    bloom_bits: u64,
-    entries: u64,
-    /// The last key pushed.
-    last: Vec<u8>,
+    /// The run's in-memory part, as it is written.
+    layout: Layout,
 }
 
 impl RunWriter {
@@ -891,13 +886,11 @@ impl RunWriter {
             block: Vec::with_capacity(2 * BLOCK_BYTES),
             block_first: Vec::new(),
             index: Vec::new(),
-            fences: Vec::new(),
-            fence_ends: Vec::new(),
-            blocks: Vec::new(),
-            bloom: vec![0; (bloom_bits / 64) as usize],
-            bloom_bits,
-            entries: 0,
-            last: Vec::new(),
+            layout: Layout {
+                bloom: vec![0; (bloom_bits / 64) as usize],
+                bloom_bits,
+                ..Layout::default()
+            },
         })
     }
 
@@ -916,12 +909,13 @@ impl RunWriter {
         if let Some(v) = value {
             self.block.extend_from_slice(v);
         }
-        self.last.clear();
-        self.last.extend_from_slice(key);
-        for b in bloom_positions(key_hashes(key), self.bloom_bits) {
-            self.bloom[(b / 64) as usize] |= 1 << (b % 64);
+        let layout = &mut self.layout;
+        layout.last.clear();
+        layout.last.extend_from_slice(key);
+        for b in bloom_positions(key_hashes(key), layout.bloom_bits) {
+            layout.bloom[(b / 64) as usize] |= 1 << (b % 64);
         }
-        self.entries += 1;
+        layout.entries += 1;
         Ok(())
     }
 
@@ -935,9 +929,10 @@ impl RunWriter {
         self.index.extend_from_slice(&self.offset.to_le_bytes());
         self.index.extend_from_slice(&len.to_le_bytes());
         self.index.extend_from_slice(&crc.to_le_bytes());
-        self.fences.extend_from_slice(&self.block_first);
-        self.fence_ends.push(self.fences.len());
-        self.blocks.push((self.offset, len, crc));
+        let layout = &mut self.layout;
+        layout.fences.extend_from_slice(&self.block_first);
+        layout.fence_ends.push(layout.fences.len());
+        layout.blocks.push((self.offset, len, crc));
         self.offset += u64::from(len);
         self.block.clear();
         Ok(())
@@ -949,29 +944,29 @@ impl RunWriter {
             self.close_block()?;
         }
         let index_at = self.offset;
-        if !self.blocks.is_empty() {
+        if !self.layout.blocks.is_empty() {
             // After the block list: the greatest key, so a lookup past it reads nothing.
-            put_varint(&mut self.index, self.last.len() as u64);
-            self.index.extend_from_slice(&self.last);
+            put_varint(&mut self.index, self.layout.last.len() as u64);
+            self.index.extend_from_slice(&self.layout.last);
         }
         let mut meta = std::mem::take(&mut self.index);
         let index_len = meta.len() as u64;
-        for w in &self.bloom {
+        for w in &self.layout.bloom {
             meta.extend_from_slice(&w.to_le_bytes());
         }
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         for w in [
             RUN_MAGIC,
-            self.blocks.len() as u64,
-            self.entries,
+            self.layout.blocks.len() as u64,
+            self.layout.entries,
             index_at,
             index_len,
             index_at + index_len,
-            self.bloom_bits,
+            self.layout.bloom_bits,
         ] {
             footer.extend_from_slice(&w.to_le_bytes());
         }
-        let check = run_check(&meta, &footer);
+        let check = table_check(&meta, &footer);
         footer.extend_from_slice(&check.to_le_bytes());
         self.out.write_all(&meta).map_err(storage)?;
         self.out.write_all(&footer).map_err(storage)?;
@@ -982,14 +977,8 @@ impl RunWriter {
             number: self.number,
             path: self.path,
             file,
-            fences: self.fences,
-            fence_ends: self.fence_ends,
-            blocks: self.blocks,
-            bloom: self.bloom,
-            bloom_bits: self.bloom_bits,
-            entries: self.entries,
             bytes,
-            last: self.last,
+            layout: self.layout,
         })
     }
 }
@@ -1019,7 +1008,7 @@ impl<'r> RunCursor<'r> {
             entries: Vec::new(),
             pos: 0,
             start: Some((from.to_vec(), to.map(<[u8]>::to_vec))),
-            done: run.blocks.is_empty(),
+            done: run.layout.blocks.is_empty(),
         }
     }
 
@@ -1041,8 +1030,8 @@ impl<'r> RunCursor<'r> {
         }
         if self.rev {
             let before = match &to {
-                Some(to) => self.run.blocks_starting_before(to, false),
-                None => self.run.blocks.len(),
+                Some(to) => self.run.layout.blocks_starting_before(to, false),
+                None => self.run.layout.blocks.len(),
             };
             let Some(block) = before.checked_sub(1) else {
                 self.done = true;
@@ -1055,11 +1044,12 @@ impl<'r> RunCursor<'r> {
                     .partition_point(|(k, _)| self.bytes[k.clone()] < to[..]),
                 None => self.entries.len(),
             };
-        } else if from[..] > self.run.last[..] {
+        } else if from[..] > self.run.layout.last[..] {
             self.done = true;
         } else {
             let block = self
                 .run
+                .layout
                 .blocks_starting_before(&from, true)
                 .saturating_sub(1);
             self.load(block)?;
@@ -1088,7 +1078,7 @@ impl<'r> RunCursor<'r> {
                 if self.pos < self.entries.len() {
                     return Ok(true);
                 }
-                if self.block + 1 >= self.run.blocks.len() {
+                if self.block + 1 >= self.run.layout.blocks.len() {
                     self.done = true;
                 } else {
                     self.load(self.block + 1)?;
@@ -1297,12 +1287,7 @@ fn write_manifest(
     }
     let check = blake3::hash(&body);
     body.extend_from_slice(&check.as_bytes()[..8]);
-    let tmp = dir.join("MANIFEST.tmp");
-    let mut f = File::create(&tmp).map_err(storage)?;
-    f.write_all(&body).map_err(storage)?;
-    f.sync_data().map_err(storage)?;
-    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(storage)?;
-    sync_dir(dir)
+    replace_file(dir, MANIFEST, &body, true)
 }
 
 /// Removes run files the manifest does not list (a flush or merge a crash interrupted), and
