@@ -7,7 +7,8 @@
 //! it with a raw walk of the same store's log files and with a scan decoding every record.
 //!
 //! Run: `cargo bench -p privacy-e2e --bench ingest` (BENCH_EVENTS sets the count, default 50000;
-//! BENCH_SUBJECTS how many subjects they name, default 2000).
+//! BENCH_SUBJECTS how many subjects they name, default 2000; BENCH_REBUILD_ROUNDS how many
+//! rebuilds (c) times, default 3).
 
 /// The services' allocator, for the floor and the service alike.
 #[global_allocator]
@@ -93,6 +94,15 @@ async fn service(nats_url: &str, data: &std::path::Path, n: usize) -> f64 {
     rate
 }
 
+/// How many times (c) rebuilds the timeline (`BENCH_REBUILD_ROUNDS`, default 3; more to
+/// profile it), keeping the fastest.
+fn rebuild_rounds() -> usize {
+    std::env::var("BENCH_REBUILD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
 /// (c) A raw walk of the store's log files versus a rebuild of the timeline projection over it.
 async fn rebuild(events_dir: &std::path::Path, n: usize) -> (f64, f64, f64) {
     let mut scan_rate = 0.0;
@@ -137,7 +147,7 @@ async fn rebuild(events_dir: &std::path::Path, n: usize) -> (f64, f64, f64) {
     }
     let projector = Projector::open(&store, vec![Arc::new(SubjectTimeline)]).unwrap();
     let mut rebuild_rate = 0.0;
-    for _ in 0..3 {
+    for _ in 0..rebuild_rounds() {
         let start = Instant::now();
         let status = projector
             .rebuild(SUBJECT_TIMELINE, |_, _| {})

@@ -709,12 +709,23 @@ impl Projector {
         let _fold = lock(&slot.fold);
         let (_, checkpoint) = fold_to_head(&self.store, slot, &shadow, progress)?;
         // The new generation's files, then the directory's record of it, are on disk before
-        // the old generation is removed.
-        shadow.flush()?;
-        self.directory
-            .insert(name.as_bytes(), &generation.to_be_bytes())
-            .map_err(storage)?;
-        self.store.shared.db.flush().map_err(storage)?;
+        // the old generation is removed. Nothing changes the shadow now (the fold lock is
+        // held), so its digest is taken on a second thread meanwhile.
+        let (digest, flushed) = std::thread::scope(|scope| {
+            let digest = scope.spawn(|| digest_of(&shadow));
+            let flushed = shadow.flush().and_then(|()| {
+                self.directory
+                    .insert(name.as_bytes(), &generation.to_be_bytes())
+                    .map_err(storage)?;
+                self.store.shared.db.flush().map_err(storage)
+            });
+            let digest = digest
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (digest, flushed)
+        });
+        flushed?;
+        let (digest, entries) = digest?;
         let shadow = Arc::new(shadow);
         let old = {
             let mut live = slot.live.write().unwrap_or_else(|p| p.into_inner());
@@ -726,7 +737,13 @@ impl Projector {
         old.discard();
         drop(old);
         ViewDb::destroy(&generation_dir(&self.views, name, old_generation))?;
-        status_of(slot, &shadow)
+        Ok(ProjectionStatus {
+            name: name.to_owned(),
+            version: slot.projection.version(),
+            checkpoint,
+            digest,
+            entries,
+        })
     }
 }
 
@@ -849,9 +866,9 @@ fn fold_all(
             reported = seq;
         }
     };
-    let mut stage = |events: Vec<RecordedEvent>| -> Result<(), StoreError> {
+    let mut stage = |events: &[RecordedEvent]| -> Result<(), StoreError> {
         for fold in folds.iter_mut() {
-            fold.stage(&events, &mut report)?;
+            fold.stage(events, &mut report)?;
         }
         Ok(())
     };
@@ -866,15 +883,19 @@ fn fold_all(
         while from < head {
             let events = read_piece(from + 1)?;
             from = events.last().map_or(head, |e| e.seq);
-            stage(events)?;
+            stage(&events)?;
         }
     } else {
         std::thread::scope(|scope| {
             let (tx, rx) =
                 std::sync::mpsc::sync_channel::<Result<Vec<RecordedEvent>, StoreError>>(2);
+            // Staged pieces go back to the reading thread to be freed where they were
+            // allocated, which is cheaper, and takes that work off the folding thread.
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<RecordedEvent>>();
             scope.spawn(move || {
                 let mut next = from + 1;
                 while next <= head {
+                    drop(done_rx.try_iter().collect::<Vec<_>>());
                     let piece = read_piece(next);
                     let last = match &piece {
                         Ok(events) => events.last().map(|e| e.seq),
@@ -891,7 +912,10 @@ fn fold_all(
                 }
             });
             for piece in rx {
-                stage(piece?)?;
+                let piece = piece?;
+                stage(&piece)?;
+                // The reader may have finished: then the piece is freed here.
+                let _ = done_tx.send(piece);
             }
             Ok::<(), StoreError>(())
         })?;
@@ -906,6 +930,23 @@ fn fold_all(
 fn status_of(slot: &Slot, tree: &ViewDb) -> Result<ProjectionStatus, StoreError> {
     let stale = slot.stale.load(Ordering::Acquire);
     let meta = tree.meta();
+    let (digest, entries) = digest_of(tree)?;
+    Ok(ProjectionStatus {
+        name: slot.projection.name().to_owned(),
+        version: slot.projection.version(),
+        checkpoint: if stale {
+            0
+        } else {
+            meta.map_or(0, |m| m.checkpoint)
+        },
+        digest,
+        entries,
+    })
+}
+
+/// A view's digest (BLAKE3 over its entries in key order, each key and value
+/// length-prefixed) and how many entries it has.
+fn digest_of(tree: &ViewDb) -> Result<([u8; 32], u64), StoreError> {
     let mut hasher = blake3::Hasher::new();
     let mut entries = 0;
     tree.scan(&[DATA], Some(&[DATA + 1]), false, &mut |k, v| {
@@ -916,17 +957,7 @@ fn status_of(slot: &Slot, tree: &ViewDb) -> Result<ProjectionStatus, StoreError>
         entries += 1;
         true
     })?;
-    Ok(ProjectionStatus {
-        name: slot.projection.name().to_owned(),
-        version: slot.projection.version(),
-        checkpoint: if stale {
-            0
-        } else {
-            meta.map_or(0, |m| m.checkpoint)
-        },
-        digest: hasher.finalize().into(),
-        entries,
-    })
+    Ok((hasher.finalize().into(), entries))
 }
 
 #[cfg(test)]

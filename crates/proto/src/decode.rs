@@ -178,7 +178,20 @@ const FIXED32: u32 = 5;
 const GROUP_DEPTH: u32 = 100;
 
 /// A base-128 varint, read as prost reads one: at most ten bytes, the tenth at most 1.
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    // Keys, lengths and small numbers take one byte.
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
+    varint_long(buf)
+}
+
+#[inline(never)]
+fn varint_long(buf: &mut &[u8]) -> Result<u64, DecodeError> {
     let mut value = 0u64;
     for (i, &b) in buf.iter().take(10).enumerate() {
         if i == 9 && b > 1 {
@@ -194,6 +207,7 @@ fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
 }
 
 /// A field's number and wire type.
+#[inline]
 fn wire_key(buf: &mut &[u8]) -> Result<(u32, u32), DecodeError> {
     let key = varint(buf)?;
     if key > u64::from(u32::MAX) {
