@@ -271,7 +271,7 @@ impl<'a> ViewWriter<'a> {
     fn take_staged(&mut self, key: Vec<u8>) -> Result<Tail, StoreError> {
         let value = match self.overlay.insert(key.clone(), Some(Vec::new())) {
             Some(staged) => staged,
-            None => self.tree.get(&key)?,
+            None => self.tree.get_with(&key, to_vec_with_room)?,
         };
         Ok(Tail { key, value })
     }
@@ -284,10 +284,18 @@ fn staged<'o>(
     key: &[u8],
 ) -> Result<&'o mut Option<Vec<u8>>, StoreError> {
     if !overlay.contains_key(key) {
-        let current = tree.get(key)?;
+        let current = tree.get_with(key, to_vec_with_room)?;
         overlay.insert(key.to_vec(), current);
     }
     Ok(overlay.get_mut(key).expect("inserted above"))
+}
+
+/// A stored value copied to be changed, with room to grow: values staged for a change are
+/// mostly appended to, and a copy of the exact size would be copied again by the first append.
+fn to_vec_with_room(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 256);
+    v.extend_from_slice(bytes);
+    v
 }
 
 /// The least key greater than every key that starts with `prefix` (`None`: there is none,
@@ -322,6 +330,13 @@ impl View {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// A number that changes whenever the view's data may have changed (a commit, a rebuild's
+    /// swap): what was read after taking a stamp is still what the view holds while
+    /// `stamp()` returns the same number — for caches of decoded values.
+    pub fn stamp(&self) -> u64 {
+        self.tree().stamp()
     }
 
     /// Runs `read` on the value at `key` where it is stored, without copying it (for values

@@ -402,6 +402,44 @@ impl Projection for CountV2 {
     }
 }
 
+/// A view's stamp stays while nothing is folded and changes with every commit and with a
+/// rebuild's swap, so a cache keyed by it never serves what the view no longer holds.
+#[tokio::test]
+async fn a_views_stamp_changes_with_every_change_of_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
+    let view = projector.view("count_per_stream").unwrap();
+    let mut seen = vec![view.stamp()];
+    for i in 0..3 {
+        store
+            .append(vec![ev(&format!("e{i}"), "s")], ExpectedVersion::Any)
+            .await
+            .unwrap();
+        // Appended, not folded: the view, and its stamp, are as they were.
+        assert_eq!(view.stamp(), *seen.last().unwrap());
+        projector.catch_up().await.unwrap();
+        assert_eq!(
+            view.get(b"s").unwrap(),
+            Some((i + 1u64).to_be_bytes().to_vec())
+        );
+        seen.push(view.stamp());
+    }
+    projector.catch_up().await.unwrap();
+    assert_eq!(
+        view.stamp(),
+        *seen.last().unwrap(),
+        "nothing new was folded"
+    );
+    projector
+        .rebuild("count_per_stream", |_, _| {})
+        .await
+        .unwrap();
+    seen.push(view.stamp());
+    let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "{seen:?}");
+}
+
 #[tokio::test]
 async fn projections_rebuild_to_the_same_bytes_and_rebuild_on_a_version_change() {
     let dir = tempfile::tempdir().unwrap();

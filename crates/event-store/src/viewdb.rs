@@ -28,7 +28,7 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
@@ -109,6 +109,16 @@ struct State {
     /// What the manifest on disk says.
     durable: Option<Meta>,
     next_run: u64,
+    /// Changes with every commit, and differs between any two views of the process: equal
+    /// stamps mean equal data (see [`ViewDb::stamp`]).
+    stamp: u64,
+}
+
+/// Where stamps come from: no two states of any views in this process share one.
+static STAMPS: AtomicU64 = AtomicU64::new(1);
+
+fn next_stamp() -> u64 {
+    STAMPS.fetch_add(1, Ordering::Relaxed)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +161,7 @@ impl ViewDb {
                     meta,
                     durable: meta,
                     next_run,
+                    stamp: next_stamp(),
                 }),
                 writer: Mutex::new(()),
                 mem_limit,
@@ -285,6 +296,7 @@ impl ViewDb {
                 }
             }
             state.meta = Some(meta);
+            state.stamp = next_stamp();
             let folded = state.durable.map_or(0, |d| d.checkpoint);
             state.mem_bytes >= self.mem_limit
                 || meta.checkpoint.saturating_sub(folded) >= FLUSH_EVERY_EVENTS
@@ -315,6 +327,12 @@ impl Inner {
 
     pub(crate) fn meta(&self) -> Option<Meta> {
         self.read().meta
+    }
+
+    /// A number that changes whenever the data may have changed: a value read after taking a
+    /// stamp is current for as long as the stamp is.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.read().stamp
     }
 
     /// The newest runs to merge now (newest first), and whether removals must be kept (the

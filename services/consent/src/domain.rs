@@ -131,12 +131,11 @@ pub fn child_window(tenant: &Tenant, thresholds: &[(u8, i64)], at_micros: i64) -
 impl ConsentDomain {
     pub fn new(ctx: &ServiceContext) -> ConsentDomain {
         ConsentDomain {
-            reader: ConsentReader {
-                view: ctx
-                    .projector
+            reader: ConsentReader::new(
+                ctx.projector
                     .view(CONSENT_VIEW)
                     .expect("the consent view is registered by SPEC"),
-            },
+            ),
             recent_births: Arc::default(),
         }
     }

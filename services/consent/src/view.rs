@@ -12,6 +12,9 @@
 //! is stored as before chunks existed (no entry encodes to zero bytes: every one has a seq, so
 //! a leading zero is the mark), and a check reads one value for it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use privacy_event_store::{Projection, RecordedEvent, StoreError, View, ViewWriter};
 use privacy_proto::v1::envelope::Payload;
 use privacy_proto::v1::{
@@ -247,10 +250,22 @@ impl Projection for ConsentView {
 /// Reads of the consent view.
 #[derive(Clone)]
 pub struct ConsentReader {
-    pub view: View,
+    view: View,
+    /// Each tenant's decoded policy versions, with the view's stamp when they were read:
+    /// every grant and every check needs them, and they change only with a publication.
+    policies: Arc<Mutex<PolicyCache>>,
 }
 
+/// Per tenant: the view's stamp taken before the read, and the policy versions read.
+type PolicyCache = HashMap<String, (u64, Arc<Vec<PolicyVersion>>)>;
+
 impl ConsentReader {
+    pub fn new(view: View) -> ConsentReader {
+        ConsentReader {
+            view,
+            policies: Arc::default(),
+        }
+    }
     /// The history of one purpose, including withdrawals of every purpose, in log order.
     pub fn history(
         &self,
@@ -313,7 +328,22 @@ impl ConsentReader {
     }
 
     /// The tenant's policy versions, in log order.
-    pub fn policies(&self, tenant: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+    pub fn policies(&self, tenant: &str) -> Result<Arc<Vec<PolicyVersion>>, StoreError> {
+        let cache = || self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken before the read: a commit after it changes the stamp, so what is cached under
+        // it is never newer than the stamp says, only (briefly) reread.
+        let stamp = self.view.stamp();
+        if let Some((at, policies)) = cache().get(tenant)
+            && *at == stamp
+        {
+            return Ok(policies.clone());
+        }
+        let policies = Arc::new(self.read_policies(tenant)?);
+        cache().insert(tenant.to_owned(), (stamp, policies.clone()));
+        Ok(policies)
+    }
+
+    fn read_policies(&self, tenant: &str) -> Result<Vec<PolicyVersion>, StoreError> {
         let Some(stored) = self
             .view
             .get_with(&policy_key(tenant), decode_all::<StoredPolicy>)?
