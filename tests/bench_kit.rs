@@ -71,6 +71,9 @@ pub struct Stats {
     pub calls_per_s: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// The process's CPU time per call (every thread: client and server alike), where
+    /// measured.
+    pub cpu_per_call: Option<Duration>,
 }
 
 impl Stats {
@@ -81,18 +84,46 @@ impl Stats {
             calls_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
             p50: at(0.50),
             p99: at(0.99),
+            cpu_per_call: None,
         }
     }
 
-    /// `<calls/s> calls/s p50 <µs> µs p99 <µs> µs`.
+    /// With `cpu`, the process's CPU time over `calls` calls.
+    pub fn with_cpu(mut self, cpu: Duration, calls: usize) -> Stats {
+        self.cpu_per_call = Some(cpu / calls.max(1) as u32);
+        self
+    }
+
+    /// `<calls/s> calls/s p50 <µs> µs p99 <µs> µs`, then `cpu <µs> µs/call` where measured.
     pub fn line(&self) -> String {
+        let cpu = self.cpu_per_call.map_or_else(String::new, |c| {
+            format!(" cpu {:>4.0} µs/call", c.as_secs_f64() * 1e6)
+        });
         format!(
-            "{:>7.0} calls/s p50 {:>6.0} µs p99 {:>6.0} µs",
+            "{:>7.0} calls/s p50 {:>6.0} µs p99 {:>6.0} µs{cpu}",
             self.calls_per_s,
             self.p50.as_secs_f64() * 1e6,
             self.p99.as_secs_f64() * 1e6
         )
     }
+}
+
+/// This process's user + system CPU time so far, from `/proc/self/stat` (in clock ticks of
+/// 10 ms: a round of a fraction of a second is measured to a few percent).
+pub fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// Runs `calls` calls of `call` spread over `concurrency` tasks sharing one channel; returns
@@ -146,8 +177,10 @@ where
     let rounds = 5;
     let (mut floor_lat, mut real_lat) = (Vec::new(), Vec::new());
     let (mut floor_time, mut real_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut floor_cpu, mut real_cpu) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..rounds {
         let t = Instant::now();
+        let cpu = process_cpu();
         floor_lat.extend(
             measure(
                 floor.0.clone(),
@@ -158,12 +191,16 @@ where
             .await,
         );
         floor_time += t.elapsed();
+        floor_cpu += process_cpu().saturating_sub(cpu);
         let t = Instant::now();
+        let cpu = process_cpu();
         real_lat.extend(measure(real.0.clone(), calls / rounds, concurrency, real.1.clone()).await);
         real_time += t.elapsed();
+        real_cpu += process_cpu().saturating_sub(cpu);
     }
+    let (floor_calls, real_calls) = (floor_lat.len(), real_lat.len());
     (
-        Stats::of(floor_lat, floor_time),
-        Stats::of(real_lat, real_time),
+        Stats::of(floor_lat, floor_time).with_cpu(floor_cpu, floor_calls),
+        Stats::of(real_lat, real_time).with_cpu(real_cpu, real_calls),
     )
 }
