@@ -292,8 +292,10 @@ fn staged<'o>(
 
 /// A stored value copied to be changed, with room to grow: values staged for a change are
 /// mostly appended to, and a copy of the exact size would be copied again by the first append.
+/// The room (a quarter more, at most 256 bytes: a few entries) stays with the value in the
+/// memory table until it is written, so it is kept small.
 fn to_vec_with_room(bytes: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(bytes.len() + 256);
+    let mut v = Vec::with_capacity(bytes.len() + (bytes.len() / 4 + 64).min(256));
     v.extend_from_slice(bytes);
     v
 }
@@ -888,15 +890,15 @@ fn fold_all(
         Ok(())
     };
     // The piece of the log that starts at `next` (cut short by its bytes when need be).
-    let read_piece = |next: u64| {
-        let want = ((head + 1 - next) as usize).min(READ_PIECE);
+    let read_piece = |next: u64, most: usize| {
+        let want = ((head + 1 - next) as usize).min(most);
         store.read_bounded(next, want, APPLY_BATCH_BYTES)
     };
     if head - from <= READ_PIECE as u64 {
         // Usually one piece (a live view following the log): read it here.
         let mut from = from;
         while from < head {
-            let events = read_piece(from + 1)?;
+            let events = read_piece(from + 1, READ_PIECE)?;
             from = events.last().map_or(head, |e| e.seq);
             stage(&events)?;
         }
@@ -909,9 +911,12 @@ fn fold_all(
             let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<RecordedEvent>>();
             scope.spawn(move || {
                 let mut next = from + 1;
+                // The folding side waits for the first piece: it is a small one.
+                let mut most = READ_PIECE / 8;
                 while next <= head {
                     drop(done_rx.try_iter().collect::<Vec<_>>());
-                    let piece = read_piece(next);
+                    let piece = read_piece(next, most);
+                    most = READ_PIECE;
                     let last = match &piece {
                         Ok(events) => events.last().map(|e| e.seq),
                         Err(_) => None,
