@@ -45,8 +45,8 @@ const MANIFEST_MAGIC: u64 = 0x504c_564d_414e_0001;
 const FOOTER_LEN: u64 = 8 * 8;
 const MANIFEST: &str = "MANIFEST";
 /// The memory table is written as a run once its keys and values pass this. 8 MiB rather
-/// than 16: at 10M events over 1M subjects it kept the consent service (two views) under
-/// 300 MB while ingesting, at the same rate (README → Performance).
+/// than 16: at 10M events over 1M subjects the consent service (two views) holds less while
+/// ingesting, at the same rate (README → Performance).
 pub(crate) const MEM_TABLE_BYTES: usize = 8 << 20;
 /// ... and once the view has folded this many events past its manifest's checkpoint, so a view
 /// whose changes stay small (the same keys rewritten) still bounds what a crash makes the
