@@ -84,12 +84,10 @@ impl Versions {
 impl MemTable {
     pub fn add(&mut self, id: IdKey, stream: StreamKey, version: u64, seq: u64) {
         self.ids.insert(id, seq);
-        match self.streams.entry(stream) {
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push((version, seq)),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Versions::One((version, seq)));
-            }
-        }
+        self.streams
+            .entry(stream)
+            .and_modify(|vs| vs.push((version, seq)))
+            .or_insert(Versions::One((version, seq)));
         self.events += 1;
     }
 }

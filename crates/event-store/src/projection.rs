@@ -754,13 +754,7 @@ impl Projector {
         old.discard();
         drop(old);
         ViewDb::destroy(&generation_dir(&self.views, name, old_generation))?;
-        Ok(ProjectionStatus {
-            name: name.to_owned(),
-            version: slot.projection.version(),
-            checkpoint,
-            digest,
-            entries,
-        })
+        Ok(status_with(slot, checkpoint, digest, entries))
     }
 }
 
@@ -951,17 +945,22 @@ fn status_of(slot: &Slot, tree: &ViewDb) -> Result<ProjectionStatus, StoreError>
     let stale = slot.stale.load(Ordering::Acquire);
     let meta = tree.meta();
     let (digest, entries) = digest_of(tree)?;
-    Ok(ProjectionStatus {
+    let checkpoint = if stale {
+        0
+    } else {
+        meta.map_or(0, |m| m.checkpoint)
+    };
+    Ok(status_with(slot, checkpoint, digest, entries))
+}
+
+fn status_with(slot: &Slot, checkpoint: u64, digest: [u8; 32], entries: u64) -> ProjectionStatus {
+    ProjectionStatus {
         name: slot.projection.name().to_owned(),
         version: slot.projection.version(),
-        checkpoint: if stale {
-            0
-        } else {
-            meta.map_or(0, |m| m.checkpoint)
-        },
+        checkpoint,
         digest,
         entries,
-    })
+    }
 }
 
 /// A view's digest (BLAKE3 over its entries in key order, each key and value
