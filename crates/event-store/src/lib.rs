@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod index;
+mod line_bloom;
 mod log;
 mod projection;
 mod record;

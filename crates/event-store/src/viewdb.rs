@@ -15,7 +15,7 @@
 //! A run file is its entries sorted by key in blocks of about [`BLOCK_BYTES`] (each entry
 //! `varint key length | varint value length + 1, or 0 for a removal | key | value`), then for
 //! each block its first key, offset, length and CRC-32, then the greatest key, then a Bloom
-//! filter over the keys, then a footer whose check covers all of that. Only the block list
+//! filter over the keys (`line_bloom`: a key's bits in one 64-byte line), then a footer whose check covers all of that. Only the block list
 //! and the filter are held in memory; a lookup reads one block with `pread` (the OS page cache,
 //! not this process, keeps the hot blocks) and checks its CRC before using it. A manifest or
 //! run list that does not check at open makes the view rebuild from the log; a damaged block
@@ -33,13 +33,15 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use crate::StoreError;
-use crate::index::{BLOOM_BITS, bloom_positions, table_check};
+use crate::index::{BLOOM_BITS, table_check};
+use crate::line_bloom::{LINE_BITS, LineBloom};
 use crate::log::{replace_file, sync_dir};
 use crate::store::storage;
 
 /// A block's size, about (an entry larger than a block gets a block of its own).
 const BLOCK_BYTES: usize = 4096;
-const RUN_MAGIC: u64 = 0x504c_5652_554e_0001;
+/// Version 2: filters of 64-byte lines (version 1 runs are not read: the view rebuilds).
+const RUN_MAGIC: u64 = 0x504c_5652_554e_0002;
 const MANIFEST_MAGIC: u64 = 0x504c_564d_414e_0001;
 /// magic, blocks, entries, index offset, index length, bloom offset, bloom bits, check.
 const FOOTER_LEN: u64 = 8 * 8;
@@ -689,18 +691,31 @@ struct Run {
 }
 
 /// What a run keeps in memory (built by its writer, or read back at open).
-#[derive(Default)]
 struct Layout {
     /// The first key of every block, concatenated; block i's is `fences[fence_ends[i-1]..fence_ends[i]]`.
     fences: Vec<u8>,
     fence_ends: Vec<usize>,
+    /// For the search of the fences: how many leading bytes every fence shares, and for each
+    /// fence the 8 bytes after those (big-endian, zero-padded), so the search walks one dense
+    /// array and compares whole fences only where those 8 bytes tie.
+    shared: usize,
+    heads: Vec<u64>,
     /// Offset, length and CRC-32 of every block.
     blocks: Vec<(u64, u32, u32)>,
-    bloom: Vec<u64>,
-    bloom_bits: u64,
+    bloom: LineBloom,
     entries: u64,
     /// The greatest key (empty when the run has none).
     last: Vec<u8>,
+}
+
+/// The 8 bytes of `key` after its first `shared`, big-endian, zero-padded: for keys that share
+/// those first bytes, a smaller head means a smaller key.
+fn head(key: &[u8], shared: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    let rest = key.get(shared..).unwrap_or_default();
+    let n = rest.len().min(8);
+    bytes[..n].copy_from_slice(&rest[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 fn run_path(dir: &Path, number: u64) -> PathBuf {
@@ -713,13 +728,59 @@ impl Layout {
         &self.fences[start..self.fence_ends[i]]
     }
 
+    /// A layout with no blocks yet and a filter for about `expected` keys.
+    fn empty(expected: u64) -> Layout {
+        Layout {
+            fences: Vec::new(),
+            fence_ends: Vec::new(),
+            shared: 0,
+            heads: Vec::new(),
+            blocks: Vec::new(),
+            bloom: LineBloom::with_bits(expected.max(1) * BLOOM_BITS),
+            entries: 0,
+            last: Vec::new(),
+        }
+    }
+
+    /// Fills `shared` and `heads` from the fences.
+    fn index_fences(&mut self) {
+        let n = self.fence_ends.len();
+        self.shared = if n == 0 {
+            0
+        } else {
+            let first = self.fence(0);
+            (1..n).fold(first.len(), |shared, i| {
+                let f = self.fence(i);
+                shared.min(first.iter().zip(f).take_while(|(a, b)| a == b).count())
+            })
+        };
+        self.heads = (0..n).map(|i| head(self.fence(i), self.shared)).collect();
+    }
+
     /// How many blocks start at or before `key` (inclusive) / before `key` (exclusive).
     fn blocks_starting_before(&self, key: &[u8], inclusive: bool) -> usize {
-        let (mut lo, mut hi) = (0, self.blocks.len());
+        let before = |f: &[u8]| f < key || (inclusive && f == key);
+        let Some(first) = self.fence_ends.first() else {
+            return 0;
+        };
+        // Every fence starts with `prefix`: a key that does not sorts before them all or
+        // after them all.
+        let prefix = &self.fences[..(*first).min(self.shared)];
+        match key[..key.len().min(self.shared)].cmp(prefix) {
+            std::cmp::Ordering::Less => return 0,
+            std::cmp::Ordering::Greater => return self.blocks.len(),
+            std::cmp::Ordering::Equal => {}
+        }
+        // A fence whose head is below the key's sorts before the key, one above after it;
+        // where they tie, whole fences decide.
+        let key_head = head(key, self.shared);
+        let (mut lo, mut hi) = (
+            self.heads.partition_point(|&h| h < key_head),
+            self.heads.partition_point(|&h| h <= key_head),
+        );
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let f = self.fence(mid);
-            if f < key || (inclusive && f == key) {
+            if before(self.fence(mid)) {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -729,8 +790,7 @@ impl Layout {
     }
 
     fn may_contain(&self, hashes: (u64, u64)) -> bool {
-        bloom_positions(hashes, self.bloom_bits)
-            .all(|b| self.bloom[(b / 64) as usize] & (1 << (b % 64)) != 0)
+        self.bloom.may_contain(hashes)
     }
 }
 
@@ -810,7 +870,7 @@ impl Run {
         }
         if index_at.checked_add(index_len) != Some(bloom_at)
             || bloom_bits == 0
-            || bloom_bits % 64 != 0
+            || bloom_bits % LINE_BITS != 0
             || bloom_at.checked_add(bloom_bits / 8) != Some(bytes - FOOTER_LEN)
         {
             return Err(damaged(&path, "its footer does not fit the file"));
@@ -825,12 +885,11 @@ impl Run {
         let mut run = Layout {
             fences: Vec::new(),
             fence_ends: Vec::with_capacity(blocks as usize),
+            shared: 0,
+            heads: Vec::new(),
             blocks: Vec::with_capacity(blocks as usize),
-            bloom: bloom_bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            bloom_bits,
+            bloom: LineBloom::from_le_bytes(bloom_bytes)
+                .ok_or_else(|| damaged(&path, "its filter is not whole lines"))?,
             entries,
             last: Vec::new(),
         };
@@ -862,6 +921,7 @@ impl Run {
         if pos != index.len() {
             return Err(bad());
         }
+        run.index_fences();
         Ok(Run {
             number,
             path,
@@ -897,7 +957,6 @@ impl RunWriter {
             .truncate(true)
             .open(&path)
             .map_err(|e| storage(format!("{}: {e}", path.display())))?;
-        let bloom_bits = (expected.max(1) * BLOOM_BITS).div_ceil(64) * 64;
         Ok(RunWriter {
             number,
             path,
@@ -906,11 +965,7 @@ impl RunWriter {
             block: Vec::with_capacity(2 * BLOCK_BYTES),
             block_first: Vec::new(),
             index: Vec::new(),
-            layout: Layout {
-                bloom: vec![0; (bloom_bits / 64) as usize],
-                bloom_bits,
-                ..Layout::default()
-            },
+            layout: Layout::empty(expected),
         })
     }
 
@@ -932,9 +987,7 @@ impl RunWriter {
         let layout = &mut self.layout;
         layout.last.clear();
         layout.last.extend_from_slice(key);
-        for b in bloom_positions(key_hashes(key), layout.bloom_bits) {
-            layout.bloom[(b / 64) as usize] |= 1 << (b % 64);
-        }
+        layout.bloom.insert(key_hashes(key));
         layout.entries += 1;
         Ok(())
     }
@@ -971,9 +1024,7 @@ impl RunWriter {
         }
         let mut meta = std::mem::take(&mut self.index);
         let index_len = meta.len() as u64;
-        for w in &self.layout.bloom {
-            meta.extend_from_slice(&w.to_le_bytes());
-        }
+        self.layout.bloom.write_le_bytes(&mut meta);
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         for w in [
             RUN_MAGIC,
@@ -982,7 +1033,7 @@ impl RunWriter {
             index_at,
             index_len,
             index_at + index_len,
-            self.layout.bloom_bits,
+            self.layout.bloom.bits(),
         ] {
             footer.extend_from_slice(&w.to_le_bytes());
         }
@@ -993,6 +1044,7 @@ impl RunWriter {
         let file = self.out.into_inner().map_err(|e| storage(e.error()))?;
         file.sync_data().map_err(storage)?;
         let bytes = index_at + meta.len() as u64 + FOOTER_LEN;
+        self.layout.index_fences();
         Ok(Run {
             number: self.number,
             path: self.path,

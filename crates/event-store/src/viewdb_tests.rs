@@ -304,3 +304,42 @@ fn a_missing_run_means_a_rebuild() {
     assert_eq!(db.meta(), None);
     assert_eq!(db.get(b"k").unwrap(), None);
 }
+
+/// Keys that share a prefix of some length and tie often in the 8 bytes after it.
+fn fence_key() -> impl Strategy<Value = Vec<u8>> {
+    (0usize..3, prop::collection::vec(0u8..3, 0..14)).prop_map(|(prefix, tail)| {
+        let mut k = b"tenant\0subject-"[..prefix * 7].to_vec();
+        k.extend(tail);
+        k
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The search of a run's fences through their heads finds what a plain search of the
+    /// whole fences finds.
+    #[test]
+    fn the_fence_search_agrees_with_a_plain_one(
+        fences in prop::collection::btree_set(fence_key(), 1..40),
+        probes in prop::collection::vec(fence_key(), 1..40),
+    ) {
+        let mut layout = Layout::empty(1);
+        for f in &fences {
+            layout.fences.extend_from_slice(f);
+            layout.fence_ends.push(layout.fences.len());
+            layout.blocks.push((0, 0, 0));
+        }
+        layout.index_fences();
+        let fences: Vec<_> = fences.into_iter().collect();
+        for key in probes.iter().chain(&fences) {
+            for inclusive in [false, true] {
+                let plain = fences
+                    .iter()
+                    .filter(|f| f.as_slice() < key.as_slice() || (inclusive && *f == key))
+                    .count();
+                prop_assert_eq!(layout.blocks_starting_before(key, inclusive), plain);
+            }
+        }
+    }
+}

@@ -144,12 +144,17 @@ impl ConsentDomain {
     /// threshold in force at `at_micros` (the instant decided: a grant's, or a check's as-of) —
     /// not the one of the birth date, when no law may have been in force yet.
     pub fn child_status(&self, tenant: &Tenant, subject: &str, at_micros: i64) -> ChildStatus {
-        let recent = self
-            .recent_births
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(tenant.id.clone(), subject.to_owned()))
-            .cloned();
+        let recent = {
+            let births = self.recent_births.lock().unwrap_or_else(|p| p.into_inner());
+            // Mostly empty: then the lookup need not build its key.
+            (!births.is_empty())
+                .then(|| {
+                    births
+                        .get(&(tenant.id.clone(), subject.to_owned()))
+                        .cloned()
+                })
+                .flatten()
+        };
         let thresholds = match recent {
             Some(t) => t,
             None => match self.reader.child(&tenant.id, subject) {

@@ -43,7 +43,9 @@ pub struct StoredPolicy {
 }
 
 fn history_key(tenant: &str, subject: &str, purpose: &str) -> Vec<u8> {
-    let mut k = vec![b'h'];
+    // Room for an archive chunk's number too, so neither key grows its vector.
+    let mut k = Vec::with_capacity(tenant.len() + subject.len() + purpose.len() + 8);
+    k.push(b'h');
     for (i, part) in [tenant, subject, purpose].iter().enumerate() {
         if i > 0 {
             k.push(0);
@@ -119,7 +121,8 @@ fn append_history(
 }
 
 fn child_key(tenant: &str, subject: &str) -> Vec<u8> {
-    let mut k = vec![b'c'];
+    let mut k = Vec::with_capacity(tenant.len() + subject.len() + 2);
+    k.push(b'c');
     k.extend_from_slice(tenant.as_bytes());
     k.push(0);
     k.extend_from_slice(subject.as_bytes());
