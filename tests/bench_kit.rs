@@ -38,22 +38,32 @@ impl Echo for EchoImpl {
     }
 }
 
-/// Starts the echo floor on a free loopback port; a channel to it.
-pub async fn echo_floor() -> Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EchoServer::new(EchoImpl))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
-    );
+/// Serves the echo floor on `listener` until the process ends (or the server fails).
+pub async fn serve_echo(listener: tokio::net::TcpListener) {
+    tonic::transport::Server::builder()
+        .add_service(EchoServer::new(EchoImpl))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await
+        .unwrap();
+}
+
+/// A channel to a gRPC server at `addr`.
+pub async fn channel_to(addr: std::net::SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap()
+}
+
+/// Starts the echo floor on a free loopback port in this process; a channel to it.
+pub async fn echo_floor() -> Channel {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_echo(listener));
+    channel_to(addr).await
 }
 
 /// One echo call carrying `size` bytes.

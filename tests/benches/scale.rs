@@ -10,7 +10,8 @@
 //! **One service at that size**: the consent service binary ingests `SCALE_SERVICE_EVENTS`
 //! `consent.granted` events (default 1M) over `SCALE_SUBJECTS` subjects (default 1M) through a
 //! real nats-server; then the end-to-end ingest rate, the service's disk and memory, the time
-//! from a restart to SERVING, and CheckConsent latency at concurrency 1 on that data.
+//! from a restart to SERVING, and CheckConsent latency at concurrency 1 on that data beside a
+//! floor: the same client calling a bare tonic echo server in a process of its own.
 //!
 //! Run: `cargo bench -p privacy-e2e --bench scale` (`SCALE_EVENTS=10000000` for 10M; either
 //! count 0 skips its part; `SCALE_CACHE_MB` sets the store's page cache; the store's data goes
@@ -20,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use privacy_e2e::bench_kit::{Stats, runtime};
+use privacy_e2e::bench_kit::{Stats, channel_to, echo_call, measure, runtime, serve_echo};
 use privacy_e2e::*;
 use privacy_event_store::{EventStore, ExpectedVersion, NewEvent, StoreConfig};
 use privacy_proto::v1::CheckConsentRequest;
@@ -285,6 +286,22 @@ fn service(events: u64, subjects: u64) {
             events as f64 / took.as_secs_f64(),
             rss_of(&process),
         );
+        // The outbox relays each stored grant to PRIVACY_EVT after its commit: how far behind
+        // it was when the views caught up, and when it has relayed them all (so the restart
+        // below does not find it still relaying).
+        let relayed = stream_messages(&js, "PRIVACY_EVT").await;
+        let mut last = relayed;
+        while last < events {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            last = stream_messages(&js, "PRIVACY_EVT").await;
+        }
+        let all = started.elapsed();
+        println!(
+            "outbox: {relayed} messages in PRIVACY_EVT (for {events} grants and the policy) when \
+             the views caught up; {events} {:.1} s after the first publish = {:.0} events/s",
+            all.as_secs_f64(),
+            events as f64 / all.as_secs_f64()
+        );
     });
     let status = process.terminate(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "SIGTERM ends the service cleanly");
@@ -308,30 +325,89 @@ fn service(events: u64, subjects: u64) {
         );
         let mut consent = consent_client(&url, BACKEND_TOKEN).await;
         let calls = 2000;
-        let mut latencies = Vec::with_capacity(calls);
-        let started = Instant::now();
-        for i in 0..calls as u64 {
-            let begin = Instant::now();
-            consent
-                .check_consent(CheckConsentRequest {
-                    tenant: TENANT.into(),
-                    subject_id: format!("u-{}", (i * 7919) % subjects.min(events)),
-                    purpose: "marketing".into(),
-                    as_of: None,
-                })
-                .await
-                .unwrap();
-            latencies.push(begin.elapsed());
+        // Right after SERVING; the same subjects again; then subjects not asked yet.
+        let mut check = None;
+        for (round, first) in [("first", 0), ("again", 0), ("others", calls as u64)] {
+            let mut latencies = Vec::with_capacity(calls);
+            let started = Instant::now();
+            for i in first..first + calls as u64 {
+                let begin = Instant::now();
+                consent
+                    .check_consent(CheckConsentRequest {
+                        tenant: TENANT.into(),
+                        subject_id: format!("u-{}", (i * 7919) % subjects.min(events)),
+                        purpose: "marketing".into(),
+                        as_of: None,
+                    })
+                    .await
+                    .unwrap();
+                latencies.push(begin.elapsed());
+            }
+            let stats = Stats::of(latencies, started.elapsed());
+            println!(
+                "CheckConsent at {events} events, concurrency 1, {round}: {}; rss {:.0} MiB",
+                stats.line(),
+                rss_of(&process)
+            );
+            check.get_or_insert(stats);
         }
+        let check = check.expect("a first round");
+        // The same client against a bare tonic echo server in a process of its own, as the
+        // service is: what any call across processes costs here.
+        let floor = echo_process_floor(calls).await;
         println!(
-            "CheckConsent at {events} events, concurrency 1: {}; rss {:.0} MiB",
-            Stats::of(latencies, started.elapsed()).line(),
-            rss_of(&process)
+            "floor (tonic echo in a process of its own), concurrency 1: {}; ratio p50 \
+             CheckConsent/floor {:.2}",
+            floor.line(),
+            check.p50.as_secs_f64() / floor.p50.as_secs_f64()
         );
     });
 }
 
+/// Child side of [`echo_process_floor`]: serves the echo floor on a free loopback port, prints
+/// its address, and exits when its standard input closes (the bench dropped it, or ended).
+fn echo_child() {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        serve_echo(listener).await;
+    });
+}
+
+/// `calls` echo calls at concurrency 1 to an echo server in a child process.
+async fn echo_process_floor(calls: usize) -> Stats {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("SCALE_ECHO", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let channel = channel_to(line.trim().parse().expect("the echo child's address")).await;
+    // Warm up as the service was (its catch-up and first checks), then measure.
+    measure(channel.clone(), calls, 1, |c, _| echo_call(c, 64)).await;
+    let started = Instant::now();
+    let latencies = measure(channel, calls, 1, |c, _| echo_call(c, 64)).await;
+    let stats = Stats::of(latencies, started.elapsed());
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    stats
+}
+
 fn main() {
+    if std::env::var_os("SCALE_ECHO").is_some() {
+        echo_child();
+        return;
+    }
     if let Ok(dir) = std::env::var("SCALE_REOPEN") {
         reopen_child(Path::new(&dir));
         return;
