@@ -15,9 +15,10 @@
 //! A run file is its entries sorted by key in blocks of about [`BLOCK_BYTES`] (each entry
 //! `varint key length | varint value length + 1, or 0 for a removal | key | value`), then for
 //! each block its first key, offset, length and CRC-32, then the greatest key, then a Bloom
-//! filter over the keys (`line_bloom`: a key's bits in one 64-byte line), then a footer whose check covers all of that. Only the block list
-//! and the filter are held in memory; a lookup reads one block with `pread` (the OS page cache,
-//! not this process, keeps the hot blocks) and checks its CRC before using it. A manifest or
+//! filter over the keys (`line_bloom`: a key's bits in one 64-byte line), then a footer whose
+//! check covers all of that. Only the block list and the filter are held in memory; a lookup
+//! reads one block with `pread` (the OS page cache, not this process, keeps the hot blocks)
+//! and checks its CRC before using it. A manifest or
 //! run list that does not check at open makes the view rebuild from the log; a damaged block
 //! met later is an error naming the file (remove the view's directory to rebuild it). Never a
 //! wrong answer.
