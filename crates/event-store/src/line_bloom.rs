@@ -85,13 +85,9 @@ impl LineBloom {
 mod tests {
     use super::*;
 
+    /// The hashes the views give the filter, of `i`'s bytes.
     fn hashes(i: u64) -> (u64, u64) {
-        let mix = |mut z: u64| {
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        (mix(i), mix(i ^ 0x9e37_79b9_7f4a_7c15) | 1)
+        crate::viewdb::key_hashes(&i.to_le_bytes())
     }
 
     #[test]

@@ -632,7 +632,7 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
 
 /// Two independent 64-bit hashes of a key (FNV-1a, then two mixes), stable across builds:
 /// the Bloom filters on disk depend on them.
-fn key_hashes(key: &[u8]) -> (u64, u64) {
+pub(crate) fn key_hashes(key: &[u8]) -> (u64, u64) {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in key {
         h ^= u64::from(b);

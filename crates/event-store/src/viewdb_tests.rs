@@ -289,18 +289,32 @@ fn a_view_far_past_its_manifest_is_written_however_small_its_changes() {
 #[test]
 fn a_missing_run_means_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ViewDb::open(dir.path()).unwrap();
+    for run in one_run_left_by_a_crash(dir.path()) {
+        std::fs::remove_file(run).unwrap();
+    }
+    assert_starts_empty(dir.path());
+}
+
+/// Writes `k` = `v` at checkpoint 3 into a view in `dir`, flushes it as a run and crashes;
+/// the run files.
+fn one_run_left_by_a_crash(dir: &Path) -> Vec<PathBuf> {
+    let db = ViewDb::open(dir).unwrap();
     let mut c = Changes::new();
     c.insert(b"k".to_vec(), Some(b"v".to_vec()));
     db.commit(c, meta(3)).unwrap();
     db.flush().unwrap();
     db.crash();
-    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "view") {
-            std::fs::remove_file(entry.path()).unwrap();
-        }
-    }
-    let db = ViewDb::open(dir.path()).unwrap();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "view"))
+        .collect()
+}
+
+/// The view in `dir` opens with no meta and without the key written before: to be rebuilt.
+fn assert_starts_empty(dir: &Path) {
+    let db = ViewDb::open(dir).unwrap();
     assert_eq!(db.meta(), None);
     assert_eq!(db.get(b"k").unwrap(), None);
 }
@@ -310,18 +324,7 @@ fn a_missing_run_means_a_rebuild() {
 #[test]
 fn a_run_of_the_previous_format_means_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ViewDb::open(dir.path()).unwrap();
-    let mut c = Changes::new();
-    c.insert(b"k".to_vec(), Some(b"v".to_vec()));
-    db.commit(c, meta(3)).unwrap();
-    db.flush().unwrap();
-    db.crash();
-    let run = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "view"))
-        .unwrap();
+    let run = one_run_left_by_a_crash(dir.path()).remove(0);
     let mut bytes = std::fs::read(&run).unwrap();
     let footer_at = bytes.len() - FOOTER_LEN as usize;
     let index_at = u64::from_le_bytes(bytes[footer_at + 24..footer_at + 32].try_into().unwrap());
@@ -332,9 +335,7 @@ fn a_run_of_the_previous_format_means_a_rebuild() {
     );
     bytes[footer_at + 56..].copy_from_slice(&check.to_le_bytes());
     std::fs::write(&run, &bytes).unwrap();
-    let db = ViewDb::open(dir.path()).unwrap();
-    assert_eq!(db.meta(), None);
-    assert_eq!(db.get(b"k").unwrap(), None);
+    assert_starts_empty(dir.path());
 }
 
 /// Keys that share a prefix of some length and tie often in the 8 bytes after it.
