@@ -495,6 +495,50 @@ async fn projections_rebuild_to_the_same_bytes_and_rebuild_on_a_version_change()
     assert_eq!(projector.status().unwrap().remove(0), v2);
 }
 
+/// The generations of `count_per_stream` present in `views/`.
+fn generations(store: &EventStore) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(store.views_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("count_per_stream@"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn a_rebuild_leaves_one_generation_and_an_unfinished_shadow_is_a_leftover() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
+    let events: Vec<NewEvent> = (0..500)
+        .map(|i| ev(&format!("e{i}"), &format!("s{}", i % 3)))
+        .collect();
+    store.append(events, ExpectedVersion::Any).await.unwrap();
+    projector.catch_up().await.unwrap();
+    assert_eq!(generations(&store), ["count_per_stream@0"]);
+    let rebuilt = projector
+        .rebuild("count_per_stream", |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(generations(&store), ["count_per_stream@1"]);
+    // A crash during the next rebuild leaves its shadow, with whatever it had written, and a
+    // directory that still names generation 1: the next open keeps generation 1 and removes
+    // the shadow.
+    drop(projector);
+    let shadow = store.views_dir().join("count_per_stream@2");
+    std::fs::create_dir(&shadow).unwrap();
+    std::fs::write(shadow.join("run-1.view"), b"half a run").unwrap();
+    let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
+    assert_eq!(projector.status().unwrap().remove(0), rebuilt);
+    assert_eq!(generations(&store), ["count_per_stream@1"]);
+    let view = projector.view("count_per_stream").unwrap();
+    assert_eq!(
+        view.get(b"s0").unwrap(),
+        Some(167u64.to_be_bytes().to_vec())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_never_shows_readers_a_half_built_view() {
     let dir = tempfile::tempdir().unwrap();
