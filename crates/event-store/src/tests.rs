@@ -495,6 +495,12 @@ async fn projections_rebuild_to_the_same_bytes_and_rebuild_on_a_version_change()
     assert_eq!(projector.status().unwrap().remove(0), v2);
 }
 
+/// Events `e<i>` for `i` in `ids`, spread over the streams `s0`…`s<streams - 1>`.
+fn spread(ids: std::ops::Range<usize>, streams: usize) -> Vec<NewEvent> {
+    ids.map(|i| ev(&format!("e{i}"), &format!("s{}", i % streams)))
+        .collect()
+}
+
 /// The generations of `count_per_stream` present in `views/`.
 fn generations(store: &EventStore) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(store.views_dir())
@@ -511,10 +517,10 @@ async fn a_rebuild_leaves_one_generation_and_an_unfinished_shadow_is_a_leftover(
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
-    let events: Vec<NewEvent> = (0..500)
-        .map(|i| ev(&format!("e{i}"), &format!("s{}", i % 3)))
-        .collect();
-    store.append(events, ExpectedVersion::Any).await.unwrap();
+    store
+        .append(spread(0..500, 3), ExpectedVersion::Any)
+        .await
+        .unwrap();
     projector.catch_up().await.unwrap();
     assert_eq!(generations(&store), ["count_per_stream@0"]);
     let rebuilt = projector
@@ -544,9 +550,7 @@ async fn a_rebuild_never_shows_readers_a_half_built_view() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let projector = Projector::open(&store, vec![Arc::new(CountPerStream)]).unwrap();
-    let events: Vec<NewEvent> = (0..40_000)
-        .map(|i| ev(&format!("e{i}"), &format!("s{}", i % 5)))
-        .collect();
+    let events = spread(0..40_000, 5);
     for chunk in events.chunks(4000) {
         store
             .append(chunk.to_vec(), ExpectedVersion::Any)
@@ -604,10 +608,8 @@ impl Projection for Total {
 async fn views_at_different_checkpoints_fold_together_over_many_batches() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let append = |range: std::ops::Range<u32>| {
-        let events: Vec<NewEvent> = range
-            .map(|i| ev(&format!("e{i}"), &format!("s{}", i % 5)))
-            .collect();
+    let append = |range: std::ops::Range<usize>| {
+        let events = spread(range, 5);
         let store = store.clone();
         async move {
             for chunk in events.chunks(20_000) {
