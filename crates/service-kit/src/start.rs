@@ -227,6 +227,15 @@ pub async fn start(
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningService, StartError> {
+    if cfg!(all(
+        any(target_arch = "x86", target_arch = "x86_64"),
+        not(poly1305_force_soft)
+    )) {
+        tracing::warn!(
+            "built without `--cfg poly1305_force_soft` (.cargo/config.toml sets it; a RUSTFLAGS \
+             variable replaces that): sealing and opening personal data is about 3× slower"
+        );
+    }
     let tenants = Arc::new(TenantRegistry::load(&config.tenants_dir)?);
     if tenants.is_empty() {
         tracing::warn!(dir = %config.tenants_dir.display(), "no tenants configured: every event will be refused");
