@@ -30,7 +30,7 @@ pub use store::{
     SLED_SEGMENT_BYTES, StoreConfig, VerifyReport, content_digest,
 };
 pub use subscription::Subscription;
-pub use vault::{MasterKey, Opened, SealedField, Vault};
+pub use vault::{MasterKey, Opened, SLOW_SEAL_BUILD, SealedField, Vault};
 
 /// What can go wrong in the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

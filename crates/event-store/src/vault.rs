@@ -92,6 +92,14 @@ const CACHE_LIMIT: usize = 100_000;
 /// Sealing reads the vault only for subjects missing from the vault's own key cache.
 const VAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Whether this build left poly1305 its AVX2 code, whose per-message setup makes sealing and
+/// opening short fields about 3× slower: true when `.cargo/config.toml`'s
+/// `--cfg poly1305_force_soft` was lost (a `RUSTFLAGS` variable replaces it).
+pub const SLOW_SEAL_BUILD: bool = cfg!(all(
+    any(target_arch = "x86", target_arch = "x86_64"),
+    not(poly1305_force_soft)
+));
+
 const KEYS_TREE: &str = "keys";
 /// Entries per batch when compaction copies a tree (bounds its memory, not its atomicity:
 /// the copy only becomes live once complete).

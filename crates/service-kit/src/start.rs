@@ -227,10 +227,7 @@ pub async fn start(
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningService, StartError> {
-    if cfg!(all(
-        any(target_arch = "x86", target_arch = "x86_64"),
-        not(poly1305_force_soft)
-    )) {
+    if privacy_event_store::SLOW_SEAL_BUILD {
         tracing::warn!(
             "built without `--cfg poly1305_force_soft` (.cargo/config.toml sets it; a RUSTFLAGS \
              variable replaces that): sealing and opening personal data is about 3× slower"

@@ -147,13 +147,13 @@ impl ConsentDomain {
         let recent = {
             let births = self.recent_births.lock().unwrap_or_else(|p| p.into_inner());
             // Mostly empty: then the lookup need not build its key.
-            (!births.is_empty())
-                .then(|| {
-                    births
-                        .get(&(tenant.id.clone(), subject.to_owned()))
-                        .cloned()
-                })
-                .flatten()
+            if births.is_empty() {
+                None
+            } else {
+                births
+                    .get(&(tenant.id.clone(), subject.to_owned()))
+                    .cloned()
+            }
         };
         let thresholds = match recent {
             Some(t) => t,
