@@ -490,14 +490,27 @@ impl Inner {
             return Ok(v.as_deref().map(read));
         }
         let hashes = key_hashes(key);
+        // The block is read into this thread's buffer, kept between lookups: no allocation
+        // and no zeroing of a block's worth of memory per lookup. Taken out while in use, so a
+        // `read` that looks up a view itself gets a buffer of its own.
+        let mut block = LOOKUP_BLOCK.take();
+        let mut found = Ok(None);
         for run in &state.runs {
-            match run.find(key, hashes)? {
-                Found::Absent => continue,
-                Found::Removed => return Ok(None),
-                Found::Value(block, range) => return Ok(Some(read(&block[range]))),
+            if !run.layout.may_contain(hashes) {
+                continue;
             }
+            match run.find(key, &mut block) {
+                Ok(Found::Absent) => continue,
+                Ok(Found::Removed) => {}
+                Ok(Found::Value(range)) => found = Ok(Some(read(&block[range]))),
+                Err(e) => found = Err(e),
+            }
+            break;
         }
-        Ok(None)
+        if block.capacity() <= LOOKUP_BLOCK_KEPT {
+            LOOKUP_BLOCK.set(block);
+        }
+        found
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -679,7 +692,17 @@ fn parse_block(bytes: &[u8]) -> Option<Vec<Entry>> {
 enum Found {
     Absent,
     Removed,
-    Value(Vec<u8>, Range<usize>),
+    /// Where the value is in the block read.
+    Value(Range<usize>),
+}
+
+/// A lookup's buffer is kept for the thread's next lookup up to this size (a block larger
+/// than [`BLOCK_BYTES`] holds one large entry).
+const LOOKUP_BLOCK_KEPT: usize = 4 * BLOCK_BYTES;
+
+thread_local! {
+    /// The block a lookup reads into ([`Inner::get_with`]).
+    static LOOKUP_BLOCK: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A run on disk: its file, and its [`Layout`] in memory.
@@ -798,15 +821,21 @@ impl Layout {
 impl Run {
     /// Block `i`'s bytes, checked against its CRC.
     fn block_bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        let mut bytes = Vec::new();
+        self.read_block_into(i, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Reads block `i` into `bytes` (whose old contents are overwritten, not zeroed first),
+    /// checked against its CRC.
+    fn read_block_into(&self, i: usize, bytes: &mut Vec<u8>) -> Result<(), StoreError> {
         let (offset, len, crc) = self.layout.blocks[i];
-        let mut bytes = vec![0; len as usize];
-        self.file
-            .read_exact_at(&mut bytes, offset)
-            .map_err(storage)?;
-        if crc32fast::hash(&bytes) != crc {
+        bytes.resize(len as usize, 0);
+        self.file.read_exact_at(bytes, offset).map_err(storage)?;
+        if crc32fast::hash(bytes) != crc {
             return Err(corrupt(&self.path, &format!("block {i} fails its CRC")));
         }
-        Ok(bytes)
+        Ok(())
     }
 
     fn read_block(&self, i: usize) -> Result<(Vec<u8>, Vec<Entry>), StoreError> {
@@ -816,26 +845,27 @@ impl Run {
         Ok((bytes, entries))
     }
 
-    /// The entry of `key` (whose [`key_hashes`] are `hashes`) in this run.
-    fn find(&self, key: &[u8], hashes: (u64, u64)) -> Result<Found, StoreError> {
+    /// The entry of `key` in this run, once its filter has passed it; its block is read into
+    /// `bytes`.
+    fn find(&self, key: &[u8], bytes: &mut Vec<u8>) -> Result<Found, StoreError> {
         let layout = &self.layout;
-        if key > &layout.last[..] || !layout.may_contain(hashes) {
+        if key > &layout.last[..] {
             return Ok(Found::Absent);
         }
         let Some(block) = layout.blocks_starting_before(key, true).checked_sub(1) else {
             return Ok(Found::Absent);
         };
-        let bytes = self.block_bytes(block)?;
+        self.read_block_into(block, bytes)?;
         let mut pos = 0;
         while pos < bytes.len() {
-            let (k, v) = next_entry(&bytes, &mut pos)
+            let (k, v) = next_entry(bytes, &mut pos)
                 .ok_or_else(|| corrupt(&self.path, &format!("block {block} does not parse")))?;
             match bytes[k].cmp(key) {
                 std::cmp::Ordering::Less => continue,
                 std::cmp::Ordering::Greater => break,
                 std::cmp::Ordering::Equal => {
                     return Ok(match v {
-                        Some(v) => Found::Value(bytes, v),
+                        Some(v) => Found::Value(v),
                         None => Found::Removed,
                     });
                 }

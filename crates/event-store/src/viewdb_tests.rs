@@ -376,3 +376,57 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn lookups_reuse_their_block_buffer_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ViewDb::open_with(dir.path(), 64 << 10).unwrap();
+    let mut c = Changes::new();
+    // Small entries, and one far larger than a block (a block of its own, past what a thread
+    // keeps between lookups).
+    for i in 0..2000u32 {
+        c.insert(
+            format!("k{i:05}").into_bytes(),
+            Some(format!("v{i}").into_bytes()),
+        );
+    }
+    let big = vec![7u8; 5 * LOOKUP_BLOCK_KEPT];
+    c.insert(b"k01000x".to_vec(), Some(big.clone()));
+    db.commit(c, meta(1)).unwrap();
+    db.flush().unwrap();
+    assert!(db.runs() >= 1);
+    // Large, then small, then large again: each lookup sees its own block's bytes.
+    for _ in 0..2 {
+        assert_eq!(db.get(b"k01000x").unwrap().as_deref(), Some(&big[..]));
+        assert_eq!(db.get(b"k00007").unwrap().as_deref(), Some(&b"v7"[..]));
+        assert_eq!(db.get(b"k01999").unwrap().as_deref(), Some(&b"v1999"[..]));
+    }
+    // A lookup inside another's `read` reads a block of its own; the outer value is intact.
+    let nested = db
+        .get_with(b"k00010", |outer| {
+            let inner = db.get(b"k01990").unwrap();
+            (outer.to_vec(), inner)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(nested, (b"v10".to_vec(), Some(b"v1990".to_vec())));
+    assert_eq!(db.get(b"k00011").unwrap().as_deref(), Some(&b"v11"[..]));
+    drop(db);
+
+    // A damaged block fails a lookup as it fails a scan.
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "view"))
+        .unwrap();
+    let mut bytes = std::fs::read(&run).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&run, &bytes).unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    let err = db.get(b"k00000").unwrap_err().to_string();
+    assert!(
+        err.contains("fails its CRC") && err.contains(".view"),
+        "{err}"
+    );
+}

@@ -187,8 +187,13 @@ pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
     });
 }
 
-/// Reads a trace context from incoming gRPC metadata.
+/// Reads a trace context from incoming gRPC metadata (an empty context when there is no
+/// `traceparent`: the W3C propagator, the only one installed, finds nothing then, and most
+/// calls carry none — this spares them the global propagator's lock).
 pub fn extract_grpc(metadata: &tonic::metadata::MetadataMap) -> Context {
+    if !metadata.contains_key("traceparent") {
+        return Context::new();
+    }
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&GrpcMetadataRef(metadata)))
 }
 
@@ -353,6 +358,9 @@ mod tests {
         });
         let back = extract_grpc(&md);
         assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
+        // Without `traceparent` there is no parent.
+        md.remove("traceparent");
+        assert!(!extract_grpc(&md).span().span_context().is_valid());
         let mut out = async_nats::HeaderMap::new();
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&back, &mut NatsHeaders(&mut out))
