@@ -318,6 +318,11 @@ pub(crate) fn table_check(meta: &[u8], footer_head: &[u8]) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(meta);
     h.update(footer_head);
+    table_check_of(&h)
+}
+
+/// [`table_check`] of what `h` has hashed (the same bytes fed in pieces).
+pub(crate) fn table_check_of(h: &blake3::Hasher) -> u64 {
     u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 

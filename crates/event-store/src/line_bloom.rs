@@ -47,8 +47,15 @@ impl LineBloom {
         Some(LineBloom { lines })
     }
 
-    pub(crate) fn write_le_bytes(&self, out: &mut Vec<u8>) {
-        for line in &self.lines {
+    /// How many 64-byte lines the filter has.
+    pub(crate) fn lines(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Lines `lines` of the filter as stored: each line's words, little-endian (what
+    /// [`LineBloom::from_le_bytes`] reads back).
+    pub(crate) fn write_lines_le(&self, lines: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        for line in &self.lines[lines] {
             for w in line.0 {
                 out.extend_from_slice(&w.to_le_bytes());
             }
@@ -98,7 +105,7 @@ mod tests {
             bloom.insert(hashes(i));
         }
         let mut bytes = Vec::new();
-        bloom.write_le_bytes(&mut bytes);
+        bloom.write_lines_le(0..bloom.lines(), &mut bytes);
         assert_eq!(bytes.len() as u64 * 8, bloom.bits());
         let back = LineBloom::from_le_bytes(&bytes).unwrap();
         assert!((0..n).all(|i| back.may_contain(hashes(i))));

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use crate::StoreError;
-use crate::index::{BLOOM_BITS, table_check};
+use crate::index::{BLOOM_BITS, table_check, table_check_of};
 use crate::line_bloom::{LINE_BITS, LineBloom};
 use crate::log::{replace_file, sync_dir};
 use crate::store::storage;
@@ -971,9 +971,8 @@ struct RunWriter {
     offset: u64,
     block: Vec<u8>,
     block_first: Vec<u8>,
-    /// The block list as written after the blocks.
-    index: Vec<u8>,
-    /// The run's in-memory part, as it is written.
+    /// The run's in-memory part, as it is written; the block list and filter after the
+    /// blocks are written from it at the end, not kept twice while a large merge runs.
     layout: Layout,
 }
 
@@ -995,7 +994,6 @@ impl RunWriter {
             offset: 0,
             block: Vec::with_capacity(2 * BLOCK_BYTES),
             block_first: Vec::new(),
-            index: Vec::new(),
             layout: Layout::empty(expected),
         })
     }
@@ -1028,11 +1026,6 @@ impl RunWriter {
         let len =
             u32::try_from(self.block.len()).map_err(|_| storage("a view block passed 4 GiB"))?;
         self.out.write_all(&self.block).map_err(storage)?;
-        put_varint(&mut self.index, self.block_first.len() as u64);
-        self.index.extend_from_slice(&self.block_first);
-        self.index.extend_from_slice(&self.offset.to_le_bytes());
-        self.index.extend_from_slice(&len.to_le_bytes());
-        self.index.extend_from_slice(&crc.to_le_bytes());
         let layout = &mut self.layout;
         layout.fences.extend_from_slice(&self.block_first);
         layout.fence_ends.push(layout.fences.len());
@@ -1042,39 +1035,68 @@ impl RunWriter {
         Ok(())
     }
 
-    /// Writes the block list, filter and footer, and fsyncs the file.
+    /// Writes the block list, filter and footer, and fsyncs the file. They go out in pieces,
+    /// hashed as they go, rather than gathered first: at the end of a large merge that was a
+    /// second copy of every fence and of the filter.
     fn finish(mut self) -> Result<Run, StoreError> {
         if !self.block.is_empty() {
             self.close_block()?;
         }
         let index_at = self.offset;
-        if !self.layout.blocks.is_empty() {
-            // After the block list: the greatest key, so a lookup past it reads nothing.
-            put_varint(&mut self.index, self.layout.last.len() as u64);
-            self.index.extend_from_slice(&self.layout.last);
+        let mut meta = MetaWriter {
+            out: &mut self.out,
+            check: blake3::Hasher::new(),
+            piece: Vec::with_capacity(2 * META_PIECE),
+            written: 0,
+        };
+        let layout = &mut self.layout;
+        for (i, &(offset, len, crc)) in layout.blocks.iter().enumerate() {
+            let fence = layout.fence(i);
+            put_varint(&mut meta.piece, fence.len() as u64);
+            meta.piece.extend_from_slice(fence);
+            meta.piece.extend_from_slice(&offset.to_le_bytes());
+            meta.piece.extend_from_slice(&len.to_le_bytes());
+            meta.piece.extend_from_slice(&crc.to_le_bytes());
+            meta.pass()?;
         }
-        let mut meta = std::mem::take(&mut self.index);
-        let index_len = meta.len() as u64;
-        self.layout.bloom.write_le_bytes(&mut meta);
+        if !layout.blocks.is_empty() {
+            // After the block list: the greatest key, so a lookup past it reads nothing.
+            put_varint(&mut meta.piece, layout.last.len() as u64);
+            meta.piece.extend_from_slice(&layout.last);
+        }
+        meta.write_piece()?;
+        let index_len = meta.written;
+        let lines = layout.bloom.lines();
+        for from in (0..lines).step_by(META_PIECE / 64) {
+            layout
+                .bloom
+                .write_lines_le(from..(from + META_PIECE / 64).min(lines), &mut meta.piece);
+            meta.write_piece()?;
+        }
+        let meta_len = meta.written;
+        let mut check = meta.check;
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         for w in [
             RUN_MAGIC,
-            self.layout.blocks.len() as u64,
-            self.layout.entries,
+            layout.blocks.len() as u64,
+            layout.entries,
             index_at,
             index_len,
             index_at + index_len,
-            self.layout.bloom.bits(),
+            layout.bloom.bits(),
         ] {
             footer.extend_from_slice(&w.to_le_bytes());
         }
-        let check = table_check(&meta, &footer);
-        footer.extend_from_slice(&check.to_le_bytes());
-        self.out.write_all(&meta).map_err(storage)?;
+        check.update(&footer);
+        footer.extend_from_slice(&table_check_of(&check).to_le_bytes());
         self.out.write_all(&footer).map_err(storage)?;
         let file = self.out.into_inner().map_err(|e| storage(e.error()))?;
         file.sync_data().map_err(storage)?;
-        let bytes = index_at + meta.len() as u64 + FOOTER_LEN;
+        let bytes = index_at + meta_len + FOOTER_LEN;
+        // Held for the run's life: no room left over from growing.
+        layout.fences.shrink_to_fit();
+        layout.fence_ends.shrink_to_fit();
+        layout.blocks.shrink_to_fit();
         self.layout.index_fences();
         Ok(Run {
             number: self.number,
@@ -1083,6 +1105,36 @@ impl RunWriter {
             bytes,
             layout: self.layout,
         })
+    }
+}
+
+/// How much of a run's block list and filter is gathered before it is written.
+const META_PIECE: usize = 64 << 10;
+
+/// Writes a run's block list and filter in pieces, hashing them for the footer's check.
+struct MetaWriter<'w> {
+    out: &'w mut BufWriter<File>,
+    check: blake3::Hasher,
+    piece: Vec<u8>,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl MetaWriter<'_> {
+    /// Writes the piece once it is large enough.
+    fn pass(&mut self) -> Result<(), StoreError> {
+        if self.piece.len() >= META_PIECE {
+            self.write_piece()?;
+        }
+        Ok(())
+    }
+
+    fn write_piece(&mut self) -> Result<(), StoreError> {
+        self.out.write_all(&self.piece).map_err(storage)?;
+        self.check.update(&self.piece);
+        self.written += self.piece.len() as u64;
+        self.piece.clear();
+        Ok(())
     }
 }
 
