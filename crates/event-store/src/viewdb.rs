@@ -103,9 +103,12 @@ impl std::ops::Deref for ViewDb {
 }
 
 struct State {
-    /// Shared with scans under way (a scan reads a snapshot, not under the lock), so a commit
-    /// copies it only when a scan still holds it.
+    /// Shared with scans under way (a scan reads a snapshot, not under the lock). A commit
+    /// that finds it held by a scan does not copy it: it is frozen and a new table started.
     mem: Arc<Changes>,
+    /// Memory tables frozen so, newest first: read after `mem`, written with it at the flush.
+    frozen: Vec<Arc<Changes>>,
+    /// What `mem` and `frozen` hold, about.
     mem_bytes: usize,
     /// Newest first.
     runs: Vec<Arc<Run>>,
@@ -117,6 +120,21 @@ struct State {
     /// Changes with every commit, and differs between any two views of the process: equal
     /// stamps mean equal data (see [`ViewDb::stamp`]).
     stamp: u64,
+}
+
+/// How many memory tables may be frozen at once ([`State::frozen`]); past that, a commit that
+/// finds the table held by a scan copies it, as a bound on what every lookup walks.
+const MAX_FROZEN: usize = 8;
+
+impl State {
+    /// The memory tables, newest first.
+    fn tables(&self) -> Vec<Arc<Changes>> {
+        std::iter::once(&self.mem)
+            .chain(&self.frozen)
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect()
+    }
 }
 
 /// Where stamps come from: no two states of any views in this process share one.
@@ -161,6 +179,7 @@ impl ViewDb {
                 dir: dir.to_owned(),
                 state: RwLock::new(State {
                     mem: Arc::default(),
+                    frozen: Vec::new(),
                     mem_bytes: 0,
                     runs,
                     meta,
@@ -283,10 +302,21 @@ impl ViewDb {
         let full = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             let state = &mut *state;
-            if state.mem.is_empty() {
-                state.mem_bytes = changes.iter().map(|(k, v)| entry_bytes(k, v)).sum();
-                state.mem = Arc::new(changes);
+            let shared = Arc::get_mut(&mut state.mem).is_none();
+            if state.mem.is_empty() || (shared && state.frozen.len() < MAX_FROZEN) {
+                // Fresh, or held by a scan: the changes start a table of their own (a scan's
+                // table is frozen rather than copied, which at 8 MiB took as much memory again
+                // for as long as a digest walked the view).
+                state.mem_bytes += changes
+                    .iter()
+                    .map(|(k, v)| entry_bytes(k, v))
+                    .sum::<usize>();
+                let held = std::mem::replace(&mut state.mem, Arc::new(changes));
+                if !held.is_empty() {
+                    state.frozen.insert(0, held);
+                }
             } else {
+                // Copied only when a scan holds it and enough tables are frozen already.
                 let mem = Arc::make_mut(&mut state.mem);
                 for (k, v) in changes {
                     let added = entry_bytes(&k, &v);
@@ -442,8 +472,8 @@ impl Inner {
         let (dirty, written) = {
             let state = self.read();
             (
-                !state.mem.is_empty() || state.meta != state.durable,
-                !state.mem.is_empty(),
+                !state.mem.is_empty() || !state.frozen.is_empty() || state.meta != state.durable,
+                !state.mem.is_empty() || !state.frozen.is_empty(),
             )
         };
         if !dirty {
@@ -460,9 +490,23 @@ impl Inner {
             let state = self.read();
             let mut runs = state.runs.clone();
             if let Some(number) = number {
-                let mut w = RunWriter::create(&self.dir, number, state.mem.len() as u64)?;
-                for (k, v) in state.mem.iter() {
-                    w.push(k, v.as_deref())?;
+                let tables = state.tables();
+                let entries = tables.iter().map(|t| t.len() as u64).sum();
+                let mut w = RunWriter::create(&self.dir, number, entries)?;
+                if let [table] = tables.as_slice() {
+                    for (k, v) in table.iter() {
+                        w.push(k, v.as_deref())?;
+                    }
+                } else {
+                    // The newest table's entry of a key wins; removals are written too.
+                    let mut sources: Vec<Source<'_>> = tables
+                        .iter()
+                        .map(|t| Source::mem(Box::new(t.iter())))
+                        .collect();
+                    merge(&mut sources, b"", None, false, &mut |k, v| {
+                        w.push(k, v)?;
+                        Ok(true)
+                    })?;
                 }
                 runs.insert(0, Arc::new(w.finish()?));
             }
@@ -473,6 +517,7 @@ impl Inner {
         state.runs = runs;
         if written {
             state.mem = Arc::default();
+            state.frozen.clear();
             state.mem_bytes = 0;
         }
         state.durable = meta;
@@ -486,8 +531,10 @@ impl Inner {
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>, StoreError> {
         let state = self.read();
-        if let Some(v) = state.mem.get(key) {
-            return Ok(v.as_deref().map(read));
+        for table in std::iter::once(&state.mem).chain(&state.frozen) {
+            if let Some(v) = table.get(key) {
+                return Ok(v.as_deref().map(read));
+            }
         }
         let hashes = key_hashes(key);
         // The block is read into this thread's buffer, kept between lookups: no allocation
@@ -534,22 +581,22 @@ impl Inner {
             return Ok(());
         }
         // A snapshot: a long scan (a view's digest) holds no lock that commits wait for.
-        let (table, runs) = {
+        let (tables, runs) = {
             let state = self.read();
-            (state.mem.clone(), state.runs.clone())
+            (state.tables(), state.runs.clone())
         };
-        let mem: MemIter<'_> = {
+        let mut sources = Vec::with_capacity(tables.len() + runs.len());
+        for table in &tables {
             use std::ops::Bound::{Excluded, Included, Unbounded};
             let upper = to.map_or(Unbounded, Excluded);
             let range = table.range::<[u8], _>((Included(from), upper));
-            if rev {
+            let mem: MemIter<'_> = if rev {
                 Box::new(range.rev())
             } else {
                 Box::new(range)
-            }
-        };
-        let mut sources = Vec::with_capacity(runs.len() + 1);
-        sources.push(Source::mem(mem));
+            };
+            sources.push(Source::mem(mem));
+        }
         for run in &runs {
             sources.push(Source::Run(RunCursor::new(run, from, to, rev)));
         }

@@ -204,6 +204,25 @@ fn a_fresh_view_has_no_meta_and_a_flushed_one_keeps_it() {
 
 /// Many keys over many blocks and runs: point reads and bounded scans, then a flipped byte in
 /// a block is an error naming the file, and a damaged manifest empties the view at open.
+/// A run file of the view in `dir`.
+fn a_run(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "view"))
+        .expect("a run file")
+}
+
+/// Reopens the view in `dir` after flipping a bit of a run's first block.
+fn with_first_block_damaged(dir: &Path) -> ViewDb {
+    let run = a_run(dir);
+    let mut bytes = std::fs::read(&run).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&run, &bytes).unwrap();
+    ViewDb::open(dir).unwrap()
+}
+
 #[test]
 fn many_blocks_read_back_and_damage_is_caught() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,16 +247,7 @@ fn many_blocks_read_back_and_damage_is_caught() {
     check_all(&db, &model, &probes);
     drop(db);
 
-    let run = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "view"))
-        .unwrap();
-    let mut bytes = std::fs::read(&run).unwrap();
-    bytes[10] ^= 0x40;
-    std::fs::write(&run, &bytes).unwrap();
-    let db = ViewDb::open(dir.path()).unwrap();
+    let db = with_first_block_damaged(dir.path());
     let err = scanned_result(&db).unwrap_err().to_string();
     assert!(
         err.contains("fails its CRC") && err.contains(".view"),
@@ -414,16 +424,7 @@ fn lookups_reuse_their_block_buffer_safely() {
     drop(db);
 
     // A damaged block fails a lookup as it fails a scan.
-    let run = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "view"))
-        .unwrap();
-    let mut bytes = std::fs::read(&run).unwrap();
-    bytes[10] ^= 0x40;
-    std::fs::write(&run, &bytes).unwrap();
-    let db = ViewDb::open(dir.path()).unwrap();
+    let db = with_first_block_damaged(dir.path());
     let err = db.get(b"k00000").unwrap_err().to_string();
     assert!(
         err.contains("fails its CRC") && err.contains(".view"),
@@ -445,12 +446,7 @@ fn a_run_whose_block_list_and_filter_span_many_pieces_reopens_intact() {
     db.commit(c, meta(7)).unwrap();
     db.flush().unwrap();
     drop(db);
-    let run = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "view"))
-        .unwrap();
+    let run = a_run(dir.path());
     let footer_at = std::fs::metadata(&run).unwrap().len() - FOOTER_LEN;
     let bytes = std::fs::read(&run).unwrap();
     let word = |i: usize| {
@@ -471,4 +467,70 @@ fn a_run_whose_block_list_and_filter_span_many_pieces_reopens_intact() {
         assert_eq!(v, Some(vec![(i % 251) as u8; 40]), "key {i}");
     }
     assert_eq!(db.get(&key_of(n)).unwrap(), None);
+}
+
+/// Commits `round`'s changes to `db` and `model`: one key rewritten, one removed, one added.
+fn commit_round(db: &ViewDb, model: &mut BTreeMap<Vec<u8>, Vec<u8>>, round: u32) {
+    let mut c = Changes::new();
+    let put = format!("k{:03}", round * 3).into_bytes();
+    let value = format!("round {round}").into_bytes();
+    let removed = format!("k{:03}", round * 3 + 1).into_bytes();
+    let added = format!("new{round:03}").into_bytes();
+    model.insert(put.clone(), value.clone());
+    model.remove(&removed);
+    model.insert(added.clone(), value.clone());
+    c.insert(put, Some(value.clone()));
+    c.insert(removed, None);
+    c.insert(added, Some(value));
+    db.commit(c, meta(u64::from(round) + 2)).unwrap();
+}
+
+/// Scans `db` from `depth`; on its first entry it commits a round and scans again one level
+/// deeper, so that each level's scan holds a memory table the next commit finds in use. Each
+/// scan must see the view as it was when the scan began.
+fn nested_scans(db: &ViewDb, model: &mut BTreeMap<Vec<u8>, Vec<u8>>, depth: u32, levels: u32) {
+    let at_start = expected(model, b"", None, false);
+    let mut seen = Vec::new();
+    db.scan(b"", None, false, &mut |k, v| {
+        if seen.is_empty() && depth < levels {
+            commit_round(db, model, depth);
+            nested_scans(db, model, depth + 1, levels);
+        }
+        seen.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, at_start, "the scan at depth {depth}");
+}
+
+#[test]
+fn commits_under_scans_freeze_their_tables_and_every_read_stays_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ViewDb::open(dir.path()).unwrap();
+    let mut model = BTreeMap::new();
+    let mut c = Changes::new();
+    for i in 0..100u32 {
+        let (k, v) = (format!("k{i:03}").into_bytes(), b"first".to_vec());
+        model.insert(k.clone(), v.clone());
+        c.insert(k, Some(v));
+    }
+    db.commit(c, meta(1)).unwrap();
+    // More nested scans than tables may be frozen: the last commits copy the table instead.
+    let levels = MAX_FROZEN as u32 + 4;
+    nested_scans(&db, &mut model, 0, levels);
+    assert_eq!(db.read().frozen.len(), MAX_FROZEN);
+    let probes: Vec<Vec<u8>> = (0..110u32)
+        .map(|i| format!("k{i:03}").into_bytes())
+        .chain((0..levels).map(|r| format!("new{r:03}").into_bytes()))
+        .collect();
+    check_all(&db, &model, &probes);
+    // The flush writes every table as one run, the newest entry of a key winning.
+    db.flush().unwrap();
+    assert_eq!(db.read().frozen.len(), 0);
+    assert_eq!(db.runs(), 1);
+    check_all(&db, &model, &probes);
+    drop(db);
+    let db = ViewDb::open(dir.path()).unwrap();
+    assert_eq!(db.meta(), Some(meta(u64::from(levels) + 1)));
+    check_all(&db, &model, &probes);
 }
