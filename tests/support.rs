@@ -248,7 +248,9 @@ pub async fn all_events(audit: &mut Audit) -> Vec<StoredEvent> {
 /// The service's committed head (0 while it does not answer).
 pub async fn head_seq(audit: &mut Audit) -> u64 {
     audit
-        .projection_status(ProjectionStatusRequest {})
+        .projection_status(ProjectionStatusRequest {
+            checkpoints_only: true,
+        })
         .await
         .map(|r| r.into_inner().head_seq)
         .unwrap_or(0)
@@ -279,7 +281,9 @@ pub async fn wait_for_head(audit: &mut Audit, seq: u64, timeout: Duration) -> u6
     let deadline = Instant::now() + timeout;
     loop {
         let status = audit
-            .projection_status(ProjectionStatusRequest {})
+            .projection_status(ProjectionStatusRequest {
+                checkpoints_only: true,
+            })
             .await
             .map(|r| r.into_inner());
         if let Ok(s) = &status
@@ -477,7 +481,7 @@ pub async fn publish_policy_v1(url: &str) {
 pub async fn assert_rebuild_equals_live(url: &str, total: u64) {
     let mut audit = audit_client(url, Some(AUDITOR_TOKEN)).await;
     let live = audit
-        .projection_status(ProjectionStatusRequest {})
+        .projection_status(ProjectionStatusRequest::default())
         .await
         .unwrap()
         .into_inner();

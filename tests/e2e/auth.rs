@@ -26,7 +26,7 @@ async fn unauthenticated_and_wrong_role_calls_are_refused() {
 
     let mut forged = audit_client(&url, Some("not-a-configured-token")).await;
     let err = forged
-        .projection_status(ProjectionStatusRequest {})
+        .projection_status(ProjectionStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");

@@ -246,7 +246,7 @@ async fn not_serving_until_a_version_change_rebuild_caught_up() {
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     let mut audit = audit_client(&url, Some(AUDITOR_TOKEN)).await;
     let err = audit
-        .projection_status(ProjectionStatusRequest {})
+        .projection_status(ProjectionStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
@@ -255,7 +255,7 @@ async fn not_serving_until_a_version_change_rebuild_caught_up() {
     set_gate(true);
     wait_serving(&url).await;
     let status = audit
-        .projection_status(ProjectionStatusRequest {})
+        .projection_status(ProjectionStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -267,6 +267,29 @@ async fn not_serving_until_a_version_change_rebuild_caught_up() {
     assert_eq!((gated.version, gated.checkpoint), (2, status.head_seq));
     assert_eq!(gated.entries, status.head_seq);
     assert!(status.head_seq >= 1);
+    // Checkpoints only: the same projections at the same checkpoints, no view walked.
+    let light = audit
+        .projection_status(ProjectionStatusRequest {
+            checkpoints_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(light.head_seq, status.head_seq, "nothing was stored since");
+    let summary = |s: &ProjectionStatusResponse| -> Vec<(String, u32, u64)> {
+        s.projections
+            .iter()
+            .map(|p| (p.name.clone(), p.version, p.checkpoint))
+            .collect()
+    };
+    assert_eq!(summary(&light), summary(&status));
+    assert!(
+        light
+            .projections
+            .iter()
+            .all(|p| p.digest.is_empty() && p.entries == 0),
+        "{light:?}"
+    );
     shutdown.cancel();
     service.wait().await.unwrap();
 }

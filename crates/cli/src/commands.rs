@@ -754,7 +754,7 @@ impl Context {
         for &service in services {
             let answer = match self.channel(service) {
                 Ok(channel) => AuditServiceClient::new(channel)
-                    .projection_status(self.unary(ProjectionStatusRequest {}))
+                    .projection_status(self.unary(ProjectionStatusRequest::default()))
                     .await
                     .map_err(self.failed(service)),
                 Err(failure) => Err(failure),

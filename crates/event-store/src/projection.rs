@@ -689,6 +689,22 @@ impl Projector {
             .collect()
     }
 
+    /// Every projection's name, version and checkpoint (as in [`Projector::status`]), without
+    /// walking its view for the digest: for polling how far the views are behind the log.
+    pub fn checkpoints(&self) -> Vec<(&'static str, u32, u64)> {
+        self.entries
+            .iter()
+            .map(|slot| {
+                let p = &slot.projection;
+                (
+                    p.name(),
+                    p.version(),
+                    checkpoint_of(slot, &slot.live_tree()),
+                )
+            })
+            .collect()
+    }
+
     /// Writes every view's folded changes to its files, so the next open folds from here
     /// (views are derived from the log: this is for a quick restart, not for durability).
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -942,15 +958,21 @@ fn fold_all(
 }
 
 fn status_of(slot: &Slot, tree: &ViewDb) -> Result<ProjectionStatus, StoreError> {
+    // Taken before the digest, as before: never newer than what the digest covers.
+    let checkpoint = checkpoint_of(slot, tree);
+    let (digest, entries) = digest_of(tree)?;
+    Ok(status_with(slot, checkpoint, digest, entries))
+}
+
+/// The view's checkpoint (0 while a stale view waits for its rebuild).
+fn checkpoint_of(slot: &Slot, tree: &ViewDb) -> u64 {
     let stale = slot.stale.load(Ordering::Acquire);
     let meta = tree.meta();
-    let (digest, entries) = digest_of(tree)?;
-    let checkpoint = if stale {
+    if stale {
         0
     } else {
         meta.map_or(0, |m| m.checkpoint)
-    };
-    Ok(status_with(slot, checkpoint, digest, entries))
+    }
 }
 
 fn status_with(slot: &Slot, checkpoint: u64, digest: [u8; 32], entries: u64) -> ProjectionStatus {

@@ -69,7 +69,9 @@ impl Report<'_> {
     /// The log head a peer's audit service reports.
     async fn head_of(&self, channel: Channel) -> Result<u64, Status> {
         let status = AuditServiceClient::new(channel)
-            .projection_status(self.request(ProjectionStatusRequest {}))
+            .projection_status(self.request(ProjectionStatusRequest {
+                checkpoints_only: true,
+            }))
             .await?
             .into_inner();
         Ok(status.head_seq)
