@@ -460,6 +460,39 @@ async fn the_cli_reads_every_service_and_its_exit_codes_say_what_happened() {
         .await
         .ok()
         .json();
+    // Checkpoints only: the same projections and checkpoints, no digests.
+    let light = privacy(
+        h,
+        &auditor,
+        &[
+            "status",
+            "--service",
+            "consent",
+            "--checkpoints-only",
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    let names = |rows: &Value, with_digest: bool| -> Vec<(Value, Value, bool)> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].clone(),
+                    r["checkpoint"].clone(),
+                    r.get("digest").is_some() == with_digest,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&light, false),
+        names(&before, true),
+        "{light} vs {before}"
+    );
     let rebuilt = privacy(h, &operator, &["rebuild", "--service", "consent", "--json"])
         .await
         .ok();

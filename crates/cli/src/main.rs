@@ -55,6 +55,10 @@ enum Command {
         /// Only these services (repeatable) [default: all four].
         #[arg(long, value_enum)]
         service: Vec<Service>,
+        /// Versions and checkpoints only: no digests or entry counts, so no service walks its
+        /// views (cheap enough to poll for lag; a full status reads every view).
+        #[arg(long)]
+        checkpoints_only: bool,
     },
     /// Stored events, filtered by tenant, subject, type and time (--follow keeps streaming).
     Events(commands::EventsArgs),
@@ -149,7 +153,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let ctx = commands::Context::new(settings, format)?;
     match cli.command {
         Command::Verify { service } => ctx.verify(&Service::chosen(service)).await,
-        Command::Status { service } => ctx.status(&Service::chosen(service)).await,
+        Command::Status {
+            service,
+            checkpoints_only,
+        } => {
+            ctx.status(&Service::chosen(service), checkpoints_only)
+                .await
+        }
         Command::Events(args) => ctx.list(commands::ListCommand::Events(args), None).await,
         Command::Consent(c) => ctx.consent(c).await,
         Command::Requests(c) => ctx.requests(c).await,
