@@ -127,10 +127,14 @@ struct State {
 const MAX_FROZEN: usize = 8;
 
 impl State {
-    /// The memory tables, newest first.
+    /// The memory tables, newest first: the live one, then the frozen ones.
+    fn memory_tables(&self) -> impl Iterator<Item = &Arc<Changes>> {
+        std::iter::once(&self.mem).chain(&self.frozen)
+    }
+
+    /// The memory tables that hold anything, newest first, shared (a snapshot).
     fn tables(&self) -> Vec<Arc<Changes>> {
-        std::iter::once(&self.mem)
-            .chain(&self.frozen)
+        self.memory_tables()
             .filter(|t| !t.is_empty())
             .cloned()
             .collect()
@@ -531,7 +535,7 @@ impl Inner {
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>, StoreError> {
         let state = self.read();
-        for table in std::iter::once(&state.mem).chain(&state.frozen) {
+        for table in state.memory_tables() {
             if let Some(v) = table.get(key) {
                 return Ok(v.as_deref().map(read));
             }

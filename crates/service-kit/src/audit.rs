@@ -159,32 +159,24 @@ impl AuditService for Audit {
         request: Request<ProjectionStatusRequest>,
     ) -> Result<Response<ProjectionStatusResponse>, Status> {
         require(&request, READERS)?;
-        if request.get_ref().checkpoints_only {
-            let projections = self
-                .projector
+        let projections = if request.get_ref().checkpoints_only {
+            self.projector
                 .checkpoints()
                 .into_iter()
                 .map(|(name, version, checkpoint)| ProjectionInfo {
                     name: name.to_owned(),
                     version,
                     checkpoint,
-                    digest: Vec::new(),
-                    entries: 0,
+                    // No view walked: no digest, no count.
+                    ..Default::default()
                 })
-                .collect();
-            // The head after the checkpoints, as below: no checkpoint passes it.
-            return Ok(Response::new(ProjectionStatusResponse {
-                projections,
-                head_seq: self.store.head().seq,
-            }));
-        }
-        let projector = self.projector.clone();
-        let statuses = tokio::task::spawn_blocking(move || projector.status())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status_of)?;
-        Ok(Response::new(ProjectionStatusResponse {
-            projections: statuses
+                .collect()
+        } else {
+            let projector = self.projector.clone();
+            tokio::task::spawn_blocking(move || projector.status())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status_of)?
                 .into_iter()
                 .map(|s| ProjectionInfo {
                     name: s.name,
@@ -193,7 +185,11 @@ impl AuditService for Audit {
                     digest: s.digest.to_vec(),
                     entries: s.entries,
                 })
-                .collect(),
+                .collect()
+        };
+        // The head after the checkpoints: no checkpoint passes it.
+        Ok(Response::new(ProjectionStatusResponse {
+            projections,
             head_seq: self.store.head().seq,
         }))
     }
